@@ -1,0 +1,268 @@
+"""Step 3, item: a change's image → the Personalize property map (``properties`` of PutItems).
+
+**Without a schema** every attribute except the id attribute(s) and ``exclude`` becomes a property:
+
+* the key is the attribute name in camelCase (:func:`camel_case`);
+* ``S``/``N``/``BOOL`` (and JSON strings, numbers, booleans) are kept; ``B`` stays base64 text;
+* ``NULL`` and empty sets or lists are left out;
+* a set or a list of scalars becomes one ``|``-joined string (booleans as ``true``/``false``); a list holding
+  maps or lists becomes compact JSON text;
+* a map is flattened into camelCase keys (``dims.width`` → ``dimsWidth``).
+
+Two attributes that end up with the same key make the record poison rather than one silently winning.
+
+**With a schema** the schema is the contract: each field (except ``ITEM_ID``) is filled from ``fields[FIELD]``
+(an attribute name, or a dotted path into maps) or else from the attribute whose camelCase name equals the
+field's, and coerced to the field's type by :func:`coerce`. Attributes the schema does not name are dropped.
+A required field that is missing, or a value that cannot be coerced, makes the record poison.
+
+**Removes** write nothing under ``onRemove: "ignore"``. Otherwise the item is built from the old image (when the
+stream carries one) and the ``onRemove`` properties are laid over it: a soft delete that a Personalize filter
+can exclude, and since PutItems replaces the whole item, the rest of its metadata survives.
+
+Reasons for poison name fields and types, never values: they end up in logs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from connector import ddbjson
+from connector.change import Change, Kind, Poison
+from connector.config import ItemMapping, SchemaField
+
+CATEGORICAL_MAX = 1_000
+_SEPARATORS = re.compile(r"[^0-9A-Za-z]+")
+_LEADING_CAPS = re.compile(r"^[A-Z]+")
+# Epoch values above these are milliseconds / microseconds rather than seconds.
+_MS_THRESHOLD = 10**11
+_US_THRESHOLD = 10**14
+
+Scalar = str | int | float | bool
+
+
+@lru_cache(maxsize=4096)
+def camel_case(name: str) -> str:
+    """``number_of_ratings``/``NUMBER_OF_RATINGS`` → ``numberOfRatings``, ``Message`` → ``message``.
+
+    Words are split on anything that is not an ASCII letter or digit; an all-caps word is lowered; the first
+    word starts lower-case (``HTTPCode`` → ``httpCode``) and the others upper-case. Returns ``""`` when the name
+    has no ASCII letters or digits.
+    """
+    words = [w.lower() if w.isupper() else w for w in _SEPARATORS.split(name) if w]
+    if not words:
+        return ""
+    first = words[0]
+    caps = _LEADING_CAPS.match(first)
+    if caps:
+        run = caps.end() if caps.end() == len(first) else max(caps.end() - 1, 1)
+        first = first[:run].lower() + first[run:]
+    return first + "".join(w[0].upper() + w[1:] for w in words[1:])
+
+
+def build(change: Change, mapping: ItemMapping) -> dict[str, Any] | None:
+    """The property map for ``change``, or ``None`` when nothing is to be written (a remove under "ignore")."""
+    if change.kind is Kind.REMOVE and mapping.on_remove is None:
+        return None
+    try:
+        image = ddbjson.image(change.image) if change.record.image_is_dynamodb_json else change.image
+    except ddbjson.DynamoDBJSONError as exc:
+        raise Poison(f"image is not valid DynamoDB JSON: {exc}") from None
+    skip = mapping.exclude.union(change.id_attributes)
+    if mapping.schema is None:
+        props = schemaless(image, skip)
+        if change.kind is Kind.REMOVE:
+            props.update(schemaless(dict(mapping.on_remove or {}), frozenset()))
+        return props
+    if change.kind is Kind.REMOVE:
+        image = {**image, **(mapping.on_remove or {})}
+        return with_schema(image, mapping, skip, overrides=frozenset(mapping.on_remove or ()))
+    return with_schema(image, mapping, skip)
+
+
+def serialize(props: dict[str, Any]) -> str:
+    """Compact JSON text, as PutItems wants it (its length is measured in characters)."""
+    return json.dumps(props, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+# --- without a schema -------------------------------------------------------------------------------------
+
+
+def schemaless(image: dict[str, Any], skip: frozenset[str]) -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for name, value in image.items():
+        if name not in skip:
+            _flatten(props, origin, camel_case(name), name, value)
+    return props
+
+
+def _flatten(props: dict[str, Any], origin: dict[str, str], key: str, name: str, value: Any) -> None:
+    if value is None:
+        return
+    if not key:
+        raise Poison(f"attribute {name!r} has no ASCII letter or digit to make a property name; exclude it")
+    if isinstance(value, dict):
+        for child, child_value in value.items():
+            sub = camel_case(child)
+            _flatten(props, origin, key + sub[:1].upper() + sub[1:] if sub else "", f"{name}.{child}", child_value)
+        return
+    if isinstance(value, list):
+        if not value:
+            return
+        value = _join(value) if all(_is_scalar(v) or v is None for v in value) else _json_text(value, name)
+    elif not _is_scalar(value):
+        raise Poison(f"attribute {name!r} has an unsupported type {type(value).__name__}")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise Poison(f"attribute {name!r} is not a finite number")
+    if key in props:
+        raise Poison(f"attributes {origin[key]!r} and {name!r} both become property {key!r}; exclude one")
+    props[key] = value
+    origin[key] = name
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float)  # bool is an int
+
+
+def _text(value: Scalar) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise Poison("a list holds a number that is not finite")
+        return repr(value)
+    return str(value)
+
+
+def _join(values: list[Any]) -> str:
+    return "|".join(_text(v) for v in values if v is not None)
+
+
+def _json_text(value: Any, name: str) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise Poison(f"attribute {name!r} holds a number that is not finite") from None
+
+
+# --- with a schema ----------------------------------------------------------------------------------------
+
+
+def with_schema(
+    image: dict[str, Any],
+    mapping: ItemMapping,
+    skip: frozenset[str],
+    overrides: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """Fill each schema field from ``image``; ``overrides`` are field names present in ``image`` as-is."""
+    by_camel: dict[str, str] = {}
+    for name in image:
+        if name not in skip or name in overrides:
+            by_camel.setdefault(camel_case(name), name)
+    props: dict[str, Any] = {}
+    assert mapping.schema is not None
+    for field in mapping.schema:
+        if field.name == "ITEM_ID":
+            continue
+        key = camel_case(field.name)
+        if field.name in overrides:
+            raw = image[field.name]
+        elif field.name in mapping.fields:
+            raw = _lookup(image, mapping.fields[field.name])
+        else:
+            source = by_camel.get(key)
+            raw = image[source] if source is not None else None
+        if raw is None or raw == []:
+            if not field.nullable:
+                raise Poison(f"field {field.name}: required, but the image has no value for it")
+            continue
+        props[key] = coerce(field, raw)
+    return props
+
+
+def _lookup(image: dict[str, Any], path: str) -> Any:
+    if path in image:
+        return image[path]
+    node: Any = image
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def coerce(field: SchemaField, value: Any) -> Any:
+    """Coerce ``value`` to the Avro type of ``field``, or raise :class:`Poison`."""
+    kind = type(value).__name__
+    if field.type == "string":
+        if isinstance(value, list) and field.categorical and all(_is_scalar(v) or v is None for v in value):
+            text = _join(value)
+        elif _is_scalar(value):
+            text = _text(value)
+        else:
+            raise Poison(f"field {field.name}: a {kind} cannot fill a string field")
+        if field.categorical and len(text) > CATEGORICAL_MAX:
+            raise Poison(f"field {field.name}: categorical value over {CATEGORICAL_MAX} characters")
+        return text
+    if field.type == "boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise Poison(f"field {field.name}: a {kind} cannot be coerced to boolean")
+    if field.type in ("int", "long"):
+        if field.name == "CREATION_TIMESTAMP":
+            return _epoch_seconds(field, value)
+        number = _number(field, value)
+        if isinstance(number, float):
+            if not number.is_integer():
+                raise Poison(f"field {field.name}: a fractional number cannot fill an {field.type} field")
+            number = int(number)
+        if field.type == "int" and not -(2**31) <= number < 2**31:
+            raise Poison(f"field {field.name}: out of range for int")
+        if not -(2**63) <= number < 2**63:
+            raise Poison(f"field {field.name}: out of range for long")
+        return number
+    return float(_number(field, value))  # float, double
+
+
+def _number(field: SchemaField, value: Any) -> int | float:
+    if isinstance(value, bool):
+        raise Poison(f"field {field.name}: a bool cannot be coerced to {field.type}")
+    if isinstance(value, str):
+        try:
+            value = ddbjson.number(value.strip())
+        except ddbjson.DynamoDBJSONError:
+            raise Poison(f"field {field.name}: a non-numeric str cannot be coerced to {field.type}") from None
+    if not isinstance(value, int | float):
+        raise Poison(f"field {field.name}: a {type(value).__name__} cannot be coerced to {field.type}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Poison(f"field {field.name}: not a finite number")
+    return value
+
+
+def _epoch_seconds(field: SchemaField, value: Any) -> int:
+    """Epoch seconds from seconds, milliseconds, microseconds or an ISO 8601 date (naive means UTC)."""
+    if isinstance(value, str):
+        try:
+            value = ddbjson.number(value.strip())
+        except ddbjson.DynamoDBJSONError:
+            try:
+                parsed = datetime.fromisoformat(value.strip())
+            except ValueError:
+                raise Poison(f"field {field.name}: neither epoch time nor an ISO 8601 date") from None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            return int(parsed.timestamp())
+    number = _number(field, value)
+    if abs(number) >= _US_THRESHOLD:
+        number = number / 1_000_000
+    elif abs(number) >= _MS_THRESHOLD:
+        number = number / 1_000
+    return int(number)

@@ -1,0 +1,79 @@
+"""The pipeline: ``source → change → item → putitems → response``, with every client injected.
+
+:func:`run` is what the handler calls and what the tests drive directly with fakes and Stubbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+
+from connector import change, item, source
+from connector.change import Poison
+from connector.config import Settings
+from connector.deadline import Deadline
+from connector.putitems import PendingItem, PutItemsSink, SendReport, coalesce
+from connector.response import Ledger, Outcome, Verdict, dead_letter
+from connector.telemetry import logger, tracer
+
+# A DLQ send is one SQS call per 10 records; this is its worst case with the SQS client's timeouts.
+DLQ_SEND_BUDGET_MS = 3_000
+
+
+@dataclass(slots=True)
+class Result:
+    response: PartialItemFailureResponse
+    counts: dict[Outcome, int]
+    report: SendReport
+    dead_lettered: int
+
+
+@tracer.capture_method(capture_response=False)
+def run(event: Any, *, settings: Settings, sink: PutItemsSink, sqs: Any, deadline: Deadline) -> Result:
+    records = source.parse_event(event)
+    verdicts: list[Verdict] = []
+
+    changes = []
+    for record in records:
+        try:
+            changes.append(change.from_record(record, settings.mapping))
+        except Poison as exc:
+            verdicts.append(Verdict(record, Outcome.POISON, str(exc)))
+
+    pending: list[PendingItem] = []
+    for group in coalesce(changes):
+        superseded = [c.record for c in group.changes if c is not group.winner]
+        try:
+            props = item.build(group.winner, settings.mapping)
+        except Poison as exc:
+            verdicts.append(Verdict(group.winner.record, Outcome.POISON, str(exc), group.item_id, superseded))
+            continue
+        if props is None:
+            verdicts.append(Verdict(group.winner.record, Outcome.SKIPPED, "remove ignored", group.item_id, superseded))
+            continue
+        pending.append(PendingItem(group, item.serialize(props) if props else None))
+
+    report = sink.send(pending, deadline)
+    for outcome, items in ((Outcome.PUT, report.put), (Outcome.RETRY, report.retry)):
+        verdicts.extend(_verdict(p, outcome, None) for p in items)
+    verdicts.extend(_verdict(p, Outcome.POISON, reason) for p, reason in report.poison)
+
+    sent = dead_letter(verdicts, sqs, settings.dlq_url, allowed=deadline.allows(DLQ_SEND_BUDGET_MS))
+    for v in verdicts:
+        if v.outcome is Outcome.POISON:
+            logger.warning(
+                "Poison record dead-lettered",
+                extra={"item_id": v.item_id, "sequence_number": v.record.sequence_number, "reason": v.reason},
+            )
+
+    ledger = Ledger(records)
+    ledger.settle(verdicts)
+    return Result(ledger.response(), ledger.counts(), report, sent)
+
+
+def _verdict(pending: PendingItem, outcome: Outcome, reason: str | None) -> Verdict:
+    group = pending.group
+    superseded = [c.record for c in group.changes if c is not group.winner]
+    return Verdict(group.winner.record, outcome, reason, group.item_id, superseded)

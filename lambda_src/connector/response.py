@@ -1,0 +1,170 @@
+"""Step 5, batch response: give every record exactly one outcome, dead-letter the poison, answer Lambda.
+
+Why not Powertools' ``BatchProcessor``: it calls a handler once per record and turns each record's exception
+into a failure. This connector's unit of work is the whole batch: changes to one item are coalesced across
+records, ten items share one PutItems call, and one rejected call is bisected across records. Bending that
+into per-record callbacks would hide the packing. So the pipeline keeps Powertools' response contract
+instead: the answer is a ``PartialItemFailureResponse`` (``{"batchItemFailures": [{"itemIdentifier": …}]}``),
+built from a ledger that must account for every record.
+
+Outcomes (DESIGN.md, "Outcome of each record"):
+
+* ``put`` — landed, possibly coalesced with later changes to the same item;
+* ``poison`` — can never land; the original record is in the DLQ with the reason. If the DLQ is not
+  configured or the send fails, the record becomes ``retry``: nothing is dropped silently;
+* ``retry`` — not landed yet; reported so that Lambda redelivers from the lowest such sequence number;
+* ``skipped`` — a deliberate no-op (a remove under ``"ignore"``, or a change superseded by a later change of
+  the same item that was dead-lettered).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse, PartialItemFailures
+from botocore.exceptions import BotoCoreError, ClientError
+
+from connector.source import SourceRecord
+from connector.telemetry import logger
+
+# SQS: at most 10 entries and 256 KiB per SendMessageBatch, 256 KiB per message.
+SQS_BATCH_ENTRIES = 10
+SQS_MAX_BYTES = 262_144
+
+
+class Outcome(StrEnum):
+    PUT = "put"
+    POISON = "poison"
+    RETRY = "retry"
+    SKIPPED = "skipped"
+
+
+@dataclass(slots=True)
+class Verdict:
+    """The outcome for ``record`` and for the earlier changes it superseded."""
+
+    record: SourceRecord
+    outcome: Outcome
+    reason: str | None = None
+    item_id: str | None = None
+    superseded: list[SourceRecord] = field(default_factory=list)
+
+
+class UnreportableRecordError(RuntimeError):
+    """A record must be retried but has no sequence number to report; the whole batch has to fail."""
+
+
+def dead_letter(verdicts: list[Verdict], sqs: Any, dlq_url: str | None, *, allowed: bool = True) -> int:
+    """Send each poison verdict's record to the DLQ; turn those that cannot be sent into retry.
+
+    ``allowed`` is False when the deadline leaves no time to send. Returns the number of messages sent.
+    """
+    poison = [v for v in verdicts if v.outcome is Outcome.POISON]
+    if not poison:
+        return 0
+    if dlq_url is None or not allowed:
+        why = "no DLQ is configured (DLQ_URL)" if dlq_url is None else "the deadline is too near to send"
+        logger.warning(f"Poison records kept for retry: {why}", extra={"records": len(poison)})
+        for v in poison:
+            v.outcome, v.reason = Outcome.RETRY, f"poison ({v.reason}), but {why}"
+        return 0
+    sent = 0
+    for batch in _sqs_batches(poison):
+        entries = [{"Id": str(i), "MessageBody": body} for i, (_, body) in enumerate(batch)]
+        try:
+            answer = sqs.send_message_batch(QueueUrl=dlq_url, Entries=entries)
+            failed = {f["Id"]: f.get("Code", "unknown") for f in answer.get("Failed", [])}
+        except (ClientError, BotoCoreError) as exc:
+            code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else type(exc).__name__
+            failed = {e["Id"]: str(code) for e in entries}
+        for i, (verdict, _) in enumerate(batch):
+            if str(i) in failed:
+                verdict.outcome = Outcome.RETRY
+                verdict.reason = f"poison ({verdict.reason}), but the DLQ send failed: {failed[str(i)]}"
+            else:
+                sent += 1
+        if failed:
+            logger.error("DLQ send failed; those records will be retried", extra={"records": len(failed)})
+    return sent
+
+
+def dlq_message(verdict: Verdict) -> str:
+    """The DLQ message: the original record, why it can never land, and where it came from."""
+    record = verdict.record
+    body: dict[str, Any] = {
+        "reason": verdict.reason,
+        "source": record.event_source,
+        "format": record.format.value if record.format else None,
+        "eventSourceARN": record.event_source_arn,
+        "sequenceNumber": record.sequence_number,
+        "itemId": verdict.item_id,
+        "record": record.raw,
+    }
+    text = json.dumps(body, ensure_ascii=False, default=str)
+    if len(text.encode()) > SQS_MAX_BYTES - 1024:
+        # Too big for SQS: keep the coordinates, which locate the record in the stream while it is retained.
+        body["record"] = {
+            "truncated": True,
+            "eventID": record.raw.get("eventID"),
+            "bytes": len(text.encode()),
+        }
+        text = json.dumps(body, ensure_ascii=False, default=str)
+    return text
+
+
+def _sqs_batches(poison: list[Verdict]) -> list[list[tuple[Verdict, str]]]:
+    batches: list[list[tuple[Verdict, str]]] = []
+    size = SQS_MAX_BYTES
+    for verdict in poison:
+        body = dlq_message(verdict)
+        n = len(body.encode())
+        if not batches or len(batches[-1]) == SQS_BATCH_ENTRIES or size + n > SQS_MAX_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append((verdict, body))
+        size += n
+    return batches
+
+
+@dataclass(slots=True)
+class Ledger:
+    """One outcome per record, in delivery order."""
+
+    records: list[SourceRecord]
+    outcomes: list[Outcome | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outcomes = [None] * len(self.records)
+
+    def settle(self, verdicts: list[Verdict]) -> None:
+        for v in verdicts:
+            self._set(v.record, v.outcome)
+            for record in v.superseded:
+                self._set(record, Outcome.SKIPPED if v.outcome is Outcome.POISON else v.outcome)
+        missing = [r.position for r, o in zip(self.records, self.outcomes, strict=True) if o is None]
+        if missing:
+            raise RuntimeError(f"records without an outcome at positions {missing[:10]}")
+
+    def _set(self, record: SourceRecord, outcome: Outcome) -> None:
+        if self.outcomes[record.position] is not None:
+            raise RuntimeError(f"record at position {record.position} got two outcomes")
+        self.outcomes[record.position] = outcome
+
+    def counts(self) -> dict[Outcome, int]:
+        counted = Counter(o for o in self.outcomes if o is not None)
+        return {o: counted.get(o, 0) for o in Outcome}
+
+    def response(self) -> PartialItemFailureResponse:
+        failures: list[PartialItemFailures] = []
+        for record, outcome in zip(self.records, self.outcomes, strict=True):
+            if outcome is Outcome.RETRY:
+                if not record.sequence_number:
+                    raise UnreportableRecordError(
+                        f"record at position {record.position} must be retried but has no sequence number"
+                    )
+                failures.append({"itemIdentifier": record.sequence_number})
+        return {"batchItemFailures": failures}

@@ -1,0 +1,18 @@
+"""Powertools Logger, Metrics and Tracer, one instance each for the whole package.
+
+Logs are JSON with the request id (``inject_lambda_context``). They carry item ids, counts, sequence
+numbers and error codes, never property values: catalogs hold customer data.
+"""
+
+from __future__ import annotations
+
+import os
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "stream-to-personalize"
+NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "StreamToPersonalize"
+
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+tracer = Tracer(service=SERVICE)

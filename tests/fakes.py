@@ -1,0 +1,93 @@
+"""Fakes for the pipeline's clients.
+
+``FakePersonalize`` is a real botocore ``personalize-events`` client (so parameter validation and the
+``ClientError`` shape are real) whose calls are answered in-process by a rule you pass, the way botocore's
+``Stubber`` answers them, but without a fixed script: the rule sees each call's items and decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+from botocore.awsrequest import AWSResponse
+
+Rule = Callable[[list[dict[str, Any]]], tuple[str, str] | None]  # items → (error code, message) or None
+STATUS = {
+    "InvalidInputException": 400,
+    "ResourceNotFoundException": 404,
+    "ResourceInUseException": 409,
+    "ThrottlingException": 400,
+    "AccessDeniedException": 403,
+    "InternalServerError": 500,
+}
+
+
+def accept_all(_: list[dict[str, Any]]) -> None:
+    return None
+
+
+def reject_ids(*bad: str) -> Rule:
+    """InvalidInputException whenever a call carries one of ``bad``."""
+
+    def rule(items: list[dict[str, Any]]) -> tuple[str, str] | None:
+        hits = [i["itemId"] for i in items if i["itemId"] in bad]
+        return ("InvalidInputException", f"Invalid item {hits[0]}") if hits else None
+
+    return rule
+
+
+class FakePersonalize:
+    def __init__(self, rule: Rule = accept_all) -> None:
+        self.rule = rule
+        self.client = boto3.client("personalize-events", region_name="us-east-1")
+        self.calls: list[list[dict[str, Any]]] = []  # every call, accepted or not
+        self.accepted: list[list[dict[str, Any]]] = []
+        self.items: dict[str, dict[str, Any]] = {}  # current state, as the service would hold it
+        self._params: dict[str, Any] = {}
+        events = self.client.meta.events
+        events.register("before-parameter-build.personalize-events.PutItems", self._capture)
+        events.register("before-call.personalize-events.PutItems", self._answer)
+
+    def _capture(self, params: dict[str, Any], **_: Any) -> None:
+        self._params = params
+
+    def _answer(self, **_: Any) -> tuple[AWSResponse, dict[str, Any]]:
+        import json
+
+        items = self._params["items"]
+        self.calls.append(items)
+        error = self.rule(items)
+        if error is None:
+            self.accepted.append(items)
+            for i in items:
+                self.items[i["itemId"]] = json.loads(i.get("properties", "{}"))
+            return AWSResponse("", 200, {}, None), {"ResponseMetadata": {"HTTPStatusCode": 200}}
+        code, message = error
+        status = STATUS.get(code, 400)
+        return AWSResponse("", status, {}, None), {
+            "Error": {"Code": code, "Message": message},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        }
+
+
+class FakeSQS:
+    """Records messages; ``fail`` makes every send fail (an exception) or some entries fail (``"partial"``)."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.fail = fail
+        self.messages: list[str] = []
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:  # noqa: N803
+        from botocore.exceptions import ClientError
+
+        if self.fail == "all":
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "SendMessageBatch")
+        failed = []
+        for i, entry in enumerate(Entries):
+            if self.fail == "partial" and i % 2 == 1:
+                failed.append({"Id": entry["Id"], "Code": "InternalError", "SenderFault": False})
+            else:
+                self.messages.append(entry["MessageBody"])
+        return {"Successful": [], "Failed": failed}
