@@ -19,8 +19,20 @@ _seq = itertools.count(100_000_000_000_000_000_000)
 
 
 def ddb(image: dict[str, Any]) -> dict[str, Any]:
-    """Python values → DynamoDB JSON (numbers may be int or Decimal; floats are not DynamoDB values)."""
-    return {k: _serializer.serialize(v) for k, v in image.items()}
+    """Python values → DynamoDB JSON as streams carry it (numbers are int or Decimal; binary is base64 text)."""
+    return {k: _wire(_serializer.serialize(v)) for k, v in image.items()}
+
+
+def _wire(attr: Any) -> Any:
+    if isinstance(attr, bytes):
+        return base64.b64encode(attr).decode()
+    if isinstance(attr, dict):
+        return {k: _wire(v) for k, v in attr.items()}
+    if isinstance(attr, list):
+        return [_wire(v) for v in attr]
+    if isinstance(attr, set):
+        return [_wire(v) for v in attr]
+    return attr
 
 
 def next_seq() -> str:

@@ -79,7 +79,7 @@ class FakeSQS:
         self.fail = fail
         self.messages: list[str] = []
 
-    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:  # noqa: N803
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
         from botocore.exceptions import ClientError
 
         if self.fail == "all":

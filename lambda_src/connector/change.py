@@ -17,6 +17,7 @@ Numbers become their decimal text (``42``, not ``42.0``). A missing, empty or no
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -91,6 +92,11 @@ def _id_text(raw: Any, name: str, ddb: bool) -> str:
         raise Poison(f"no item id: attribute {name!r}: {exc}") from None
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise Poison(f"no item id: attribute {name!r} is not a string or number")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise Poison(f"no item id: attribute {name!r} is not a finite number")
+        if value.is_integer():
+            value = int(value)
     text = str(value)
     if not text:
         raise Poison(f"no item id: attribute {name!r} is empty")

@@ -1,0 +1,78 @@
+"""The Lambda handler: contract names, metrics, logs without property values, configuration errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+from connector import handler
+from connector.config import ConfigError, load_settings
+
+from tests.factories import DATASET_ARN, FakeContext, dynamodb_record, event, kinesis_record
+from tests.fakes import FakePersonalize, FakeSQS, reject_ids
+
+SECRET = "s3cr3t-customer-value"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakePersonalize]:
+    fake = FakePersonalize(reject_ids("bad"))
+    settings = load_settings({"DATASET_ARN": DATASET_ARN, "DLQ_URL": "https://sqs/q"})
+    handler.reset(handler.build_runtime(settings, personalize=fake.client, sqs=FakeSQS()))
+    yield fake
+    handler.reset()
+
+
+def emf(out: str) -> dict[str, float]:
+    for line in out.splitlines():
+        if '"_aws"' in line:
+            doc = json.loads(line)
+            names = [m["Name"] for m in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]]
+            return {n: sum(doc[n]) if isinstance(doc[n], list) else doc[n] for n in names}
+    raise AssertionError("no EMF document printed")
+
+
+def test_handler_publishes_outcome_metrics(fake: FakePersonalize, capsys: pytest.CaptureFixture[str]) -> None:
+    records = [dynamodb_record("INSERT", {"sku": f"i{n}"}, {"sku": f"i{n}", "title": SECRET}) for n in range(12)]
+    records.append(dynamodb_record("INSERT", {"sku": "bad"}, {"sku": "bad"}))
+    records.append(kinesis_record("%%"))
+    response = handler.handler(event(*records), FakeContext())
+    assert response == {"batchItemFailures": []}
+    metrics = emf(capsys.readouterr().out)
+    assert metrics["RecordsIn"] == 14
+    assert metrics["RecordsPut"] == 12 and metrics["RecordsPoison"] == 2
+    assert metrics["RecordsRetry"] == 0 and metrics["RecordsSkipped"] == 0
+    assert metrics["PutItemsCalls"] == 3 and metrics["ItemsSent"] == 12  # 10 + 2, after bisecting "bad" out
+
+
+def test_no_property_value_is_logged_at_info(fake: FakePersonalize, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    records = [dynamodb_record("INSERT", {"sku": "a"}, {"sku": "a", "title": SECRET, "n": 7})]
+    records.append(dynamodb_record("INSERT", {"sku": "bad"}, {"sku": "bad", "title": SECRET}))
+    handler.handler(event(*records), FakeContext())
+    info_and_above = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert any(r.getMessage() == "Batch done" for r in info_and_above)
+    for record in info_and_above:
+        assert SECRET not in json.dumps(record.__dict__, default=str)
+
+
+def test_configuration_error_fails_loudly(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    handler.reset()
+    monkeypatch.setenv("DATASET_ARN", "not-an-arn")
+    with pytest.raises(ConfigError, match="not a Personalize dataset ARN"):
+        handler.handler(event(), FakeContext())
+    assert any("misconfigured" in r.getMessage() for r in caplog.records)
+    handler.reset()
+
+
+def test_runtime_built_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    handler.reset()
+    monkeypatch.setenv("DATASET_ARN", DATASET_ARN)
+    monkeypatch.setenv("CONNECTOR_CONFIG", json.dumps({"itemId": "sku"}))
+    monkeypatch.setenv("MAX_CALLS_PER_SECOND", "4")
+    rt = handler.runtime()
+    assert rt.settings.mapping.item_id == "sku" and rt.settings.max_calls_per_second == 4
+    assert handler.runtime() is rt  # once per container
+    handler.reset()

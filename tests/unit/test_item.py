@@ -1,0 +1,214 @@
+"""Item step: property maps with and without an Items schema, removes, and poison reasons."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from connector import item
+from connector.change import Poison, from_record
+from connector.config import parse_mapping
+from connector.source import parse_event
+
+from tests.factories import dynamodb_record, event, kinesis_record
+
+SCHEMA = {
+    "type": "record",
+    "name": "Items",
+    "namespace": "com.amazonaws.personalize.schema",
+    "fields": [
+        {"name": "ITEM_ID", "type": "string"},
+        {"name": "GENRES", "type": ["null", "string"], "categorical": True},
+        {"name": "PRICE", "type": "float"},
+        {"name": "NUMBER_OF_RATINGS", "type": ["null", "int"]},
+        {"name": "IN_STOCK", "type": ["null", "boolean"]},
+        {"name": "CREATION_TIMESTAMP", "type": ["null", "long"]},
+        {"name": "TITLE", "type": ["null", "string"]},
+        {"name": "STATUS", "type": ["null", "string"], "categorical": True},
+    ],
+    "version": "1.0",
+}
+
+
+def build(rec: dict[str, Any], mapping: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    (parsed,) = parse_event(event(rec))
+    m = parse_mapping(mapping or {})
+    return item.build(from_record(parsed, m), m)
+
+
+def upsert(image: dict[str, Any], mapping: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    return build(dynamodb_record("INSERT", {"sku": "A"}, {"sku": "A", **image}), mapping)
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("Message", "message"),
+        ("number_of_ratings", "numberOfRatings"),
+        ("NUMBER_OF_RATINGS", "numberOfRatings"),
+        ("listPrice", "listPrice"),
+        ("ITEM_ID", "itemId"),
+        ("SKU", "sku"),
+        ("HTTPCode", "httpCode"),
+        ("genre-l2", "genreL2"),
+        ("a.b c", "aBC"),
+        ("x", "x"),
+        ("__", ""),
+        ("émoji😀", "moji"),
+    ],
+)
+def test_camel_case(name: str, key: str) -> None:
+    assert item.camel_case(name) == key
+
+
+def test_schemaless_every_dynamodb_type() -> None:
+    props = upsert(
+        {
+            "Title": "Dune",  # S
+            "price": Decimal("9.5"),  # N (float)
+            "number_of_ratings": 12,  # N (int)
+            "thumb": b"\x00\x01",  # B → base64 text
+            "in_stock": True,  # BOOL
+            "discontinued": None,  # NULL → left out
+            "genres": {"scifi", "classic"},  # SS → sorted, |-joined
+            "sizes": {Decimal(10), Decimal("2.5")},  # NS → sorted by value, |-joined
+            "blobs": {b"b", b"a"},  # BS → sorted base64, |-joined
+            "tags": ["new", 1, True],  # L of scalars → |-joined
+            "variants": [{"c": "red"}],  # L holding maps → JSON text
+            "dims": {"width": 2, "unit": {"name": "cm"}},  # M → flattened
+            "empty": [],  # empty list → left out
+        }
+    )
+    assert props == {
+        "title": "Dune",
+        "price": 9.5,
+        "numberOfRatings": 12,
+        "thumb": "AAE=",
+        "inStock": True,
+        "genres": "classic|scifi",
+        "sizes": "2.5|10",
+        "blobs": "YQ==|Yg==",
+        "tags": "new|1|true",
+        "variants": '[{"c":"red"}]',
+        "dimsWidth": 2,
+        "dimsUnitName": "cm",
+    }
+
+
+def test_schemaless_drops_id_and_excluded_attributes() -> None:
+    assert upsert({"internalNotes": "x", "keep": 1}, {"exclude": ["internalNotes"]}) == {"keep": 1}
+
+
+def test_schemaless_kinesis_document() -> None:
+    props = build(kinesis_record({"id": "d1", "Price": 3, "meta": {"a_b": [1, 2]}, "nothing": None}))
+    assert props == {"price": 3, "metaAB": "1|2"}
+
+
+@pytest.mark.parametrize(
+    ("image", "reason"),
+    [
+        ({"a_b": 1, "aB": 2}, "both become property 'aB'"),
+        ({"__": 1}, "no ASCII letter or digit"),
+    ],
+)
+def test_schemaless_poison(image: dict[str, Any], reason: str) -> None:
+    with pytest.raises(Poison, match=reason):
+        upsert(image)
+
+
+def test_non_finite_document_numbers_are_poison() -> None:
+    with pytest.raises(Poison, match="not a finite number"):
+        build(kinesis_record({"id": "d", "x": float("inf")}))
+
+
+def test_schema_mode_fills_and_coerces() -> None:
+    props = upsert(
+        {
+            "genres": {"b", "a"},
+            "listPrice": "12.50",
+            "numberOfRatings": Decimal("7.0"),
+            "inStock": "TRUE",
+            "creationTimestamp": "2026-01-02T03:04:05Z",
+            "title": 42,
+            "unrelated": "dropped",
+        },
+        {"schema": SCHEMA, "fields": {"PRICE": "listPrice"}},
+    )
+    assert props == {
+        "genres": "a|b",
+        "price": 12.5,
+        "numberOfRatings": 7,
+        "inStock": True,
+        "creationTimestamp": 1767323045,
+        "title": "42",
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1767323045, 1767323045),
+        (1767323045123, 1767323045),
+        (1767323045123456, 1767323045),
+        ("2026-01-02T03:04:05", 1767323045),
+        ("2026-01-02T04:04:05+01:00", 1767323045),
+        ("1767323045", 1767323045),
+    ],
+)
+def test_creation_timestamp_becomes_epoch_seconds(value: Any, expected: int) -> None:
+    props = upsert({"PRICE": 1, "creation_timestamp": value}, {"schema": SCHEMA})
+    assert props is not None and props["creationTimestamp"] == expected
+
+
+def test_schema_field_from_nested_path() -> None:
+    props = upsert({"price": {"amount": 3}}, {"schema": SCHEMA, "fields": {"PRICE": "price.amount"}})
+    assert props == {"price": 3.0}
+
+
+@pytest.mark.parametrize(
+    ("image", "reason"),
+    [
+        ({}, "field PRICE: required"),
+        ({"PRICE": "cheap"}, "field PRICE: a non-numeric str cannot be coerced to float"),
+        ({"PRICE": True}, "field PRICE: a bool cannot"),
+        ({"PRICE": 1, "NUMBER_OF_RATINGS": Decimal("1.5")}, "fractional number cannot fill an int"),
+        ({"PRICE": 1, "NUMBER_OF_RATINGS": 2**40}, "out of range for int"),
+        ({"PRICE": 1, "IN_STOCK": "maybe"}, "cannot be coerced to boolean"),
+        ({"PRICE": 1, "CREATION_TIMESTAMP": "yesterday"}, "neither epoch time nor an ISO 8601 date"),
+        ({"PRICE": 1, "TITLE": {"a": 1}}, "a dict cannot fill a string field"),
+        ({"PRICE": 1, "TITLE": ["a", "b"]}, "a list cannot fill a string field"),
+        ({"PRICE": 1, "GENRES": "x" * 1001}, "categorical value over 1000 characters"),
+    ],
+)
+def test_schema_mode_poison_reasons_name_fields_not_values(image: dict[str, Any], reason: str) -> None:
+    with pytest.raises(Poison, match=reason) as caught:
+        upsert(image, {"schema": SCHEMA})
+    assert "cheap" not in str(caught.value) and "maybe" not in str(caught.value)
+
+
+def test_remove_ignored_by_default() -> None:
+    assert build(dynamodb_record("REMOVE", {"sku": "A"}, old={"sku": "A", "x": 1})) is None
+
+
+def test_remove_soft_delete_keeps_old_image_schemaless() -> None:
+    props = build(
+        dynamodb_record("REMOVE", {"sku": "A"}, old={"sku": "A", "status": "live", "x": 1}),
+        {"onRemove": {"STATUS": "deleted"}},
+    )
+    assert props == {"status": "deleted", "x": 1}
+
+
+def test_remove_soft_delete_with_schema() -> None:
+    props = build(
+        dynamodb_record("REMOVE", {"sku": "A"}, old={"sku": "A", "price": 4, "status": "live"}),
+        {"schema": SCHEMA, "onRemove": {"STATUS": "deleted"}},
+    )
+    assert props == {"price": 4.0, "status": "deleted"}
+
+
+def test_serialize_is_compact_and_keeps_unicode() -> None:
+    text = item.serialize({"title": "Café", "n": 1})
+    assert text == '{"title":"Café","n":1}'
+    assert json.loads(text) == {"title": "Café", "n": 1}

@@ -1,0 +1,224 @@
+"""PutItems step: coalescing, packing, limits, pacing, bisecting, systemic and transient errors, the deadline."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from connector.change import from_record
+from connector.config import parse_mapping
+from connector.deadline import Deadline
+from connector.putitems import (
+    Group,
+    Pacer,
+    PendingItem,
+    PutItemsSink,
+    SendReport,
+    check_limits,
+    coalesce,
+    worst_call_ms,
+)
+from connector.source import parse_event
+
+from tests.factories import DATASET_ARN, cdc_payload, dynamodb_record, event, kinesis_record
+from tests.fakes import FakePersonalize, reject_ids
+
+MAPPING = parse_mapping({})
+
+
+def changes(*records: dict[str, Any]) -> list[Any]:
+    return [from_record(p, MAPPING) for p in parse_event(event(*records))]
+
+
+def pending(*ids: str, props: str | None = '{"a":1}') -> list[PendingItem]:
+    out = []
+    for i in ids:
+        (c,) = changes(kinesis_record({"id": i}))
+        out.append(PendingItem(Group(i, c, [c]), props))
+    return out
+
+
+class NoWait(Pacer):
+    def __init__(self) -> None:
+        super().__init__(10, clock=lambda: 0.0, sleep=lambda _: None)
+
+
+def sink(client: Any, worst_ms: float = 1_000) -> PutItemsSink:
+    return PutItemsSink(client, DATASET_ARN, worst_call_ms=worst_ms, pacer=NoWait())
+
+
+def send(fake: FakePersonalize, items: list[PendingItem], deadline: Deadline | None = None) -> SendReport:
+    return sink(fake.client).send(items, deadline or Deadline.unbounded())
+
+
+# --- coalescing -------------------------------------------------------------------------------------------
+
+
+def test_coalesce_last_write_wins_in_stream_order() -> None:
+    recs = [dynamodb_record("MODIFY", {"sku": "a"}, {"sku": "a", "v": v}) for v in (1, 2, 3)]
+    recs.insert(1, dynamodb_record("INSERT", {"sku": "b"}, {"sku": "b"}))
+    groups = coalesce(changes(*recs))
+    assert [g.item_id for g in groups] == ["a", "b"]  # first-seen order
+    assert groups[0].winner.record.new_image == {"sku": {"S": "a"}, "v": {"N": "3"}}
+    assert len(groups[0].changes) == 3
+
+
+def test_coalesce_cdc_by_creation_time_not_arrival() -> None:
+    newest = kinesis_record(cdc_payload("MODIFY", {"sku": "a"}, {"sku": "a", "v": 2}, ts=3_000))
+    older = kinesis_record(cdc_payload("MODIFY", {"sku": "a"}, {"sku": "a", "v": 1}, ts=2_000))
+    duplicate = kinesis_record(cdc_payload("MODIFY", {"sku": "a"}, {"sku": "a", "v": 2}, ts=3_000))
+    (group,) = coalesce(changes(newest, older, duplicate))
+    assert (group.winner.record.new_image or {})["v"] == {"N": "2"}
+    assert group.winner.record.position == 2  # equal times: the later arrival wins
+
+
+# --- packing and limits -----------------------------------------------------------------------------------
+
+
+def test_packs_exactly_ten_per_call() -> None:
+    fake = FakePersonalize()
+    report = send(fake, pending(*[f"i{n}" for n in range(35)]))
+    assert [len(c) for c in fake.calls] == [10, 10, 10, 5]
+    assert report.calls == 4 and report.items_sent == 35 and len(report.put) == 35
+    assert fake.calls[0][0] == {"itemId": "i0", "properties": '{"a":1}'}
+
+
+def test_item_without_properties_sends_no_properties_field() -> None:
+    fake = FakePersonalize()
+    send(fake, pending("x", props=None))
+    assert fake.calls == [[{"itemId": "x"}]]
+
+
+@pytest.mark.parametrize(
+    ("item_id", "props", "reason"),
+    [
+        ("x" * 257, "{}", "itemId is 257 characters; the limit is 256"),
+        (
+            "ok",
+            json.dumps({"a": "é" * 31_992}, ensure_ascii=False),
+            "properties are 32001 characters; the limit is 32000",
+        ),
+    ],
+)
+def test_limits_are_enforced_before_sending(item_id: str, props: str, reason: str) -> None:
+    fake = FakePersonalize()
+    items = pending(item_id, props=props) + pending("fine")
+    report = send(fake, items)
+    assert [(p.item_id, r) for p, r in report.poison] == [(item_id, reason)]
+    assert fake.calls == [[{"itemId": "fine", "properties": '{"a":1}'}]]
+
+
+def test_limits_at_the_maximum_pass() -> None:
+    assert check_limits(pending("x" * 256, props="p" * 32_000)[0]) is None
+
+
+# --- rejected calls are bisected --------------------------------------------------------------------------
+
+
+def test_bisect_isolates_the_rejected_item_and_lands_the_rest() -> None:
+    fake = FakePersonalize(reject_ids("i6"))
+    report = send(fake, pending(*[f"i{n}" for n in range(10)]))
+    assert [(p.item_id, r) for p, r in report.poison] == [("i6", "PutItems rejected the item: Invalid item i6")]
+    assert sorted(p.item_id for p in report.put) == sorted(f"i{n}" for n in range(10) if n != 6)
+    assert set(fake.items) == {f"i{n}" for n in range(10)} - {"i6"}
+    assert [len(c) for c in fake.calls] == [10, 5, 5, 2, 1, 1, 3]
+    assert report.rejected_calls == 4
+
+
+def test_bisect_finds_two_bad_items() -> None:
+    fake = FakePersonalize(reject_ids("i0", "i9"))
+    report = send(fake, pending(*[f"i{n}" for n in range(10)]))
+    assert sorted(p.item_id for p, _ in report.poison) == ["i0", "i9"]
+    assert len(report.put) == 8
+
+
+# --- systemic and transient errors ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", ["ResourceNotFoundException", "AccessDeniedException", "ResourceInUseException"])
+def test_systemic_error_retries_everything_and_logs_once(code: str, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakePersonalize(lambda _: (code, "dataset gone"))
+    report = send(fake, pending(*[f"i{n}" for n in range(25)]))
+    assert len(fake.calls) == 1  # stops at the first answer
+    assert len(report.retry) == 25 and not report.put and not report.poison
+    assert report.stopped == code
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].error_code == code  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("code", ["ThrottlingException", "InternalServerError"])
+def test_transient_failure_stops_and_retries_the_rest(code: str) -> None:
+    answers = iter([None, (code, "slow down")])
+    fake = FakePersonalize(lambda _: next(answers))
+    report = send(fake, pending(*[f"i{n}" for n in range(30)]))
+    assert len(fake.calls) == 2  # the third call is not sent: Lambda would redeliver it anyway
+    assert len(report.put) == 10 and len(report.retry) == 20
+    assert report.stopped == code
+
+
+# --- deadline ---------------------------------------------------------------------------------------------
+
+
+def test_deadline_stops_sending_and_retries_the_rest() -> None:
+    checks = []
+
+    def remaining() -> float:
+        checks.append(1)
+        return 10_000 if len(checks) <= 2 else 1_499  # the third check finds too little time
+
+    deadline = Deadline(remaining, margin_ms=500)
+    fake = FakePersonalize()
+    report = sink(fake.client, worst_ms=1_000).send(pending(*[f"i{n}" for n in range(30)]), deadline)
+    assert len(fake.calls) == 2
+    assert len(report.retry) == 10 and report.stopped == "deadline"
+
+
+def test_worst_call_covers_every_attempt_and_backoff() -> None:
+    # 3 attempts × (2 s connect + 5 s read + 0.1 s pacing) + backoff 1 s + 2 s
+    assert worst_call_ms(3, 2, 5, 10) == pytest.approx(24_300)
+
+
+# --- pacing -----------------------------------------------------------------------------------------------
+
+
+def test_pacer_spaces_calls_at_the_rate() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    pacer = Pacer(10, clock=lambda: now[0], sleep=sleep)
+    starts = []
+    for _ in range(5):
+        pacer.wait()
+        starts.append(now[0])
+    assert starts == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    now[0] += 5  # idle time does not bank a burst
+    pacer.wait()
+    pacer.wait()
+    assert slept[-1] == pytest.approx(0.1)
+
+
+# --- the wire format, through botocore's Stubber ------------------------------------------------------------
+
+
+def test_wire_parameters_with_stubber() -> None:
+    client = boto3.client("personalize-events", region_name="us-east-1")
+    with Stubber(client) as stub:
+        stub.add_response(
+            "put_items",
+            {},
+            {"datasetArn": DATASET_ARN, "items": [{"itemId": "a", "properties": '{"a":1}'}, {"itemId": "b"}]},
+        )
+        stub.add_client_error("put_items", "InvalidInputException", "bad", 400)
+        items = pending("a") + pending("b", props=None)
+        report = sink(client).send(items, Deadline.unbounded())
+        assert report.calls == 1
+        report = sink(client).send(pending("c"), Deadline.unbounded())
+        assert [r for _, r in report.poison] == ["PutItems rejected the item: bad"]
+        stub.assert_no_pending_responses()
