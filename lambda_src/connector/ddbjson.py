@@ -42,10 +42,11 @@ def decimal_to_number(value: Decimal) -> int | float:
 
 def number(text: str) -> int | float:
     """Convert the text of an ``N`` value; equal to ``decimal_to_number(Decimal(text))``."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
+    if "." not in text and "e" not in text and "E" not in text:
+        try:
+            return int(text)
+        except ValueError:
+            pass
     try:
         as_float = float(text)
     except ValueError:
@@ -59,38 +60,45 @@ def number(text: str) -> int | float:
 
 def value(attr: Any) -> Any:
     """Convert one DynamoDB JSON attribute value (``{"S": "x"}``, ``{"N": "1"}``, …)."""
-    if not isinstance(attr, dict) or len(attr) != 1:
-        raise DynamoDBJSONError("attribute value must be an object with exactly one type key")
-    ((tag, raw),) = attr.items()
-    if tag in {"S", "B"}:
-        if not isinstance(raw, str):
-            raise DynamoDBJSONError(f"{tag} value must be a string")
+    try:
+        ((tag, raw),) = attr.items()
+    except (AttributeError, ValueError):
+        raise DynamoDBJSONError("attribute value must be an object with exactly one type key") from None
+    # The most frequent types first: this function runs once per attribute of every winning image.
+    if tag == "S":
+        if raw.__class__ is not str:
+            raise DynamoDBJSONError("S value must be a string")
         return raw
     if tag == "N":
-        if not isinstance(raw, str):
+        if raw.__class__ is not str:
             raise DynamoDBJSONError("N value must be a string")
         return number(raw)
     if tag == "BOOL":
-        if not isinstance(raw, bool):
+        if raw.__class__ is not bool:
             raise DynamoDBJSONError("BOOL value must be true or false")
         return raw
-    if tag == "NULL":
-        return None
     if tag == "M":
         return image(raw)
-    if not isinstance(raw, list):
+    if tag == "NULL":
+        return None
+    if tag == "B":
+        if raw.__class__ is not str:
+            raise DynamoDBJSONError("B value must be a string")
+        return raw
+    if tag not in _LIST_TAGS:
+        raise DynamoDBJSONError(f"unknown DynamoDB type {tag!r}")
+    if raw.__class__ is not list:
         raise DynamoDBJSONError(f"{tag} value must be a list")
     if tag == "L":
         return [value(v) for v in raw]
-    if tag in {"SS", "BS"}:
-        if not all(isinstance(v, str) for v in raw):
-            raise DynamoDBJSONError(f"{tag} members must be strings")
-        return sorted(raw)
+    if not all(v.__class__ is str for v in raw):
+        raise DynamoDBJSONError(f"{tag} members must be strings")
     if tag == "NS":
-        if not all(isinstance(v, str) for v in raw):
-            raise DynamoDBJSONError("NS members must be strings")
         return sorted(number(v) for v in raw)
-    raise DynamoDBJSONError(f"unknown DynamoDB type {tag!r}")
+    return sorted(raw)
+
+
+_LIST_TAGS = frozenset({"L", "SS", "NS", "BS"})
 
 
 def image(raw: Any) -> dict[str, Any]:

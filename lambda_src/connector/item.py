@@ -33,6 +33,11 @@ from functools import lru_cache
 from typing import Any
 
 from connector import ddbjson
+
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - the asset may be built without it
+    _orjson = None  # type: ignore[assignment]
 from connector.change import Change, Kind, Poison
 from connector.config import ItemMapping, SchemaField
 
@@ -69,16 +74,17 @@ def build(change: Change, mapping: ItemMapping) -> dict[str, Any] | None:
     """The property map for ``change``, or ``None`` when nothing is to be written (a remove under "ignore")."""
     if change.kind is Kind.REMOVE and mapping.on_remove is None:
         return None
+    skip = mapping.exclude.union(change.id_attributes)
+    ddb = change.record.image_is_dynamodb_json
     try:
-        image = ddbjson.image(change.image) if change.record.image_is_dynamodb_json else change.image
+        if mapping.schema is None:
+            props = schemaless(change.image, skip, dynamodb_json=ddb)
+            if change.kind is Kind.REMOVE:
+                props.update(schemaless(dict(mapping.on_remove or {}), frozenset()))
+            return props
+        image = ddbjson.image(change.image) if ddb else change.image
     except ddbjson.DynamoDBJSONError as exc:
         raise Poison(f"image is not valid DynamoDB JSON: {exc}") from None
-    skip = mapping.exclude.union(change.id_attributes)
-    if mapping.schema is None:
-        props = schemaless(image, skip)
-        if change.kind is Kind.REMOVE:
-            props.update(schemaless(dict(mapping.on_remove or {}), frozenset()))
-        return props
     if change.kind is Kind.REMOVE:
         image = {**image, **(mapping.on_remove or {})}
         return with_schema(image, mapping, skip, overrides=frozenset(mapping.on_remove or ()))
@@ -86,40 +92,62 @@ def build(change: Change, mapping: ItemMapping) -> dict[str, Any] | None:
 
 
 def serialize(props: dict[str, Any]) -> str:
-    """Compact JSON text, as PutItems wants it (its length is measured in characters)."""
+    """Compact JSON text, as PutItems wants it (its length is measured in characters).
+
+    orjson when the asset ships it (about 4× faster than ``json.dumps`` here); ``json`` otherwise, and for the
+    integers beyond 64 bits that orjson refuses (DynamoDB numbers have up to 38 digits).
+    """
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(props).decode()
+        except TypeError:  # orjson.JSONEncodeError subclasses TypeError
+            pass
     return json.dumps(props, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 # --- without a schema -------------------------------------------------------------------------------------
 
 
-def schemaless(image: dict[str, Any], skip: frozenset[str]) -> dict[str, Any]:
+def schemaless(image: dict[str, Any], skip: frozenset[str], *, dynamodb_json: bool = False) -> dict[str, Any]:
+    """Every attribute not in ``skip`` as a property; ``dynamodb_json`` images are converted on the way."""
     props: dict[str, Any] = {}
     origin: dict[str, str] = {}
-    for name, value in image.items():
-        if name not in skip:
-            _flatten(props, origin, camel_case(name), name, value)
+    for name, raw in image.items():
+        if name in skip:
+            continue
+        value = ddbjson.value(raw) if dynamodb_json else raw
+        key = camel_case(name)
+        cls = value.__class__
+        if (cls is str or cls is int) and key and key not in props:  # the common case, inlined
+            props[key] = value
+            origin[key] = name
+        else:
+            _flatten(props, origin, key, name, value)
     return props
 
 
 def _flatten(props: dict[str, Any], origin: dict[str, str], key: str, name: str, value: Any) -> None:
-    if value is None:
+    cls = value.__class__
+    if cls is str or cls is int or cls is bool:  # the common case first: this runs once per attribute
+        pass
+    elif value is None:
         return
-    if not key:
-        raise Poison(f"attribute {name!r} has no ASCII letter or digit to make a property name; exclude it")
-    if isinstance(value, dict):
+    elif cls is float:
+        if not math.isfinite(value):
+            raise Poison(f"attribute {name!r} is not a finite number")
+    elif cls is dict:
         for child, child_value in value.items():
             sub = camel_case(child)
             _flatten(props, origin, key + sub[:1].upper() + sub[1:] if sub else "", f"{name}.{child}", child_value)
         return
-    if isinstance(value, list):
+    elif cls is list:
         if not value:
             return
         value = _join(value) if all(_is_scalar(v) or v is None for v in value) else _json_text(value, name)
     elif not _is_scalar(value):
-        raise Poison(f"attribute {name!r} has an unsupported type {type(value).__name__}")
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise Poison(f"attribute {name!r} is not a finite number")
+        raise Poison(f"attribute {name!r} has an unsupported type {cls.__name__}")
+    if not key:
+        raise Poison(f"attribute {name!r} has no ASCII letter or digit to make a property name; exclude it")
     if key in props:
         raise Poison(f"attributes {origin[key]!r} and {name!r} both become property {key!r}; exclude one")
     props[key] = value

@@ -7,12 +7,15 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from connector import item
+from connector import ddbjson, item
 from connector.change import Poison, from_record
 from connector.config import parse_mapping
 from connector.source import parse_event
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.factories import dynamodb_record, event, kinesis_record
+from tests.unit.test_ddbjson import _attrs
 
 SCHEMA = {
     "type": "record",
@@ -212,3 +215,29 @@ def test_serialize_is_compact_and_keeps_unicode() -> None:
     text = item.serialize({"title": "Café", "n": 1})
     assert text == '{"title":"Café","n":1}'
     assert json.loads(text) == {"title": "Café", "n": 1}
+
+
+@pytest.mark.parametrize("use_orjson", [True, False])
+def test_serialize_with_and_without_orjson(monkeypatch: pytest.MonkeyPatch, use_orjson: bool) -> None:
+    if not use_orjson:
+        monkeypatch.setattr(item, "_orjson", None)
+    props = {"title": "Café ☕", "n": 1, "big": 12345678901234567890123456789012345678, "f": 0.1, "b": True}
+    text = item.serialize(props)
+    assert json.loads(text) == props
+    assert ", " not in text and "\\u" not in text  # compact, unicode kept (length counts characters)
+
+
+def _outcome(fn: Any) -> Any:
+    try:
+        return fn()
+    except Poison as exc:
+        return ("poison", str(exc))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["a", "b_c", "bC", "Dims", "__", "x1"]), _attrs, max_size=5))
+def test_fused_dynamodb_path_equals_convert_then_flatten(image: dict[str, Any]) -> None:
+    """schemaless() converts DynamoDB JSON inline; it must equal converting the image first."""
+    fused = _outcome(lambda: item.schemaless(image, frozenset(), dynamodb_json=True))
+    two_pass = _outcome(lambda: item.schemaless(ddbjson.image(image), frozenset()))
+    assert fused == two_pass
