@@ -75,4 +75,6 @@ def test_runtime_built_from_environment(monkeypatch: pytest.MonkeyPatch) -> None
     rt = handler.runtime()
     assert rt.settings.mapping.item_id == "sku" and rt.settings.max_calls_per_second == 4
     assert handler.runtime() is rt  # once per container
+    retries = rt.sink._client.meta.config.retries
+    assert retries == {"mode": "standard", "total_max_attempts": 3}  # attempts in all, not retries
     handler.reset()

@@ -1,0 +1,1 @@
+"""Local cloud: stand-ins that run the synthesized stack on this machine (never imported by the runtime)."""
