@@ -139,22 +139,30 @@ def rate(fn: Any, records: list[dict[str, Any]], repeats: int) -> float:
 
 # --- import time ------------------------------------------------------------------------------------------
 
-IMPORT_BASELINE = (
-    "import boto3; from aws_lambda_powertools import Logger, Metrics, Tracer; "
-    "from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse; "
-    "Logger(); Metrics(namespace='x'); Tracer()"
-)
-IMPORT_HANDLER = "import connector.handler"
+IMPORT_PROBE = """
+import time
+t0 = time.perf_counter()
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+Logger(); Metrics(namespace="x"); Tracer()
+t1 = time.perf_counter()
+import connector.handler
+t2 = time.perf_counter()
+print((t1 - t0) * 1000, (t2 - t1) * 1000)
+"""
 
 
-def import_ms(code: str, repeats: int) -> float:
+def import_ms(repeats: int) -> tuple[float, float]:
+    """Median ms for bare boto3 + Powertools, and what importing the handler adds on top, in fresh interpreters."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "lambda_src"), "POWERTOOLS_TRACE_DISABLED": "true"}
-    times = []
+    base, extra = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], env=env, check=True)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        out = subprocess.run([sys.executable, "-c", IMPORT_PROBE], env=env, check=True, capture_output=True, text=True)
+        b, e = (float(x) for x in out.stdout.split())
+        base.append(b)
+        extra.append(e)
+    return statistics.median(base), statistics.median(extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,8 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     b_calls, b_items = baseline_calls(unique)
     print("calls ÷ minimum on Zipf hot keys …", flush=True)
     hot_min = minimum_calls(hot)
+    start = time.perf_counter()
     hc_calls, _ = connector_calls(hot)
+    hot_conn_rate = sum(map(len, hot)) / (time.perf_counter() - start)
+    start = time.perf_counter()
     hb_calls, _ = baseline_calls(hot)
+    hot_base_rate = sum(map(len, hot)) / (time.perf_counter() - start)
 
     print("transform throughput …", flush=True)
     sample = [r for batch in unique for r in batch][:5_000]
@@ -182,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     t_base = rate(transform_baseline, sample, repeats)
 
     print("handler import time …", flush=True)
-    imp_base = import_ms(IMPORT_BASELINE, repeats)
-    imp_handler = import_ms(IMPORT_HANDLER, repeats)
+    imp_base, imp_extra = import_ms(max(repeats, 9))
 
     rows = [
         (
@@ -201,6 +212,13 @@ def main(argv: list[str] | None = None) -> int:
             "≤ 1.05",
         ),
         (
+            "whole batch CPU, records/s, Zipf hot keys (PutItems faked)",
+            f"{hot_conn_rate:,.0f}",
+            f"{hot_base_rate:,.0f}",
+            f"{hot_conn_rate / hot_base_rate:.1f}×",
+            "",
+        ),
+        (
             "transform, records/s (10-attribute image → JSON)",
             f"{t_conn:,.0f}",
             f"{t_base:,.0f}",
@@ -208,10 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             "≥ 2× baseline",
         ),
         (
-            "import ms (median, fresh interpreter)",
-            f"{imp_handler:.0f}",
+            "cold import ms: the handler on top of boto3 + Powertools (baseline column)",
+            f"+{imp_extra:.1f}",
             f"{imp_base:.0f}",
-            f"+{imp_handler - imp_base:.0f} ms",
+            f"+{100 * imp_extra / imp_base:.0f} %",
             "≤ +30 ms",
         ),
     ]
