@@ -47,7 +47,7 @@ unit: $(STAMP)
 	$(VENV)/bin/pytest tests/unit -q
 
 bench: $(STAMP)
-	$(PY) -m bench.bench_runtime
+	$(PY) -m bench.bench_runtime $(ARGS)
 
 synth: install
 	$(CDK) synth $(CDK_FLAGS) --quiet

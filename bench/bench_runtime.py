@@ -168,7 +168,10 @@ def import_ms(repeats: int) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller workloads (for CI smoke runs)")
+    parser.add_argument("--no-orjson", action="store_true", help="serialize with the standard library's json")
     args = parser.parse_args(argv)
+    if args.no_orjson:
+        item._orjson = None  # type: ignore[assignment]
     rng = random.Random(7)
     n_batches, batch_size, repeats = (5, 200, 3) if args.quick else (20, 500, 7)
 
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     header = (
         f"Runtime benchmark ({'quick' if args.quick else 'full'}: {n_batches}×{batch_size} records, "
-        f"{repeats} repeats, Python {sys.version.split()[0]})\n\n"
+        f"{repeats} repeats, Python {sys.version.split()[0]}, {'json' if item._orjson is None else 'orjson'})\n\n"
     )
     (RESULTS / "runtime.md").write_text(header + text + "\n")
     return 0

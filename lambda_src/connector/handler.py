@@ -102,14 +102,14 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
         (Outcome.SKIPPED, "RecordsSkipped"),
     ):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=counts[outcome])
-    metrics.add_metric(name="RecordsIn", unit=MetricUnit.Count, value=sum(counts.values()))
+    metrics.add_metric(name="RecordsIn", unit=MetricUnit.Count, value=result.records_in)
     metrics.add_metric(name="PutItemsCalls", unit=MetricUnit.Count, value=report.calls)
     metrics.add_metric(name="ItemsSent", unit=MetricUnit.Count, value=report.items_sent)
     metrics.add_metric(name="Throttles", unit=MetricUnit.Count, value=report.throttles)
     logger.info(
         "Batch done",
         extra={
-            "records": sum(counts.values()),
+            "records": result.records_in,
             **{f"records_{o.value}": n for o, n in counts.items()},
             "put_items_calls": report.calls,
             "items_per_call": round(report.items_sent / report.calls, 2) if report.calls else 0,

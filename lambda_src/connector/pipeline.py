@@ -14,7 +14,7 @@ from connector import change, item, source
 from connector.change import Poison
 from connector.config import Settings
 from connector.deadline import Deadline
-from connector.putitems import PendingItem, PutItemsSink, SendReport, coalesce
+from connector.putitems import Group, PendingItem, PutItemsSink, SendReport, coalesce
 from connector.response import Ledger, Outcome, Verdict, dead_letter
 from connector.telemetry import logger, tracer
 
@@ -25,6 +25,7 @@ DLQ_SEND_BUDGET_MS = 3_000
 @dataclass(slots=True)
 class Result:
     response: PartialItemFailureResponse
+    records_in: int
     counts: dict[Outcome, int]
     report: SendReport
     dead_lettered: int
@@ -44,21 +45,20 @@ def run(event: Any, *, settings: Settings, sink: PutItemsSink, sqs: Any, deadlin
 
     pending: list[PendingItem] = []
     for group in coalesce(changes):
-        superseded = [c.record for c in group.changes if c is not group.winner]
         try:
             props = item.build(group.winner, settings.mapping)
         except Poison as exc:
-            verdicts.append(Verdict(group.winner.record, Outcome.POISON, str(exc), group.item_id, superseded))
+            verdicts.append(_verdict(group, Outcome.POISON, str(exc)))
             continue
         if props is None:
-            verdicts.append(Verdict(group.winner.record, Outcome.SKIPPED, "remove ignored", group.item_id, superseded))
+            verdicts.append(_verdict(group, Outcome.SKIPPED, "remove ignored"))
             continue
         pending.append(PendingItem(group, item.serialize(props) if props else None))
 
     report = sink.send(pending, deadline)
     for outcome, items in ((Outcome.PUT, report.put), (Outcome.RETRY, report.retry)):
-        verdicts.extend(_verdict(p, outcome, None) for p in items)
-    verdicts.extend(_verdict(p, Outcome.POISON, reason) for p, reason in report.poison)
+        verdicts.extend(_verdict(p.group, outcome) for p in items)
+    verdicts.extend(_verdict(p.group, Outcome.POISON, reason) for p, reason in report.poison)
 
     sent = dead_letter(verdicts, sqs, settings.dlq_url, allowed=deadline.allows(DLQ_SEND_BUDGET_MS))
     for v in verdicts:
@@ -70,10 +70,8 @@ def run(event: Any, *, settings: Settings, sink: PutItemsSink, sqs: Any, deadlin
 
     ledger = Ledger(records)
     ledger.settle(verdicts)
-    return Result(ledger.response(), ledger.counts(), report, sent)
+    return Result(ledger.response(), len(records), ledger.counts(), report, sent)
 
 
-def _verdict(pending: PendingItem, outcome: Outcome, reason: str | None) -> Verdict:
-    group = pending.group
-    superseded = [c.record for c in group.changes if c is not group.winner]
-    return Verdict(group.winner.record, outcome, reason, group.item_id, superseded)
+def _verdict(group: Group, outcome: Outcome, reason: str | None = None) -> Verdict:
+    return Verdict(group.winner.record, outcome, reason, group.item_id, group.superseded)

@@ -40,6 +40,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from connector.change import Change
 from connector.deadline import Deadline
+from connector.source import SourceRecord
 from connector.telemetry import logger
 
 MAX_ITEMS_PER_CALL = 10
@@ -69,6 +70,11 @@ class Group:
     item_id: str
     winner: Change
     changes: list[Change]
+
+    @property
+    def superseded(self) -> list[SourceRecord]:
+        """The records of the changes the winner replaced."""
+        return [c.record for c in self.changes if c is not self.winner]
 
 
 def coalesce(changes: Iterable[Change]) -> list[Group]:
