@@ -190,8 +190,15 @@ def parse_template(
         function_id = _function_logical_id(props.get("FunctionName"), all_resources, resolver)
         if function_id not in functions:
             functions[function_id] = _function_config(
-                function_id, spec=all_resources[function_id], resolver=resolver, stack=stack, region=region,
-                account_id=account_id, template_dir=template_dir, asset_dir=asset_dir, warn=warn,
+                function_id,
+                spec=all_resources[function_id],
+                resolver=resolver,
+                stack=stack,
+                region=region,
+                account_id=account_id,
+                template_dir=template_dir,
+                asset_dir=asset_dir,
+                warn=warn,
             )
         parallelization = int(props.get("ParallelizationFactor", 1))
         if parallelization > 1:
@@ -573,8 +580,9 @@ class _Worker:
         line, _, self._buffer = self._buffer.partition(b"\n")
         return json.loads(line)
 
-    def invoke(self, event: Mapping[str, Any], *, request_id: str, function: FunctionConfig,
-               kill_after_s: float | None) -> _InvokeResult:
+    def invoke(
+        self, event: Mapping[str, Any], *, request_id: str, function: FunctionConfig, kill_after_s: float | None
+    ) -> _InvokeResult:
         started = time.monotonic()
         deadline_ms = int(time.time() * 1000 + function.timeout_s * 1000)
         message = {
@@ -594,8 +602,11 @@ class _Worker:
             reply = self._read(started + limit)
         except _WorkerGone:
             self.kill()
-            return _InvokeResult("error", error=_exit_error("the worker exited during the invoke"),
-                                 duration_ms=(time.monotonic() - started) * 1000)
+            return _InvokeResult(
+                "error",
+                error=_exit_error("the worker exited during the invoke"),
+                duration_ms=(time.monotonic() - started) * 1000,
+            )
         except _WorkerTimeout:
             self.kill()
             elapsed = (time.monotonic() - started) * 1000
@@ -603,14 +614,17 @@ class _Worker:
                 return _InvokeResult("killed", error=_exit_error("killed by the fault hook"), duration_ms=elapsed)
             return _InvokeResult(
                 "timeout",
-                error={"errorType": "Sandbox.Timedout",
-                       "errorMessage": f"{request_id} Task timed out after {function.timeout_s:.2f} seconds"},
+                error={
+                    "errorType": "Sandbox.Timedout",
+                    "errorMessage": f"{request_id} Task timed out after {function.timeout_s:.2f} seconds",
+                },
                 duration_ms=elapsed,
             )
         if kill_after_s is not None:  # the fault hook fires even when the handler was quicker
             self.kill()
-            return _InvokeResult("killed", error=_exit_error("killed by the fault hook"),
-                                 duration_ms=(time.monotonic() - started) * 1000)
+            return _InvokeResult(
+                "killed", error=_exit_error("killed by the fault hook"), duration_ms=(time.monotonic() - started) * 1000
+            )
         duration = float(reply.get("duration_ms", (time.monotonic() - started) * 1000))
         if reply.get("ok"):
             return _InvokeResult("ok", response=reply.get("response"), duration_ms=duration)
@@ -741,8 +755,14 @@ def _epoch(value: Any) -> float:
 
 
 class _ShardPoller(threading.Thread):
-    def __init__(self, runner: EsmRunner, mapping: MappingConfig, shard_id: str, iterator: str | None,
-                 parent: _ShardPoller | None) -> None:
+    def __init__(
+        self,
+        runner: EsmRunner,
+        mapping: MappingConfig,
+        shard_id: str,
+        iterator: str | None,
+        parent: _ShardPoller | None,
+    ) -> None:
         super().__init__(name=f"esm-{mapping.logical_id}-{shard_id}", daemon=True)
         self.runner = runner
         self.mapping = mapping
@@ -885,9 +905,10 @@ class _ShardPoller(threading.Thread):
                 "eventSourceARN": mapping.source_arn,
             }
             if item.get("userIdentity"):
-                event["userIdentity"] = {"type": item["userIdentity"].get("Type", "Service"),
-                                         "principalId": item["userIdentity"].get("PrincipalId",
-                                                                                "dynamodb.amazonaws.com")}
+                event["userIdentity"] = {
+                    "type": item["userIdentity"].get("Type", "Service"),
+                    "principalId": item["userIdentity"].get("PrincipalId", "dynamodb.amazonaws.com"),
+                }
             sequence_number = str(change["SequenceNumber"])
         return _Record(sequence_number, arrival, event, len(json.dumps(event)))
 
@@ -976,8 +997,12 @@ class _ShardPoller(threading.Thread):
         if count:
             self.runner._count(self.mapping, "records_succeeded", count)
 
-    def _send_on_failure(self, segment: _Segment, records: list[_Record],
-                         condition: Literal["RetryAttemptsExhausted", "RecordAgeExceeded"]) -> None:
+    def _send_on_failure(
+        self,
+        segment: _Segment,
+        records: list[_Record],
+        condition: Literal["RetryAttemptsExhausted", "RecordAgeExceeded"],
+    ) -> None:
         message = build_on_failure_message(
             mapping=self.mapping,
             shard_id=self.shard_id,
@@ -1044,8 +1069,14 @@ class EsmRunner:
         self.warnings: list[str] = []
         self.resources = dict(resources)
         self.mappings: list[MappingConfig] = parse_template(
-            template, resources, region=region, account_id=account_id, stack_name=stack_name,
-            template_dir=template_dir, asset_dir=asset_dir, warnings=self.warnings,
+            template,
+            resources,
+            region=region,
+            account_id=account_id,
+            stack_name=stack_name,
+            template_dir=template_dir,
+            asset_dir=asset_dir,
+            warnings=self.warnings,
         )
         if mapping_overrides:  # e.g. {"batching_window_s": 0.2} to keep a demo snappy; fields of MappingConfig
             self.mappings = [replace(m, **dict(mapping_overrides)) for m in self.mappings]
@@ -1244,8 +1275,11 @@ class EsmRunner:
 
     def _initial_iterator(self, mapping: MappingConfig, shard_id: str, position: str) -> str:
         if mapping.source == "kinesis":
-            args: dict[str, Any] = {"StreamName": mapping.stream_name, "ShardId": shard_id,
-                                    "ShardIteratorType": position}
+            args: dict[str, Any] = {
+                "StreamName": mapping.stream_name,
+                "ShardId": shard_id,
+                "ShardIteratorType": position,
+            }
             if position == "AT_TIMESTAMP":
                 args["Timestamp"] = mapping.starting_position_timestamp or time.time()
             return str(self._control_client("kinesis").get_shard_iterator(**args)["ShardIterator"])
@@ -1347,8 +1381,9 @@ class EsmRunner:
             self.on_invocation(invocation)
         return invocation
 
-    def _deliver_on_failure(self, mapping: MappingConfig, message: Mapping[str, Any], records: int,
-                            *, expired: bool) -> None:
+    def _deliver_on_failure(
+        self, mapping: MappingConfig, message: Mapping[str, Any], records: int, *, expired: bool
+    ) -> None:
         self._count(mapping, "records_to_on_failure", records)
         if expired:
             self._count(mapping, "records_expired", records)

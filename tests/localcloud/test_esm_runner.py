@@ -275,10 +275,23 @@ def test_events_context_and_environment_look_like_lambda(moto_url: str, tmp_path
         KinesisDataStreamModel.model_validate(call["event"])
     stream_arn = h.resources["Stream"].arn
     for record, doc in zip(kinesis_records, [*docs, {"itemId": "k3"}], strict=True):
-        assert set(record) == {"kinesis", "eventSource", "eventVersion", "eventID", "eventName",
-                               "invokeIdentityArn", "awsRegion", "eventSourceARN"}
-        assert set(record["kinesis"]) == {"kinesisSchemaVersion", "partitionKey", "sequenceNumber", "data",
-                                          "approximateArrivalTimestamp"}
+        assert set(record) == {
+            "kinesis",
+            "eventSource",
+            "eventVersion",
+            "eventID",
+            "eventName",
+            "invokeIdentityArn",
+            "awsRegion",
+            "eventSourceARN",
+        }
+        assert set(record["kinesis"]) == {
+            "kinesisSchemaVersion",
+            "partitionKey",
+            "sequenceNumber",
+            "data",
+            "approximateArrivalTimestamp",
+        }
         assert json.loads(base64.b64decode(record["kinesis"]["data"])) == doc
         assert record["eventID"] == f"shardId-000000000000:{record['kinesis']['sequenceNumber']}"
         assert record["eventSource"] == "aws:kinesis"
@@ -294,8 +307,15 @@ def test_events_context_and_environment_look_like_lambda(moto_url: str, tmp_path
     assert [r["eventName"] for r in ddb_records] == ["INSERT", "MODIFY", "REMOVE"]
     table_stream_arn = h.resources["Table"].get_att("StreamArn")
     for record in ddb_records:
-        assert set(record) == {"eventID", "eventName", "eventVersion", "eventSource", "awsRegion", "dynamodb",
-                               "eventSourceARN"}
+        assert set(record) == {
+            "eventID",
+            "eventName",
+            "eventVersion",
+            "eventSource",
+            "awsRegion",
+            "dynamodb",
+            "eventSourceARN",
+        }
         assert record["eventSource"] == "aws:dynamodb"
         assert record["eventSourceARN"] == table_stream_arn
         assert record["dynamodb"]["StreamViewType"] == "NEW_AND_OLD_IMAGES"
@@ -303,8 +323,14 @@ def test_events_context_and_environment_look_like_lambda(moto_url: str, tmp_path
         assert isinstance(record["dynamodb"]["ApproximateCreationDateTime"], float)
         assert isinstance(record["dynamodb"]["SizeBytes"], int)
     insert, modify, remove = (r["dynamodb"] for r in ddb_records)
-    assert set(insert) == {"ApproximateCreationDateTime", "Keys", "NewImage", "SequenceNumber", "SizeBytes",
-                           "StreamViewType"}
+    assert set(insert) == {
+        "ApproximateCreationDateTime",
+        "Keys",
+        "NewImage",
+        "SequenceNumber",
+        "SizeBytes",
+        "StreamViewType",
+    }
     assert insert["NewImage"]["blob"] == {"B": "AAE="}  # binary stays base64, as Lambda sends it
     assert modify["OldImage"]["n"] == {"N": "1"} and modify["NewImage"]["n"] == {"N": "2"}
     assert "NewImage" not in remove and remove["OldImage"]["pk"] == {"S": "a"}
@@ -377,8 +403,13 @@ def test_evaluate_batch_response(response: Any, verdict: Any) -> None:
 def test_partial_failure_checkpoints_at_the_lowest_reported_sequence_number(moto_url: str, tmp_path: Path) -> None:
     # GIVEN ten documents, and a handler that reports positions 8 and 6 as failed once
     template = make_template("partial_once.handler", kinesis={"BatchSize": 10})
-    with harness(moto_url, tmp_path, template, env={"FAIL_POSITIONS": "8,6"},
-                 before_start=lambda h: h.put_docs(*({"itemId": f"i{i}"} for i in range(10)))) as h:
+    with harness(
+        moto_url,
+        tmp_path,
+        template,
+        env={"FAIL_POSITIONS": "8,6"},
+        before_start=lambda h: h.put_docs(*({"itemId": f"i{i}"} for i in range(10))),
+    ) as h:
         # WHEN the runner delivers them
         h.wait_idle()
         stats = h.runner.stats()
@@ -404,8 +435,13 @@ def test_partial_failure_checkpoints_at_the_lowest_reported_sequence_number(moto
 def test_invalid_response_fails_the_whole_batch(moto_url: str, tmp_path: Path, kind: str) -> None:
     # GIVEN a handler whose first response is invalid, then null (success)
     template = make_template("invalid_once.handler", kinesis={"BatchSize": 10})
-    with harness(moto_url, tmp_path, template, env={"INVALID_KIND": kind},
-                 before_start=lambda h: h.put_docs(*({"itemId": f"i{i}"} for i in range(5)))) as h:
+    with harness(
+        moto_url,
+        tmp_path,
+        template,
+        env={"INVALID_KIND": kind},
+        before_start=lambda h: h.put_docs(*({"itemId": f"i{i}"} for i in range(5))),
+    ) as h:
         h.wait_idle()
         stats = h.runner.stats()
         ledger = h.runner.ledger()
@@ -471,8 +507,12 @@ def test_bisect_isolates_the_poison_record(moto_url: str, tmp_path: Path) -> Non
 def test_retries_then_on_failure_destination_then_moves_on(moto_url: str, tmp_path: Path) -> None:
     # GIVEN a batch that always fails, two retries, no bisect
     template = make_template("poison.handler", kinesis={"BatchSize": 10, "MaximumRetryAttempts": 2})
-    with harness(moto_url, tmp_path, template,
-                 before_start=lambda h: h.put_docs(*({"itemId": f"p{i}", "poison": True} for i in range(3)))) as h:
+    with harness(
+        moto_url,
+        tmp_path,
+        template,
+        before_start=lambda h: h.put_docs(*({"itemId": f"p{i}", "poison": True} for i in range(3))),
+    ) as h:
         h.wait_idle()
         messages = h.on_failure_messages()
         # WHEN good documents follow
@@ -504,8 +544,13 @@ def test_retries_then_on_failure_destination_then_moves_on(moto_url: str, tmp_pa
 def test_maximum_record_age_sends_record_age_exceeded(moto_url: str, tmp_path: Path) -> None:
     # GIVEN a batch that always fails, unlimited retries but a 1 s maximum record age
     template = make_template("poison.handler", kinesis={"MaximumRecordAgeInSeconds": 1})
-    with harness(moto_url, tmp_path, template, max_retry_backoff_s=0.2,
-                 before_start=lambda h: h.put_docs({"itemId": "p", "poison": True})) as h:
+    with harness(
+        moto_url,
+        tmp_path,
+        template,
+        max_retry_backoff_s=0.2,
+        before_start=lambda h: h.put_docs({"itemId": "p", "poison": True}),
+    ) as h:
         h.wait_idle()
         stats = h.runner.stats()
         messages = h.on_failure_messages()
@@ -586,11 +631,16 @@ def test_filter_criteria_deliver_only_matching_records(moto_url: str, tmp_path: 
     )
 
     def write(h: Harness) -> None:
-        h.put_items(ddb_item("b1", kind={"S": "book"}), ddb_item("t1", kind={"S": "toy"}),
-                    ddb_item("b2", kind={"S": "book"}))
+        h.put_items(
+            ddb_item("b1", kind={"S": "book"}), ddb_item("t1", kind={"S": "toy"}), ddb_item("b2", kind={"S": "book"})
+        )
         h.client("dynamodb").delete_item(TableName=h.table_name, Key={"pk": {"S": "b1"}})
-        h.put_docs({"id": 1, "type": "buy"}, {"id": 2, "type": "sell", "qty": 5}, {"id": 3, "type": "sell", "qty": 500},
-                   b"not json at all")
+        h.put_docs(
+            {"id": 1, "type": "buy"},
+            {"id": 2, "type": "sell", "qty": 5},
+            {"id": 3, "type": "sell", "qty": 500},
+            b"not json at all",
+        )
 
     with harness(moto_url, tmp_path, template, before_start=write) as h:
         h.wait_idle()
@@ -634,8 +684,9 @@ def test_provision_resolves_refs_and_is_idempotent(moto_url: str) -> None:
     template = make_template("recorder.handler", kinesis={})
     template["Resources"]["Redriven"] = {
         "Type": "AWS::SQS::Queue",
-        "Properties": {"RedrivePolicy": {"deadLetterTargetArn": {"Fn::GetAtt": ["RecordDlq", "Arn"]},
-                                         "maxReceiveCount": 3}},
+        "Properties": {
+            "RedrivePolicy": {"deadLetterTargetArn": {"Fn::GetAtt": ["RecordDlq", "Arn"]}, "maxReceiveCount": 3}
+        },
     }
     template["Resources"]["Topic"] = {"Type": "AWS::SNS::Topic", "Properties": {}}
     resources = provision(template, endpoint_url=moto_url, stack_name="Prov")

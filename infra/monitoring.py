@@ -1,0 +1,272 @@
+"""Monitoring: alarms on iterator age, errors, throttles and queue depth, an alarm topic, and a dashboard.
+
+The dashboard puts the connector's EMF metrics (records in / put / poison / retry / skipped, PutItems calls,
+items per call, Personalize throttles) beside the Lambda metrics and the source streams' metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import aws_cdk as cdk
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kinesis as kinesis
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from infra.config import MonitoringConfig
+from infra.sources import DynamoDbSource
+from infra.stream_to_personalize import StreamToPersonalize
+
+__all__ = ["AlarmTopic", "ConnectorMonitoring"]
+
+
+class AlarmTopic(Construct):
+    """An SNS topic for alarm notifications, encrypted with its own key that CloudWatch may use, SSL-only,
+    with an optional email subscription.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, email: str | None = None) -> None:
+        """Create the key and the topic; subscribe ``email`` when given (confirm it from the inbox)."""
+        super().__init__(scope, construct_id)
+        self.key = kms.Key(
+            self,
+            "Key",
+            description="Encrypts the stream-to-personalize alarm topic",
+            enable_key_rotation=True,
+        )
+        # CloudWatch alarms publish to encrypted topics only when the key lets the service use it.
+        self.key.add_to_resource_policy(
+            iam.PolicyStatement(
+                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                resources=["*"],
+            )
+        )
+        self.topic = sns.Topic(self, "Topic", master_key=self.key, enforce_ssl=True)
+        if email:
+            self.topic.add_subscription(subscriptions.EmailSubscription(email))
+
+
+class ConnectorMonitoring(Construct):
+    """Alarms and a dashboard for one :class:`StreamToPersonalize` and its sources."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        connector: StreamToPersonalize,
+        tables: Sequence[DynamoDbSource] = (),
+        streams: Sequence[kinesis.IStream] = (),
+        settings: MonitoringConfig | None = None,
+        alarm_topic: sns.ITopic | None = None,
+        dashboard_name: str | None = None,
+    ) -> None:
+        """Create the alarms (notifying ``alarm_topic`` when given) and, unless disabled, the dashboard."""
+        super().__init__(scope, construct_id)
+        cfg = settings or MonitoringConfig()
+        period = cdk.Duration.minutes(cfg.period_minutes)
+        fn = connector.function
+        self.alarms: list[cloudwatch.Alarm] = []
+
+        def alarm(
+            alarm_id: str,
+            metric: cloudwatch.IMetric,
+            *,
+            threshold: float,
+            description: str,
+            evaluation_periods: int = 1,
+        ) -> cloudwatch.Alarm:
+            created = cloudwatch.Alarm(
+                self,
+                alarm_id,
+                metric=metric,
+                threshold=threshold,
+                evaluation_periods=evaluation_periods,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+                alarm_description=description,
+            )
+            if alarm_topic is not None:
+                created.add_alarm_action(cw_actions.SnsAction(alarm_topic))
+                created.add_ok_action(cw_actions.SnsAction(alarm_topic))
+            self.alarms.append(created)
+            return created
+
+        self.iterator_age_alarm = alarm(
+            "IteratorAge",
+            connector.metric_iterator_age(period=period),
+            threshold=cfg.iterator_age_seconds * 1000,
+            evaluation_periods=2,
+            description=(
+                f"The connector is more than {cfg.iterator_age_seconds} s behind its stream(s): the PutItems "
+                "quota (100 items/s) or retries cannot keep up. Check Throttles and RecordsRetry."
+            ),
+        )
+        self.errors_alarm = alarm(
+            "Errors",
+            fn.metric_errors(period=period, statistic="Sum"),
+            threshold=cfg.errors,
+            description="The connector function failed (raised or timed out); Lambda retries and bisects the batch.",
+        )
+        self.throttles_alarm = alarm(
+            "Throttles",
+            fn.metric_throttles(period=period, statistic="Sum"),
+            threshold=cfg.throttles,
+            description="Lambda throttled the connector (reserved concurrency reached); batches wait and age.",
+        )
+        self.put_items_throttles_alarm = alarm(
+            "PutItemsThrottles",
+            connector.metric("Throttles", period=period),
+            threshold=cfg.put_items_throttles,
+            description=(
+                "Personalize throttled PutItems: reserved concurrency x MAX_CALLS_PER_SECOND exceeds the "
+                "dataset group's 10 calls/s."
+            ),
+        )
+        self.dlq_alarm = alarm(
+            "PoisonRecordsQueueDepth",
+            connector.dlq.metric_approximate_number_of_messages_visible(period=period, statistic="Maximum"),
+            threshold=cfg.dlq_depth,
+            description="Records that can never land are waiting in the poison-record DLQ (see 'reason').",
+        )
+        self.failed_batches_alarm = alarm(
+            "FailedBatchesQueueDepth",
+            connector.failure_queue.metric_approximate_number_of_messages_visible(period=period, statistic="Maximum"),
+            threshold=cfg.dlq_depth,
+            description="Batches exhausted their retries or record age; the on-failure queue holds their coordinates.",
+        )
+
+        self.dashboard: cloudwatch.Dashboard | None = None
+        if cfg.dashboard:
+            self.dashboard = self._dashboard(
+                connector=connector,
+                tables=tables,
+                streams=streams,
+                period=period,
+                name=dashboard_name,
+                iterator_age_threshold_ms=cfg.iterator_age_seconds * 1000,
+            )
+
+    def _dashboard(
+        self,
+        *,
+        connector: StreamToPersonalize,
+        tables: Sequence[DynamoDbSource],
+        streams: Sequence[kinesis.IStream],
+        period: cdk.Duration,
+        name: str | None,
+        iterator_age_threshold_ms: float,
+    ) -> cloudwatch.Dashboard:
+        fn = connector.function
+        m = connector.metric
+        dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=name)
+        dashboard.add_widgets(
+            cloudwatch.TextWidget(
+                markdown=(
+                    "# stream-to-personalize\nRecords in = put + poison + retry + skipped. "
+                    "PutItems quota: 10 calls/s x 10 items per dataset group."
+                ),
+                width=24,
+                height=2,
+            )
+        )
+        dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="Records (connector)",
+                left=[
+                    m(n, period=period)
+                    for n in ("RecordsIn", "RecordsPut", "RecordsPoison", "RecordsRetry", "RecordsSkipped")
+                ],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="PutItems calls, items sent, throttles",
+                left=[m("PutItemsCalls", period=period), m("ItemsSent", period=period)],
+                right=[m("Throttles", period=period)],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Items per PutItems call (max 10)",
+                left=[connector.metric_items_per_call(period=period)],
+                left_y_axis=cloudwatch.YAxisProps(min=0, max=10),
+                width=8,
+            ),
+        )
+        dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="Lambda invocations, errors, throttles",
+                left=[
+                    fn.metric_invocations(period=period, statistic="Sum"),
+                    fn.metric_errors(period=period, statistic="Sum"),
+                    fn.metric_throttles(period=period, statistic="Sum"),
+                ],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Lambda duration",
+                left=[
+                    fn.metric_duration(period=period, statistic="p99"),
+                    fn.metric_duration(period=period, statistic="Maximum"),
+                ],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Iterator age (ms)",
+                left=[connector.metric_iterator_age(period=period)],
+                left_annotations=[cloudwatch.HorizontalAnnotation(value=iterator_age_threshold_ms, label="alarm")],
+                width=8,
+            ),
+        )
+        stream_metrics: list[cloudwatch.IWidget] = []
+        for stream in streams:
+            stream_metrics.append(
+                cloudwatch.GraphWidget(
+                    title="Kinesis stream: incoming records, GetRecords iterator age (ms)",
+                    left=[stream.metric_incoming_records(period=period, statistic="Sum")],
+                    right=[stream.metric_get_records_iterator_age_milliseconds(period=period, statistic="Maximum")],
+                    width=8,
+                )
+            )
+        for table in tables:
+            stream_metrics.append(
+                cloudwatch.GraphWidget(
+                    title="DynamoDB stream: records returned to the connector",
+                    left=[
+                        cloudwatch.Metric(
+                            namespace="AWS/DynamoDB",
+                            metric_name="ReturnedRecordsCount",
+                            dimensions_map={
+                                "TableName": table.table_name,
+                                "StreamLabel": table.stream_label,
+                                "Operation": "GetRecords",
+                            },
+                            statistic="Sum",
+                            period=period,
+                        )
+                    ],
+                    width=8,
+                )
+            )
+        stream_metrics.append(
+            cloudwatch.GraphWidget(
+                title="Queues: poison records, failed batches",
+                left=[
+                    _queue_depth(connector.dlq, "Poison records", period),
+                    _queue_depth(connector.failure_queue, "Failed batches", period),
+                ],
+                width=8,
+            )
+        )
+        dashboard.add_widgets(*stream_metrics)
+        return dashboard
+
+
+def _queue_depth(queue: sqs.IQueue, label: str, period: cdk.Duration) -> cloudwatch.Metric:
+    return queue.metric_approximate_number_of_messages_visible(period=period, statistic="Maximum", label=label)

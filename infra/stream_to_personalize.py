@@ -1,0 +1,351 @@
+"""The reusable ``StreamToPersonalize`` construct: the connector Lambda, its event sources, queues and IAM.
+
+Import it into any CDK app::
+
+    from infra import EsmSettings, StreamToPersonalize
+
+    connector = StreamToPersonalize(self, "Catalog", dataset_arn=dataset_arn, mapping={"itemId": "sku"})
+    connector.add_dynamodb_source(table, settings=EsmSettings(batch_size=500), skip_ttl_deletes=True)
+    connector.add_kinesis_source(stream)
+
+It owns:
+
+* the function (python3.13, arm64, code from ``lambda_src/`` without Docker, Powertools from the public
+  layer pinned to requirements.txt, X-Ray tracing) and its log group;
+* ``dlq``: the poison-record queue (``DLQ_URL``), JSON messages ``{reason, source, eventSourceARN,
+  sequenceNumber, itemId, record}`` written by the connector;
+* ``failure_queue``: the event source mappings' on-failure destination (batch coordinates, written by Lambda);
+* a role with ``personalize:PutItems`` on the dataset ARN only, send on its own queues, and stream read as
+  the L2 grants give it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import aws_cdk as cdk
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kinesis as kinesis
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as sources
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_ssm as ssm
+from constructs import Construct
+
+from infra.config import INLINE_CONFIG_MAX_BYTES, EsmSettings, compact_json
+from infra.nag import acknowledge
+from infra.powertools import REPO_ROOT, layer_parameter_name, powertools_version
+
+__all__ = [
+    "CONFIG_FILE_NAME",
+    "DEFAULT_CODE_PATH",
+    "EMF_METRICS",
+    "HANDLER",
+    "METRICS_NAMESPACE",
+    "StreamToPersonalize",
+    "skip_ttl_deletes_filters",
+]
+
+DEFAULT_CODE_PATH = REPO_ROOT / "lambda_src"
+HANDLER = "connector.handler.handler"
+CONFIG_FILE_NAME = "connector_config.json"
+METRICS_NAMESPACE = "StreamToPersonalize"
+#: The EMF metrics the runtime emits (namespace ``StreamToPersonalize``, dimension ``service``).
+EMF_METRICS = (
+    "RecordsIn",
+    "RecordsPut",
+    "RecordsPoison",
+    "RecordsRetry",
+    "RecordsSkipped",
+    "PutItemsCalls",
+    "ItemsSent",
+    "Throttles",
+)
+_ASSET_EXCLUDES = ["**/__pycache__", "__pycache__", "**/*.pyc", "**/.pytest_cache", "**/.mypy_cache"]
+
+
+def skip_ttl_deletes_filters() -> list[Mapping[str, Any]]:
+    """Lambda filter criteria that drop the REMOVE events DynamoDB TTL makes, and keep everything else.
+
+    TTL deletes are the only records whose ``userIdentity.principalId`` is ``dynamodb.amazonaws.com``.
+    Filters are ORed: a record passes when it has no principal (every write made by a caller) or when its
+    principal is anything but the DynamoDB service.
+    """
+    return [
+        lambda_.FilterCriteria.filter({"userIdentity": {"principalId": lambda_.FilterRule.not_exists()}}),
+        lambda_.FilterCriteria.filter(
+            {"userIdentity": {"principalId": lambda_.FilterRule.not_equals("dynamodb.amazonaws.com")}}
+        ),
+    ]
+
+
+class StreamToPersonalize(Construct):
+    """The connector: a Lambda that turns DynamoDB/Kinesis change records into PutItems calls.
+
+    Add sources with :meth:`add_dynamodb_source` and :meth:`add_kinesis_source`; read the connector's
+    EMF metrics with :meth:`metric`.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        dataset_arn: str,
+        mapping: Mapping[str, Any] | None = None,
+        config_delivery: Literal["auto", "env", "file"] = "auto",
+        code_path: str | Path = DEFAULT_CODE_PATH,
+        memory_mb: int = 1024,
+        timeout: cdk.Duration | None = None,
+        reserved_concurrency: int | None = 1,
+        max_calls_per_second: float = 10.0,
+        deadline_margin_ms: int = 5000,
+        log_level: str = "INFO",
+        service_name: str = "stream-to-personalize",
+        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+        powertools_layer_version: str | None = None,
+        queue_retention: cdk.Duration | None = None,
+    ) -> None:
+        """Create the function, its queues and its role.
+
+        :param dataset_arn: the Items dataset PutItems writes to (the only resource PutItems is allowed on).
+        :param mapping: the mapping document (see DESIGN.md "Runtime contract"); ``{}`` when omitted.
+        :param config_delivery: ``env`` puts it in ``CONNECTOR_CONFIG``; ``file`` ships it in the asset as
+            ``connector_config.json`` and sets ``CONNECTOR_CONFIG_FILE``; ``auto`` picks ``file`` when the
+            compact JSON exceeds the inline limit (Lambda's whole environment is limited to 4 KB).
+        :param code_path: the runtime source directory (the asset root; holds the ``connector`` package).
+        :param timeout: default 300 s, enough for a 10,000-record batch at the 100 items/s quota.
+        :param reserved_concurrency: caps concurrent invocations; ``None`` leaves it unreserved.
+        :param max_calls_per_second: PutItems pacing per invocation. All invocations share the dataset
+            group's 10 calls/s, so keep ``reserved_concurrency * max_calls_per_second <= 10``.
+        :param powertools_layer_version: default: the ``aws-lambda-powertools`` pin in requirements.txt.
+        :param queue_retention: retention of both queues; default 14 days (the SQS maximum).
+        """
+        super().__init__(scope, construct_id)
+        self.dataset_arn = dataset_arn
+        self.service_name = service_name
+        self.mapping: Mapping[str, Any] = dict(mapping or {})
+        code_dir = Path(code_path)
+        if not (code_dir / "connector").is_dir():
+            raise ValueError(f"code_path {code_dir} has no 'connector' package (expected the lambda_src/ layout)")
+        retention = queue_retention or cdk.Duration.days(14)
+        timeout = timeout or cdk.Duration.seconds(300)
+
+        self.dlq = sqs.Queue(
+            self,
+            "PoisonRecords",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=retention,
+        )
+        self.failure_queue = sqs.Queue(
+            self,
+            "FailedBatches",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=retention,
+        )
+        for queue, what in ((self.dlq, "poison records"), (self.failure_queue, "failed batch coordinates")):
+            acknowledge(
+                queue,
+                "AwsSolutions-SQS3",
+                f"This queue is itself the terminal dead-letter store for {what}; operators inspect and "
+                "redrive it by hand, alarmed on its depth.",
+            )
+
+        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention)
+        self.role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description="stream-to-personalize connector: PutItems on one dataset, send to its own queues.",
+        )
+        self.log_group.grant_write(self.role)
+        self.role.add_to_principal_policy(
+            iam.PolicyStatement(sid="PutItemsOnDataset", actions=["personalize:PutItems"], resources=[dataset_arn])
+        )
+        self.dlq.grant_send_messages(self.role)
+
+        code, config_env = self._code(code_dir, config_delivery)
+        layer_version = powertools_layer_version or powertools_version()
+        layer_arn = ssm.StringParameter.value_for_string_parameter(
+            self, layer_parameter_name(version=layer_version, architecture="arm64", runtime="python3.13")
+        )
+        self.powertools_layer = lambda_.LayerVersion.from_layer_version_arn(self, "PowertoolsLayer", layer_arn)
+
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            description="Streams DynamoDB/Kinesis item changes into Amazon Personalize (PutItems).",
+            runtime=lambda_.Runtime.PYTHON_3_13,
+            architecture=lambda_.Architecture.ARM_64,
+            handler=HANDLER,
+            code=code,
+            layers=[self.powertools_layer],
+            role=self.role,
+            log_group=self.log_group,
+            memory_size=memory_mb,
+            timeout=timeout,
+            reserved_concurrent_executions=reserved_concurrency,
+            tracing=lambda_.Tracing.ACTIVE,
+            environment={
+                "DATASET_ARN": dataset_arn,
+                "DLQ_URL": self.dlq.queue_url,
+                **config_env,
+                "MAX_CALLS_PER_SECOND": f"{max_calls_per_second:g}",
+                "DEADLINE_MARGIN_MS": str(deadline_margin_ms),
+                "POWERTOOLS_SERVICE_NAME": service_name,
+                "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
+                "POWERTOOLS_LOG_LEVEL": log_level,
+            },
+        )
+        self.event_sources: list[sources.StreamEventSource] = []
+
+        acknowledge(
+            self.function,
+            "AwsSolutions-L1",
+            "Pinned to python3.13: the Powertools public layer this project pins (requirements.txt) and tests "
+            "against is published for python3.13/arm64.",
+        )
+        policy = self.role.node.find_child("DefaultPolicy")
+        acknowledge(
+            policy,
+            "AwsSolutions-IAM5[Resource::*]",
+            "X-Ray PutTraceSegments/PutTelemetryRecords (active tracing) and dynamodb:ListStreams (stream "
+            "read) do not support resource-level permissions.",
+        )
+
+    # ------------------------------------------------------------------------------------------------
+    # Sources
+    # ------------------------------------------------------------------------------------------------
+
+    def add_dynamodb_source(
+        self,
+        table: dynamodb.ITable,
+        *,
+        settings: EsmSettings | None = None,
+        filters: Sequence[Mapping[str, Any]] = (),
+        skip_ttl_deletes: bool = False,
+    ) -> sources.DynamoEventSource:
+        """Subscribe the connector to ``table``'s stream (the table must have a stream, NEW_AND_OLD_IMAGES).
+
+        :param filters: Lambda filter patterns (ORed), as plain dicts; each goes through
+            ``FilterCriteria.filter`` (a raw dict would synthesize ``{}``).
+        :param skip_ttl_deletes: add :func:`skip_ttl_deletes_filters` (not combinable with ``filters``).
+        """
+        if skip_ttl_deletes and filters:
+            raise ValueError("skip_ttl_deletes cannot be combined with filters (filters are ORed)")
+        criteria = (
+            skip_ttl_deletes_filters() if skip_ttl_deletes else [lambda_.FilterCriteria.filter(f) for f in filters]
+        )
+        s = settings or EsmSettings()
+        source = sources.DynamoEventSource(table, **self._esm_kwargs(s, criteria))
+        self.function.add_event_source(source)
+        self.event_sources.append(source)
+        return source
+
+    def add_kinesis_source(
+        self,
+        stream: kinesis.IStream,
+        *,
+        settings: EsmSettings | None = None,
+        filters: Sequence[Mapping[str, Any]] = (),
+    ) -> sources.KinesisEventSource:
+        """Subscribe the connector to ``stream`` (JSON documents, or DynamoDB CDC delivered via Kinesis).
+
+        :param filters: Lambda filter patterns (ORed) on the record, e.g. ``{"data": {"type": ["product"]}}``.
+        """
+        s = settings or EsmSettings()
+        criteria = [lambda_.FilterCriteria.filter(f) for f in filters]
+        source = sources.KinesisEventSource(stream, **self._esm_kwargs(s, criteria))
+        self.function.add_event_source(source)
+        self.event_sources.append(source)
+        return source
+
+    def _esm_kwargs(self, s: EsmSettings, criteria: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return {
+            "starting_position": lambda_.StartingPosition[s.starting_position],
+            "batch_size": s.batch_size,
+            "max_batching_window": cdk.Duration.seconds(s.max_batching_window_seconds),
+            "retry_attempts": s.retry_attempts,
+            "max_record_age": cdk.Duration.seconds(s.max_record_age_seconds),
+            "bisect_batch_on_error": s.bisect_batch_on_error,
+            "parallelization_factor": s.parallelization_factor,
+            "report_batch_item_failures": True,
+            "on_failure": sources.SqsDlq(self.failure_queue),
+            "filters": list(criteria) or None,
+            "enabled": s.enabled,
+        }
+
+    # ------------------------------------------------------------------------------------------------
+    # Metrics
+    # ------------------------------------------------------------------------------------------------
+
+    def metric(
+        self, metric_name: str, *, statistic: str = "Sum", period: cdk.Duration | None = None
+    ) -> cloudwatch.Metric:
+        """One of the connector's EMF metrics (:data:`EMF_METRICS`)."""
+        if metric_name not in EMF_METRICS:
+            raise ValueError(f"unknown connector metric {metric_name!r}; known: {', '.join(EMF_METRICS)}")
+        return cloudwatch.Metric(
+            namespace=METRICS_NAMESPACE,
+            metric_name=metric_name,
+            dimensions_map={"service": self.service_name},
+            statistic=statistic,
+            period=period or cdk.Duration.minutes(5),
+        )
+
+    def metric_items_per_call(self, *, period: cdk.Duration | None = None) -> cloudwatch.MathExpression:
+        """Items per PutItems call (ItemsSent / PutItemsCalls); 10 is the best possible."""
+        return cloudwatch.MathExpression(
+            expression="IF(calls > 0, items / calls, 0)",
+            using_metrics={
+                "items": self.metric("ItemsSent", period=period),
+                "calls": self.metric("PutItemsCalls", period=period),
+            },
+            label="Items per PutItems call",
+            period=period or cdk.Duration.minutes(5),
+        )
+
+    def metric_iterator_age(self, *, period: cdk.Duration | None = None) -> cloudwatch.Metric:
+        """The age of the last record of each batch when it reached the function (ms, Maximum)."""
+        return self.function.metric("IteratorAge", statistic="Maximum", period=period or cdk.Duration.minutes(5))
+
+    # ------------------------------------------------------------------------------------------------
+    # Code and config
+    # ------------------------------------------------------------------------------------------------
+
+    def _code(self, code_dir: Path, delivery: str) -> tuple[lambda_.Code, dict[str, str]]:
+        """The asset and the config variables: inline JSON, or the document as a file inside the asset."""
+        document = compact_json(self.mapping)
+        if delivery == "auto":
+            delivery = "env" if len(document.encode()) <= INLINE_CONFIG_MAX_BYTES else "file"
+        if delivery == "env":
+            return lambda_.Code.from_asset(str(code_dir), exclude=_ASSET_EXCLUDES), {"CONNECTOR_CONFIG": document}
+        if delivery != "file":
+            raise ValueError(f"config_delivery must be 'auto', 'env' or 'file', got {delivery!r}")
+        staging = self._staging_dir(document)
+        shutil.copytree(code_dir, staging, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*_cache"))
+        (staging / CONFIG_FILE_NAME).write_text(document, encoding="utf-8")
+        return lambda_.Code.from_asset(str(staging), exclude=_ASSET_EXCLUDES), {
+            "CONNECTOR_CONFIG_FILE": CONFIG_FILE_NAME
+        }
+
+    def _staging_dir(self, document: str) -> Path:
+        """A fresh directory under the assembly's outdir (cdk.out/.staging/…) to build the asset in."""
+        stage = cdk.Stage.of(self)
+        outdir = Path(stage.outdir) if stage is not None else Path(tempfile.mkdtemp())
+        digest = hashlib.sha256(f"{self.node.path}\n{document}".encode()).hexdigest()[:16]
+        staging = outdir / ".staging" / f"connector-{digest}"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        return staging

@@ -1,0 +1,325 @@
+"""Config validation: each user error names its key and what is allowed (no synth needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.config import (
+    INLINE_CONFIG_MAX_BYTES,
+    ConfigError,
+    ConnectorConfig,
+    EsmSettings,
+    LambdaConfig,
+    load_config,
+)
+from infra.synth import CDK_JSON, cdk_json_context
+
+pytestmark = pytest.mark.infra
+
+DATASET_ARN = "arn:aws:personalize:us-east-1:111122223333:dataset/catalog/ITEMS"
+REPO = CDK_JSON.parent
+MINIMAL: dict[str, Any] = {"datasetArn": DATASET_ARN, "dynamodb": {"source": "new", "partitionKey": "id"}}
+
+
+def load(overrides: dict[str, Any], *, base: dict[str, Any] | None = None, base_dir: Path = REPO) -> ConnectorConfig:
+    context = {**(MINIMAL if base is None else base), **overrides}
+    return load_config({k: v for k, v in context.items() if v is not None}, base_dir=base_dir)
+
+
+def test_example_cdk_json_is_valid_and_runs_both_sources() -> None:
+    config = load_config(cdk_json_context(), base_dir=REPO)
+    assert config.dynamodb.source == "new"
+    assert config.dynamodb.skip_ttl_deletes
+    assert config.kinesis.source == "new"
+    assert config.mapping["itemId"] == "sku"
+    assert config.mapping["schema"]["fields"][0]["name"] == "ITEM_ID"
+    assert config.config_delivery == "env"
+    assert config.lambda_.reserved_concurrency is not None
+    assert config.lambda_.reserved_concurrency * config.lambda_.effective_max_calls_per_second <= 10
+
+
+def test_safe_defaults() -> None:
+    config = load({})
+    assert config.dynamodb.esm == EsmSettings()
+    assert config.kinesis.source == "none"
+    esm = config.dynamodb.esm
+    assert (esm.starting_position, esm.bisect_batch_on_error, esm.retry_attempts) == ("TRIM_HORIZON", True, 10)
+    assert esm.max_record_age_seconds == 86400
+    assert config.lambda_ == LambdaConfig()
+    assert config.lambda_.timeout_seconds == 300 and config.lambda_.memory_mb == 1024
+    assert config.lambda_.effective_max_calls_per_second == 10.0
+
+
+def test_source_esm_overrides_the_shared_esm() -> None:
+    config = load(
+        {
+            "esm": {"batchSize": 500, "retryAttempts": 3},
+            "kinesis": {"source": "new", "esm": {"batchSize": 100}},
+        }
+    )
+    assert config.dynamodb.esm.batch_size == 500
+    assert (config.kinesis.esm.batch_size, config.kinesis.esm.retry_attempts) == (100, 3)
+
+
+def test_cli_strings_are_coerced() -> None:
+    config = load(
+        {
+            "kinesis": json.dumps(
+                {"source": "existing", "streamArn": "arn:aws:kinesis:us-east-1:111122223333:stream/s"}
+            ),
+            "esm": {"batchSize": "250", "bisectBatchOnError": "false"},
+            "lambda": {"reservedConcurrency": "none", "maxCallsPerSecond": "2.5"},
+        }
+    )
+    assert config.kinesis.stream_arn == "arn:aws:kinesis:us-east-1:111122223333:stream/s"
+    assert config.dynamodb.esm.batch_size == 250
+    assert config.dynamodb.esm.bisect_batch_on_error is False
+    assert config.lambda_.reserved_concurrency is None
+    assert config.lambda_.effective_max_calls_per_second == 2.5
+
+
+def test_max_calls_per_second_derived_from_reserved_concurrency() -> None:
+    assert load({"lambda": {"reservedConcurrency": 4}}).lambda_.effective_max_calls_per_second == 2.5
+
+
+def test_large_mapping_goes_to_a_file(tmp_path: Path) -> None:
+    fields = [{"name": "ITEM_ID", "type": "string"}] + [
+        {"name": f"FIELD_WITH_A_RATHER_LONG_NAME_{i}", "type": ["null", "string"], "categorical": True}
+        for i in range(60)
+    ]
+    schema = {"type": "record", "name": "Items", "fields": fields, "version": "1.0"}
+    assert len(json.dumps(schema)) > INLINE_CONFIG_MAX_BYTES
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    assert load({"schemaFile": "schema.json"}, base_dir=tmp_path).config_delivery == "file"
+    with pytest.raises(ConfigError, match=r"context key 'configDelivery': .*4 KB"):
+        load({"schemaFile": "schema.json", "configDelivery": "env"}, base_dir=tmp_path)
+
+
+ERRORS: list[tuple[str, dict[str, Any], str]] = [
+    ("missing dataset", {"datasetArn": None}, r"'datasetArn': required"),
+    ("bad dataset arn", {"datasetArn": "arn:aws:s3:::bucket"}, r"'datasetArn': .*not a Personalize dataset ARN"),
+    ("dataset arn too long", {"datasetArn": "arn:aws:personalize:us-east-1:1:" + "x" * 250}, r"'datasetArn': .*256"),
+    ("dataset region", {"region": "eu-west-1"}, r"'datasetArn': the dataset is in us-east-1 but .* eu-west-1"),
+    ("both dataset keys", {"createDataset": {"datasetGroupName": "g"}}, r"'createDataset': give either"),
+    (
+        "createDataset without schema",
+        {"datasetArn": None, "createDataset": {"datasetGroupName": "g"}},
+        r"'createDataset': needs an Items schema",
+    ),
+    ("no source", {"dynamodb": {"source": "none"}}, r"'dynamodb': no source configured"),
+    (
+        "dynamodb source value",
+        {"dynamodb": {"source": "table"}},
+        r"'dynamodb.source': got 'table'; allowed values: 'none', 'new', 'existing'",
+    ),
+    (
+        "dynamodb unknown key",
+        {"dynamodb": {"source": "new", "partitonKey": "id"}},
+        r"'dynamodb.partitonKey': unknown key; allowed keys",
+    ),
+    (
+        "dynamodb new without key",
+        {"dynamodb": {"source": "new"}},
+        r"'dynamodb.partitionKey': required when dynamodb.source is 'new'",
+    ),
+    (
+        "dynamodb key type",
+        {"dynamodb": {"source": "new", "partitionKey": "id", "partitionKeyType": "X"}},
+        r"'dynamodb.partitionKeyType': got 'X'; allowed values: 'S', 'N', 'B'",
+    ),
+    ("dynamodb existing without arn", {"dynamodb": {"source": "existing"}}, r"'dynamodb.streamArn': required"),
+    (
+        "dynamodb bad stream arn",
+        {"dynamodb": {"source": "existing", "streamArn": "arn:aws:dynamodb:us-east-1:111122223333:table/t"}},
+        r"'dynamodb.streamArn': .*table/<table>/stream/<label>",
+    ),
+    (
+        "dynamodb new with arn",
+        {"dynamodb": {"source": "new", "partitionKey": "id", "streamArn": "x"}},
+        r"'dynamodb.streamArn': only allowed when dynamodb.source is 'existing'",
+    ),
+    (
+        "dynamodb existing with key",
+        {"dynamodb": {"source": "existing", "partitionKey": "id"}},
+        r"'dynamodb.partitionKey': only allowed when dynamodb.source is 'new'",
+    ),
+    (
+        "ttl and filters",
+        {"dynamodb": {"source": "new", "partitionKey": "id", "skipTtlDeletes": True, "filters": [{"a": ["b"]}]}},
+        r"'dynamodb.filters': cannot be combined with dynamodb.skipTtlDeletes",
+    ),
+    (
+        "filters not a list",
+        {"dynamodb": {"source": "new", "partitionKey": "id", "filters": {"a": ["b"]}}},
+        r"'dynamodb.filters': expected a non-empty list",
+    ),
+    (
+        "empty filter",
+        {"dynamodb": {"source": "new", "partitionKey": "id", "filters": [{}]}},
+        r"'dynamodb.filters\[0\]': expected a non-empty filter pattern",
+    ),
+    ("kinesis source", {"kinesis": {"source": "stream"}}, r"'kinesis.source': got 'stream'; allowed values"),
+    (
+        "kinesis capacity",
+        {"kinesis": {"source": "new", "capacity": "auto"}},
+        r"'kinesis.capacity': got 'auto'; allowed values: 'onDemand', 'provisioned'",
+    ),
+    (
+        "kinesis shards on demand",
+        {"kinesis": {"source": "new", "shards": 2}},
+        r"'kinesis.shards': only allowed when kinesis.capacity is 'provisioned'",
+    ),
+    (
+        "kinesis shards range",
+        {"kinesis": {"source": "new", "capacity": "provisioned", "shards": 0}},
+        r"'kinesis.shards': expected an integer from 1 to 500",
+    ),
+    (
+        "kinesis bad arn",
+        {"kinesis": {"source": "existing", "streamArn": "my-stream"}},
+        r"'kinesis.streamArn': .*arn:aws:kinesis:<region>:<account>:stream/<name>",
+    ),
+    (
+        "kinesis none with keys",
+        {"kinesis": {"source": "none", "shards": 1}},
+        r"'kinesis.shards': not allowed when kinesis.source is 'none'",
+    ),
+    ("batch size", {"esm": {"batchSize": 20000}}, r"'esm.batchSize': expected an integer from 1 to 10000, got 20000"),
+    ("batch size string", {"esm": {"batchSize": "many"}}, r"'esm.batchSize': expected an integer"),
+    (
+        "window",
+        {"esm": {"maxBatchingWindowSeconds": 301}},
+        r"'esm.maxBatchingWindowSeconds': expected an integer from 0 to 300",
+    ),
+    (
+        "starting position",
+        {"esm": {"startingPosition": "AT_TIMESTAMP"}},
+        r"'esm.startingPosition': got 'AT_TIMESTAMP'; allowed values: 'TRIM_HORIZON', 'LATEST'",
+    ),
+    ("infinite retries", {"esm": {"retryAttempts": -1}}, r"'esm.retryAttempts': expected an integer from 0 to 10000"),
+    (
+        "record age",
+        {"esm": {"maxRecordAgeSeconds": -1}},
+        r"'esm.maxRecordAgeSeconds': expected an integer from 60 to 604800",
+    ),
+    ("bisect", {"esm": {"bisectBatchOnError": "yes"}}, r"'esm.bisectBatchOnError': expected true or false"),
+    (
+        "parallelization",
+        {"esm": {"parallelizationFactor": 11}},
+        r"'esm.parallelizationFactor': expected an integer from 1 to 10",
+    ),
+    ("esm unknown", {"esm": {"batch_size": 10}}, r"'esm.batch_size': unknown key"),
+    (
+        "per-source esm",
+        {"dynamodb": {"source": "new", "partitionKey": "id", "esm": {"batchSize": 0}}},
+        r"'dynamodb.esm.batchSize': expected an integer from 1 to 10000",
+    ),
+    ("timeout", {"lambda": {"timeoutSeconds": 901}}, r"'lambda.timeoutSeconds': expected an integer from 30 to 900"),
+    ("memory", {"lambda": {"memoryMb": 64}}, r"'lambda.memoryMb': expected an integer from 128 to 10240"),
+    (
+        "reserved concurrency",
+        {"lambda": {"reservedConcurrency": 0}},
+        r"'lambda.reservedConcurrency': expected an integer from 1 to 1000",
+    ),
+    (
+        "calls per second",
+        {"lambda": {"maxCallsPerSecond": 0}},
+        r"'lambda.maxCallsPerSecond': expected a number greater than 0",
+    ),
+    (
+        "log level",
+        {"lambda": {"logLevel": "TRACE"}},
+        r"'lambda.logLevel': got 'TRACE'; allowed values: 'DEBUG', 'INFO', 'WARNING', 'ERROR'",
+    ),
+    (
+        "margin vs timeout",
+        {"lambda": {"timeoutSeconds": 30, "deadlineMarginMs": 30000}},
+        r"'lambda.deadlineMarginMs': must be smaller",
+    ),
+    (
+        "log retention",
+        {"lambda": {"logRetentionDays": 2}},
+        r"'lambda.logRetentionDays': got 2; allowed values: 1, 3, 5",
+    ),
+    (
+        "topic arn",
+        {"monitoring": {"alarmTopicArn": "ops"}},
+        r"'monitoring.alarmTopicArn': 'ops' does not match arn:aws:sns",
+    ),
+    (
+        "email and topic",
+        {"monitoring": {"alarmEmail": "a@b.c", "alarmTopicArn": "arn:aws:sns:us-east-1:111122223333:t"}},
+        r"'monitoring.alarmEmail': give either",
+    ),
+    (
+        "iterator age",
+        {"monitoring": {"iteratorAgeSeconds": 0}},
+        r"'monitoring.iteratorAgeSeconds': expected an integer from 1",
+    ),
+    (
+        "mapping and file",
+        {"mapping": {}, "mappingFile": "examples/mapping.json"},
+        r"'mappingFile': give either 'mapping'",
+    ),
+    ("mapping not object", {"mapping": "sku"}, r"'mapping': expected a JSON object"),
+    ("mapping unknown key", {"mapping": {"itemID": "sku"}}, r"'mapping': unknown mapping document key 'itemID'"),
+    (
+        "mapping onRemove",
+        {"mapping": {"onRemove": "delete"}},
+        r"'mapping.onRemove': expected 'ignore' or a non-empty object",
+    ),
+    ("mapping file missing", {"mappingFile": "nope.json"}, r"'mappingFile': file not found: .*nope.json"),
+    (
+        "schema twice",
+        {"mapping": {"schema": {}}, "schemaFile": "examples/items-schema.json"},
+        r"'schemaFile': the mapping document \(mapping\) already has a 'schema'",
+    ),
+    (
+        "schema not record",
+        {"mapping": {"schema": {"type": "enum"}}},
+        r"'mapping.schema': an Items schema must be an Avro object",
+    ),
+    (
+        "schema nested type",
+        {
+            "mapping": {
+                "schema": {
+                    "type": "record",
+                    "fields": [{"name": "ITEM_ID", "type": "string"}, {"name": "TAGS", "type": {"type": "array"}}],
+                }
+            }
+        },
+        r"'mapping.schema.fields\[1\]': field 'TAGS' has type .*allowed: one of string, int",
+    ),
+    (
+        "schema without item id",
+        {"mapping": {"schema": {"type": "record", "fields": [{"name": "X", "type": "string"}]}}},
+        r"'mapping.schema': an Items schema needs an ITEM_ID field",
+    ),
+    ("config delivery", {"configDelivery": "s3"}, r"'configDelivery': got 's3'; allowed values: 'auto', 'env', 'file'"),
+    ("account", {"account": "123"}, r"'account': '123' does not match 12 digits"),
+    (
+        "object from cli",
+        {"dynamodb": "{not json"},
+        r"'dynamodb': expected a JSON object, got a string that is not JSON",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [(o, m) for _, o, m in ERRORS], ids=[i for i, _, _ in ERRORS])
+def test_config_error_names_the_key(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as excinfo:
+        load(overrides)
+    text = str(excinfo.value)
+    assert text.startswith("context key '")
+    assert "\n" not in text
+
+
+def test_schema_file_relative_to_base_dir(tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"'schemaFile': .*bad.json is not valid JSON \(line 1"):
+        load({"schemaFile": "bad.json"}, base_dir=tmp_path)

@@ -1,0 +1,92 @@
+"""The construct as an outside user imports it, and app.py's behaviour on a user error."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import aws_cdk as cdk
+import pytest
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_kinesis as kinesis
+from aws_cdk.assertions import Match, Template
+
+from infra.synth import REPO_ROOT
+
+pytestmark = pytest.mark.infra
+
+OTHER_DATASET = "arn:aws:personalize:eu-west-1:444455556666:dataset/shop/ITEMS"
+
+
+def test_outside_user_composes_the_construct() -> None:
+    from infra import EsmSettings, StreamToPersonalize
+
+    app = cdk.App()
+    stack = cdk.Stack(app, "TheirStack", env=cdk.Environment(account="444455556666", region="eu-west-1"))
+    table = dynamodb.Table(
+        stack,
+        "Products",
+        partition_key=dynamodb.Attribute(name="productId", type=dynamodb.AttributeType.STRING),
+        stream=dynamodb.StreamViewType.NEW_AND_OLD_IMAGES,
+    )
+    stream = kinesis.Stream(stack, "Events", encryption=kinesis.StreamEncryption.MANAGED)
+    connector = StreamToPersonalize(
+        stack, "Sync", dataset_arn=OTHER_DATASET, mapping={"itemId": "productId"}, reserved_concurrency=None
+    )
+    connector.add_dynamodb_source(table, settings=EsmSettings(batch_size=100), skip_ttl_deletes=True)
+    connector.add_kinesis_source(stream, filters=[{"data": {"kind": ["product"]}}])
+
+    template = Template.from_stack(stack)
+    template.resource_count_is("AWS::Lambda::EventSourceMapping", 2)
+    template.has_resource_properties(
+        "AWS::Lambda::EventSourceMapping",
+        {
+            "BatchSize": 100,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            "FilterCriteria": {
+                "Filters": Match.array_with([Match.object_like({"Pattern": Match.string_like_regexp("principalId")})])
+            },
+        },
+    )
+    template.has_resource_properties(
+        "AWS::Lambda::Function",
+        {
+            "Handler": "connector.handler.handler",
+            "Environment": {
+                "Variables": Match.object_like(
+                    {
+                        "DATASET_ARN": OTHER_DATASET,
+                        "CONNECTOR_CONFIG": json.dumps({"itemId": "productId"}, separators=(",", ":")),
+                    }
+                )
+            },
+        },
+    )
+    template.has_resource_properties(
+        "AWS::IAM::Policy",
+        {
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [Match.object_like({"Action": "personalize:PutItems", "Resource": OTHER_DATASET})]
+                )
+            }
+        },
+    )
+    assert connector.metric("RecordsPut").namespace == "StreamToPersonalize"
+    with pytest.raises(ValueError, match="unknown connector metric"):
+        connector.metric("Nope")
+
+
+def test_app_py_reports_a_config_error_in_one_line() -> None:
+    env = {**os.environ, "CDK_CONTEXT_JSON": json.dumps({"esm": {"batchSize": 0}}), "CDK_OUTDIR": "/nonexistent"}
+    result = subprocess.run(
+        [sys.executable, "app.py"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        "stream-to-personalize: config error: context key 'esm.batchSize': expected an integer from 1 to 10000, got 0"
+    ]

@@ -1,0 +1,311 @@
+"""The example stack (cdk.json as shipped): what matters in the synthesized template."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Match
+
+from infra.powertools import powertools_version
+from infra.stream_to_personalize import EMF_METRICS
+from tests.infra.conftest import Synthesized
+
+pytestmark = pytest.mark.infra
+
+DATASET_ARN = "arn:aws:personalize:us-east-1:111122223333:dataset/catalog/ITEMS"
+QUEUE_ARN = {"Fn::GetAtt": [Match.any_value(), "Arn"]}
+
+
+def _resources(app: Synthesized, cfn_type: str) -> dict[str, Any]:
+    return dict(app.template.find_resources(cfn_type))
+
+
+def _only(app: Synthesized, cfn_type: str, props: dict[str, Any] | None = None) -> tuple[str, Any]:
+    found = app.template.find_resources(cfn_type, {"Properties": props} if props else None)
+    assert len(found) == 1, f"expected one {cfn_type} matching {props}, found {sorted(found)}"
+    return next(iter(found.items()))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Function
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_function_runtime_contract(default_app: Synthesized) -> None:
+    default_app.template.has_resource_properties(
+        "AWS::Lambda::Function",
+        {
+            "Runtime": "python3.13",
+            "Architectures": ["arm64"],
+            "Handler": "connector.handler.handler",
+            "TracingConfig": {"Mode": "Active"},
+            "Timeout": 300,
+            "MemorySize": 1024,
+            "ReservedConcurrentExecutions": 2,
+            "Layers": [Match.any_value()],
+            "Environment": {
+                "Variables": {
+                    "DATASET_ARN": DATASET_ARN,
+                    "DLQ_URL": {"Ref": Match.any_value()},
+                    "CONNECTOR_CONFIG": Match.any_value(),
+                    "MAX_CALLS_PER_SECOND": "5",
+                    "DEADLINE_MARGIN_MS": "5000",
+                    "POWERTOOLS_SERVICE_NAME": "stream-to-personalize",
+                    "POWERTOOLS_METRICS_NAMESPACE": "StreamToPersonalize",
+                    "POWERTOOLS_LOG_LEVEL": "INFO",
+                }
+            },
+        },
+    )
+
+
+def test_inline_config_is_the_example_mapping_with_its_schema(default_app: Synthesized) -> None:
+    _, fn = _only(default_app, "AWS::Lambda::Function")
+    variables = fn["Properties"]["Environment"]["Variables"]
+    assert "CONNECTOR_CONFIG_FILE" not in variables
+    document = json.loads(variables["CONNECTOR_CONFIG"])
+    assert document["itemId"] == "sku"
+    assert document["schema"]["fields"][0] == {"name": "ITEM_ID", "type": "string"}
+    assert len(json.dumps(variables)) < 4096  # Lambda's environment limit
+
+
+def test_asset_is_lambda_src_without_pycache(default_app: Synthesized) -> None:
+    _, fn = _only(default_app, "AWS::Lambda::Function")
+    asset = default_app.outdir / fn["Metadata"]["aws:asset:path"]
+    assert (asset / "connector" / "handler.py").is_file()
+    assert not list(asset.rglob("__pycache__"))
+
+
+def test_powertools_layer_is_pinned_to_requirements(default_app: Synthesized) -> None:
+    import aws_lambda_powertools.shared.version as installed
+
+    version = powertools_version()
+    assert version == installed.VERSION, "requirements.txt and the installed Powertools drifted"
+    _, fn = _only(default_app, "AWS::Lambda::Function")
+    layer_param = fn["Properties"]["Layers"][0]["Ref"]
+    assert default_app.raw["Parameters"][layer_param] == {
+        "Type": "AWS::SSM::Parameter::Value<String>",
+        "Default": f"/aws/service/powertools/python/arm64/python3.13/{version}",
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Event source mappings, queues
+# ---------------------------------------------------------------------------------------------------
+
+ESM_SAFETY = {
+    "FunctionResponseTypes": ["ReportBatchItemFailures"],
+    "BisectBatchOnFunctionError": True,
+    "MaximumRetryAttempts": 10,
+    "MaximumRecordAgeInSeconds": 86400,
+    "StartingPosition": "TRIM_HORIZON",
+    "BatchSize": 1000,
+    "MaximumBatchingWindowInSeconds": 5,
+    "ParallelizationFactor": 1,
+    "DestinationConfig": {"OnFailure": {"Destination": QUEUE_ARN}},
+}
+
+
+def test_dynamodb_esm(default_app: Synthesized) -> None:
+    _, table = _only(default_app, "AWS::DynamoDB::Table")
+    assert table["Properties"]["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
+    (table_id,) = _resources(default_app, "AWS::DynamoDB::Table")
+    default_app.template.has_resource_properties(
+        "AWS::Lambda::EventSourceMapping",
+        {
+            **ESM_SAFETY,
+            "EventSourceArn": {"Fn::GetAtt": [table_id, "StreamArn"]},
+            "FilterCriteria": {
+                "Filters": Match.array_with(
+                    [{"Pattern": Match.string_like_regexp(r"principalId.*anything-but.*dynamodb\.amazonaws\.com")}]
+                )
+            },
+        },
+    )
+
+
+def test_ttl_filter_patterns_skip_only_ttl_deletes(default_app: Synthesized) -> None:
+    _, esm = _only(
+        default_app,
+        "AWS::Lambda::EventSourceMapping",
+        {"EventSourceArn": {"Fn::GetAtt": [Match.any_value(), "StreamArn"]}},
+    )
+    patterns = [json.loads(f["Pattern"]) for f in esm["Properties"]["FilterCriteria"]["Filters"]]
+    assert patterns == [
+        {"userIdentity": {"principalId": [{"exists": False}]}},
+        {"userIdentity": {"principalId": [{"anything-but": ["dynamodb.amazonaws.com"]}]}},
+    ]
+
+
+def test_kinesis_esm_and_stream(default_app: Synthesized) -> None:
+    (stream_id,) = _resources(default_app, "AWS::Kinesis::Stream")
+    default_app.template.has_resource_properties(
+        "AWS::Lambda::EventSourceMapping", {**ESM_SAFETY, "EventSourceArn": {"Fn::GetAtt": [stream_id, "Arn"]}}
+    )
+    default_app.template.has_resource_properties(
+        "AWS::Kinesis::Stream",
+        {
+            "StreamEncryption": {"EncryptionType": "KMS", "KeyId": "alias/aws/kinesis"},
+            "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+            "ShardCount": 1,
+        },
+    )
+
+
+def test_on_failure_queue_is_not_the_poison_dlq(default_app: Synthesized) -> None:
+    _, fn = _only(default_app, "AWS::Lambda::Function")
+    poison_id = fn["Properties"]["Environment"]["Variables"]["DLQ_URL"]["Ref"]
+    esms = _resources(default_app, "AWS::Lambda::EventSourceMapping")
+    assert len(esms) == 2
+    destinations = {
+        e["Properties"]["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0] for e in esms.values()
+    }
+    assert len(destinations) == 1
+    (failure_id,) = destinations
+    assert failure_id != poison_id
+    assert set(_resources(default_app, "AWS::SQS::Queue")) == {poison_id, failure_id}
+
+
+def test_queues_encrypted_ssl_only_14_days(default_app: Synthesized) -> None:
+    queues = _resources(default_app, "AWS::SQS::Queue")
+    assert len(queues) == 2
+    for queue_id, queue in queues.items():
+        assert queue["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600
+        assert queue["Properties"].get("SqsManagedSseEnabled") or queue["Properties"].get("KmsMasterKeyId")
+        default_app.template.has_resource_properties(
+            "AWS::SQS::QueuePolicy",
+            {
+                "Queues": [{"Ref": queue_id}],
+                "PolicyDocument": {
+                    "Statement": Match.array_with(
+                        [
+                            Match.object_like(
+                                {
+                                    "Effect": "Deny",
+                                    "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                                    "Resource": {"Fn::GetAtt": [queue_id, "Arn"]},
+                                }
+                            )
+                        ]
+                    )
+                },
+            },
+        )
+
+
+def test_new_table_is_encrypted_with_pitr(default_app: Synthesized) -> None:
+    default_app.template.has_resource_properties(
+        "AWS::DynamoDB::Table",
+        {
+            "KeySchema": [{"AttributeName": "sku", "KeyType": "HASH"}],
+            "SSESpecification": {"SSEEnabled": True},
+            "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+            "BillingMode": "PAY_PER_REQUEST",
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# IAM
+# ---------------------------------------------------------------------------------------------------
+
+
+def _statements(app: Synthesized) -> list[dict[str, Any]]:
+    return [
+        statement
+        for policy in _resources(app, "AWS::IAM::Policy").values()
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    action = statement["Action"]
+    return [action] if isinstance(action, str) else action
+
+
+def test_put_items_only_on_the_dataset(default_app: Synthesized) -> None:
+    personalize = [s for s in _statements(default_app) if any(a.startswith("personalize:") for a in _actions(s))]
+    assert len(personalize) == 1
+    assert personalize[0]["Effect"] == "Allow"
+    assert _actions(personalize[0]) == ["personalize:PutItems"]
+    assert personalize[0]["Resource"] == DATASET_ARN
+
+
+def test_sqs_send_only_to_own_queues(default_app: Synthesized) -> None:
+    queue_ids = set(_resources(default_app, "AWS::SQS::Queue"))
+    for statement in _statements(default_app):
+        if any(a.startswith("sqs:") for a in _actions(statement)):
+            resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            assert {r["Fn::GetAtt"][0] for r in resources} <= queue_ids
+
+
+def test_wildcard_resources_are_only_for_actions_without_resource_scoping(default_app: Synthesized) -> None:
+    for statement in _statements(default_app):
+        if statement["Resource"] == "*":
+            assert set(_actions(statement)) <= {
+                "xray:PutTraceSegments",
+                "xray:PutTelemetryRecords",
+                "dynamodb:ListStreams",
+            }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Monitoring
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("namespace", "metric", "threshold"),
+    [
+        ("AWS/Lambda", "IteratorAge", 600_000),
+        ("AWS/Lambda", "Errors", 1),
+        ("AWS/Lambda", "Throttles", 5),
+        ("StreamToPersonalize", "Throttles", 10),
+    ],
+)
+def test_alarms(default_app: Synthesized, namespace: str, metric: str, threshold: int) -> None:
+    default_app.template.has_resource_properties(
+        "AWS::CloudWatch::Alarm",
+        {
+            "Namespace": namespace,
+            "MetricName": metric,
+            "Threshold": threshold,
+            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+        },
+    )
+
+
+def test_dlq_depth_alarms_on_both_queues(default_app: Synthesized) -> None:
+    alarms = default_app.template.find_resources(
+        "AWS::CloudWatch::Alarm", {"Properties": {"MetricName": "ApproximateNumberOfMessagesVisible"}}
+    )
+    watched = {a["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0] for a in alarms.values()}
+    assert watched == set(_resources(default_app, "AWS::SQS::Queue"))
+
+
+def _dashboard_body(app: Synthesized) -> str:
+    _, dashboard = _only(app, "AWS::CloudWatch::Dashboard")
+    body = dashboard["Properties"]["DashboardBody"]
+    parts = body["Fn::Join"][1] if isinstance(body, dict) else [body]
+    return "".join(p if isinstance(p, str) else json.dumps(p) for p in parts)
+
+
+def test_dashboard_shows_emf_lambda_and_stream_metrics(default_app: Synthesized) -> None:
+    body = _dashboard_body(default_app)
+    for metric in EMF_METRICS:
+        assert f'"StreamToPersonalize","{metric}","service","stream-to-personalize"' in body, metric
+    assert "items / calls" in body  # items per call, metric math
+    for lambda_metric in ("Invocations", "Errors", "Throttles", "Duration", "IteratorAge"):
+        assert f'"AWS/Lambda","{lambda_metric}"' in body, lambda_metric
+    assert '"AWS/Kinesis","IncomingRecords"' in body
+    assert '"AWS/Kinesis","GetRecords.IteratorAgeMilliseconds"' in body
+    assert '"AWS/DynamoDB","ReturnedRecordsCount"' in body
+    assert '"AWS/SQS","ApproximateNumberOfMessagesVisible"' in body
+
+
+def test_no_alarm_actions_without_a_topic(default_app: Synthesized) -> None:
+    for alarm in _resources(default_app, "AWS::CloudWatch::Alarm").values():
+        assert "AlarmActions" not in alarm["Properties"]
+    assert not _resources(default_app, "AWS::SNS::Topic")

@@ -1,0 +1,139 @@
+"""Each source mode, config delivery and monitoring option, in three extra synths (see conftest.VARIANTS)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Match
+
+from tests.infra.conftest import EXISTING_KINESIS_ARN, EXISTING_TABLE_STREAM_ARN, EXISTING_TOPIC_ARN, Synthesized
+
+pytestmark = pytest.mark.infra
+
+Variant = Callable[[str], Synthesized]
+
+
+def _statements(app: Synthesized) -> list[dict[str, Any]]:
+    return [
+        s
+        for policy in app.template.find_resources("AWS::IAM::Policy").values()
+        for s in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+
+
+def test_existing_table_stream(variant_app: Variant) -> None:
+    app = variant_app("existing_table")
+    app.template.resource_count_is("AWS::DynamoDB::Table", 0)
+    app.template.resource_count_is("AWS::Kinesis::Stream", 0)
+    app.template.resource_count_is("AWS::Lambda::EventSourceMapping", 1)
+    app.template.has_resource_properties(
+        "AWS::Lambda::EventSourceMapping",
+        {
+            "EventSourceArn": EXISTING_TABLE_STREAM_ARN,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            "BisectBatchOnFunctionError": True,
+            "DestinationConfig": {"OnFailure": {"Destination": Match.any_value()}},
+        },
+    )
+    stream_read = [s for s in _statements(app) if "dynamodb:GetRecords" in s["Action"]]
+    assert [s["Resource"] for s in stream_read] == [EXISTING_TABLE_STREAM_ARN]
+
+
+def test_config_file_shipped_in_the_asset(variant_app: Variant) -> None:
+    app = variant_app("existing_table")
+    (fn,) = app.template.find_resources("AWS::Lambda::Function").values()
+    variables = fn["Properties"]["Environment"]["Variables"]
+    assert "CONNECTOR_CONFIG" not in variables
+    assert variables["CONNECTOR_CONFIG_FILE"] == "connector_config.json"
+    asset = app.outdir / fn["Metadata"]["aws:asset:path"]
+    document = json.loads((asset / "connector_config.json").read_text())
+    assert document["itemId"] == "sku"
+    assert document["schema"]["name"] == "Items"
+    assert (asset / "connector" / "handler.py").is_file()
+    assert not list(asset.rglob("__pycache__"))
+
+
+def test_alarm_email_creates_an_encrypted_topic(variant_app: Variant) -> None:
+    app = variant_app("existing_table")
+    (topic_id,) = app.template.find_resources("AWS::SNS::Topic")
+    app.template.has_resource_properties("AWS::SNS::Topic", {"KmsMasterKeyId": Match.any_value()})
+    app.template.has_resource_properties("AWS::SNS::Subscription", {"Protocol": "email", "Endpoint": "ops@example.com"})
+    for alarm in app.template.find_resources("AWS::CloudWatch::Alarm").values():
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic_id}]
+
+
+def test_existing_kinesis_stream_with_filters(variant_app: Variant) -> None:
+    app = variant_app("existing_stream_new_dataset")
+    app.template.resource_count_is("AWS::Lambda::EventSourceMapping", 1)
+    app.template.has_resource_properties(
+        "AWS::Lambda::EventSourceMapping",
+        {
+            "EventSourceArn": EXISTING_KINESIS_ARN,
+            "StartingPosition": "LATEST",
+            "ParallelizationFactor": 2,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            "FilterCriteria": {"Filters": [{"Pattern": '{"data":{"type":["product"]}}'}]},
+        },
+    )
+    read = [s for s in _statements(app) if "kinesis:GetRecords" in s["Action"]]
+    assert [s["Resource"] for s in read] == [EXISTING_KINESIS_ARN]
+
+
+def test_created_dataset_feeds_the_function_and_the_policy(variant_app: Variant) -> None:
+    app = variant_app("existing_stream_new_dataset")
+    (dataset_id,) = app.template.find_resources("AWS::Personalize::Dataset")
+    app.template.has_resource_properties("AWS::Personalize::Dataset", {"DatasetType": "Items", "Name": "catalog-items"})
+    app.template.has_resource_properties("AWS::Personalize::DatasetGroup", {"Name": "catalog"})
+    (schema,) = app.template.find_resources("AWS::Personalize::Schema").values()
+    assert json.loads(schema["Properties"]["Schema"])["fields"][0]["name"] == "ITEM_ID"
+    dataset_arn = {"Fn::GetAtt": [dataset_id, "DatasetArn"]}
+    app.template.has_resource_properties(
+        "AWS::Lambda::Function", {"Environment": {"Variables": Match.object_like({"DATASET_ARN": dataset_arn})}}
+    )
+    put_items = [s for s in _statements(app) if s["Action"] == "personalize:PutItems"]
+    assert [s["Resource"] for s in put_items] == [dataset_arn]
+
+
+def test_existing_topic_and_no_dashboard(variant_app: Variant) -> None:
+    app = variant_app("existing_stream_new_dataset")
+    app.template.resource_count_is("AWS::CloudWatch::Dashboard", 0)
+    app.template.resource_count_is("AWS::SNS::Topic", 0)
+    for alarm in app.template.find_resources("AWS::CloudWatch::Alarm").values():
+        assert alarm["Properties"]["AlarmActions"] == [EXISTING_TOPIC_ARN]
+
+
+def test_new_composite_table_on_demand_stream(variant_app: Variant) -> None:
+    app = variant_app("new_on_demand")
+    app.template.has_resource_properties(
+        "AWS::DynamoDB::Table",
+        {
+            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            "StreamSpecification": {"StreamViewType": "NEW_AND_OLD_IMAGES"},
+        },
+    )
+    app.template.has_resource_properties(
+        "AWS::Kinesis::Stream",
+        {
+            "StreamModeDetails": {"StreamMode": "ON_DEMAND"},
+            "StreamEncryption": Match.object_like({"EncryptionType": "KMS"}),
+        },
+    )
+    (stream,) = app.template.find_resources("AWS::Kinesis::Stream").values()
+    assert "ShardCount" not in stream["Properties"]
+    app.template.has_resource_properties(
+        "AWS::Lambda::EventSourceMapping",
+        {
+            "EventSourceArn": {"Fn::GetAtt": [Match.any_value(), "StreamArn"]},
+            "FilterCriteria": {"Filters": [{"Pattern": '{"dynamodb":{"NewImage":{"entityType":{"S":["PRODUCT"]}}}}'}]},
+        },
+    )
+
+
+def test_unreserved_concurrency(variant_app: Variant) -> None:
+    app = variant_app("new_on_demand")
+    (fn,) = app.template.find_resources("AWS::Lambda::Function").values()
+    assert "ReservedConcurrentExecutions" not in fn["Properties"]
+    assert fn["Properties"]["Environment"]["Variables"]["MAX_CALLS_PER_SECOND"] == "10"
