@@ -40,6 +40,7 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
+from infra import asset_wheels
 from infra.config import INLINE_CONFIG_MAX_BYTES, EsmSettings, compact_json
 from infra.nag import acknowledge
 from infra.powertools import REPO_ROOT, layer_parameter_name, powertools_version
@@ -324,20 +325,30 @@ class StreamToPersonalize(Construct):
     # ------------------------------------------------------------------------------------------------
 
     def _code(self, code_dir: Path, delivery: str) -> tuple[lambda_.Code, dict[str, str]]:
-        """The asset and the config variables: inline JSON, or the document as a file inside the asset."""
+        """The asset and the config variables: inline JSON, or the document as a file inside the asset.
+
+        The asset is staged: the runtime source, the arm64 wheels of ``infra.asset_wheels`` (orjson) and, for
+        ``file`` delivery, ``connector_config.json``.
+        """
         document = compact_json(self.mapping)
         if delivery == "auto":
             delivery = "env" if len(document.encode()) <= INLINE_CONFIG_MAX_BYTES else "file"
-        if delivery == "env":
-            return lambda_.Code.from_asset(str(code_dir), exclude=_ASSET_EXCLUDES), {"CONNECTOR_CONFIG": document}
-        if delivery != "file":
+        if delivery not in ("env", "file"):
             raise ValueError(f"config_delivery must be 'auto', 'env' or 'file', got {delivery!r}")
         staging = self._staging_dir(document)
         shutil.copytree(code_dir, staging, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*_cache"))
-        (staging / CONFIG_FILE_NAME).write_text(document, encoding="utf-8")
-        return lambda_.Code.from_asset(str(staging), exclude=_ASSET_EXCLUDES), {
-            "CONNECTOR_CONFIG_FILE": CONFIG_FILE_NAME
-        }
+        missing = asset_wheels.install_into(staging)
+        if missing:
+            cdk.Annotations.of(self).add_warning_v2(
+                "stream-to-personalize:asset-wheels",
+                f"could not fetch the arm64 wheels {missing}; the function falls back to the standard json module",
+            )
+        if delivery == "env":
+            config_env = {"CONNECTOR_CONFIG": document}
+        else:
+            (staging / CONFIG_FILE_NAME).write_text(document, encoding="utf-8")
+            config_env = {"CONNECTOR_CONFIG_FILE": CONFIG_FILE_NAME}
+        return lambda_.Code.from_asset(str(staging), exclude=_ASSET_EXCLUDES), config_env
 
     def _staging_dir(self, document: str) -> Path:
         """A fresh directory under the assembly's outdir (cdk.out/.staging/…) to build the asset in."""

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Match
 
+from infra.asset_wheels import pinned_version
 from infra.powertools import powertools_version
 from infra.stream_to_personalize import EMF_METRICS
 from tests.infra.conftest import Synthesized
@@ -76,6 +77,14 @@ def test_asset_is_lambda_src_without_pycache(default_app: Synthesized) -> None:
     asset = default_app.outdir / fn["Metadata"]["aws:asset:path"]
     assert (asset / "connector" / "handler.py").is_file()
     assert not list(asset.rglob("__pycache__"))
+
+
+def test_asset_ships_orjson_built_for_the_function_platform(default_app: Synthesized) -> None:
+    _, fn = _only(default_app, "AWS::Lambda::Function")
+    assert fn["Properties"]["Architectures"] == ["arm64"] and fn["Properties"]["Runtime"] == "python3.13"
+    asset = default_app.outdir / fn["Metadata"]["aws:asset:path"]
+    assert [p.name for p in (asset / "orjson").glob("*.so")] == ["orjson.cpython-313-aarch64-linux-gnu.so"]
+    assert (asset / f"orjson-{pinned_version('orjson')}.dist-info").is_dir()  # the version requirements.txt pins
 
 
 def test_powertools_layer_is_pinned_to_requirements(default_app: Synthesized) -> None:
