@@ -37,11 +37,11 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 
 from aws_lambda_powertools.utilities.data_classes import DynamoDBStreamEvent  # noqa: E402
+
 from connector import item, pipeline  # noqa: E402
 from connector.config import load_settings  # noqa: E402
 from connector.deadline import Deadline  # noqa: E402
 from connector.putitems import Pacer, PutItemsSink  # noqa: E402
-
 from tests.factories import DATASET_ARN, dynamodb_record, event  # noqa: E402
 from tests.fakes import FakePersonalize, FakeSQS  # noqa: E402
 

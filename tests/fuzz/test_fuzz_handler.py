@@ -20,13 +20,13 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from connector import handler, pipeline
 from connector.config import load_settings
 from connector.deadline import Deadline
 from connector.response import Outcome
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from localcloud.personalize_emulator import PersonalizeEmulator
 from tests.factories import DATASET_ARN, dynamodb_record, event, kinesis_record
 from tests.fakes import FakeSQS

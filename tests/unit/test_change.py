@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
 from connector.change import Change, Kind, Poison, from_record
 from connector.config import parse_mapping
 from connector.source import parse_event
-
 from tests.factories import cdc_payload, dynamodb_record, event, kinesis_record
 
 DEFAULT = parse_mapping({})

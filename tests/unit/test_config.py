@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from connector.config import ConfigError, load_settings, parse_mapping
 
+from connector.config import ConfigError, load_settings, parse_mapping
 from tests.factories import DATASET_ARN
 
 

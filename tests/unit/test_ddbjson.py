@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 from boto3.dynamodb.types import Binary, TypeDeserializer
-from connector import ddbjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from connector import ddbjson
 
 _deserializer = TypeDeserializer()
 

@@ -7,9 +7,9 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+
 from connector import handler
 from connector.config import ConfigError, load_settings
-
 from tests.factories import DATASET_ARN, FakeContext, dynamodb_record, event, kinesis_record
 from tests.fakes import FakePersonalize, FakeSQS, reject_ids
 

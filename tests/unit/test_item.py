@@ -7,13 +7,13 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from connector import ddbjson, item
 from connector.change import Poison, from_record
 from connector.config import parse_mapping
 from connector.source import parse_event
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from tests.factories import dynamodb_record, event, kinesis_record
 from tests.unit.test_ddbjson import _attrs
 

@@ -6,12 +6,12 @@ import json
 from typing import Any
 
 import pytest
+
 from connector import pipeline
 from connector.config import load_settings
 from connector.deadline import Deadline
 from connector.putitems import Pacer, PutItemsSink
 from connector.response import Outcome, UnreportableRecordError
-
 from tests.factories import DATASET_ARN, cdc_payload, dynamodb_record, event, kinesis_record
 from tests.fakes import FakePersonalize, FakeSQS, reject_ids
 

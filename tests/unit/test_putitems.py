@@ -8,6 +8,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.stub import Stubber
+
 from connector.change import from_record
 from connector.config import parse_mapping
 from connector.deadline import Deadline
@@ -22,7 +23,6 @@ from connector.putitems import (
     worst_call_ms,
 )
 from connector.source import parse_event
-
 from tests.factories import DATASET_ARN, cdc_payload, dynamodb_record, event, kinesis_record
 from tests.fakes import FakePersonalize, reject_ids
 

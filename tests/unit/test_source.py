@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 
 import pytest
-from connector.source import EventError, Format, parse_event
 
+from connector.source import EventError, Format, parse_event
 from tests.factories import cdc_payload, dynamodb_record, event, kinesis_record
 
 
