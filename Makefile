@@ -17,6 +17,7 @@ CDK_FLAGS := --no-notices
 help:
 	@echo "make demo    - set up, synthesize the stack, run it end to end on the local cloud, check convergence"
 	@echo "make test    - set up, then lint, type-check and run every test"
+	@echo "make demo ARGS='--items 500'  - a smaller demo; python -m localcloud --help lists the CLI"
 	@echo "make bench   - runtime benchmark against the per-record baseline (bench/results/)"
 	@echo "make synth   - synthesize the CDK app offline into cdk.out/"
 	@echo "make deploy  - deploy with the pinned CDK CLI (needs AWS credentials; see docs/deploy.md)"
@@ -45,6 +46,9 @@ test: install lint types
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest tests/unit -q
+
+demo: install
+	$(PY) -m localcloud demo $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench.bench_runtime $(ARGS)

@@ -1,0 +1,334 @@
+"""The local cloud's command line: ``python -m localcloud {up,status,down,demo}``.
+
+* ``up``: synthesize the stack, boot moto server, the Personalize Events emulator and the event source mapping
+  runner, provision the template, print the endpoints (and ``export`` lines for the AWS CLI and your own
+  scripts), write ``.localcloud/state.json``, and stay in the foreground until Ctrl-C (or ``down``).
+* ``status``: read the state file and ask the running local cloud for its numbers.
+* ``down``: stop the ``up`` process (SIGTERM to the pid in the state file) and wait for it to exit.
+* ``demo``: the end-to-end demo with its convergence check (:mod:`localcloud.demo`); ``make demo`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import boto3
+from rich.console import Console
+
+from localcloud import demo
+from localcloud.personalize_emulator import EmulatorClient
+
+STATE_FILE = demo.STATE_DIR / "state.json"
+DEFAULT_MOTO_PORT = 4566
+DEFAULT_PERSONALIZE_PORT = 4599
+
+
+class CliError(RuntimeError):
+    """A user-facing error: printed without a traceback, exit code 2."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# State file
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_state(path: Path = STATE_FILE) -> dict[str, Any]:
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CliError(
+            "the local cloud is not up (no .localcloud/state.json); start it with: python -m localcloud up"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{path} is not valid JSON ({exc}); remove it and run: python -m localcloud up") from None
+    return state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_state(state: dict[str, Any], path: Path = STATE_FILE) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace, console: Console) -> int:
+    previous: dict[str, Any] = {}
+    with contextlib.suppress(CliError):
+        previous = read_state()
+    if previous and _alive(int(previous.get("pid", 0))):
+        raise CliError(
+            f"the local cloud is already up (pid {previous['pid']}); stop it with: python -m localcloud down"
+        )
+    with console.status("Synthesizing the CDK app (cdk.json) into .localcloud/cdk.out …"):
+        template = demo.synthesize()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    cloud = demo.LocalCloud(
+        template,
+        moto_port=args.port_moto,
+        personalize_port=args.port_personalize,
+        tps=args.tps,
+        latency_ms=args.latency_ms,
+        batching_window_s=0.2 if args.fast else None,
+        log_dir=demo.STATE_DIR / "logs" / "up",
+    )
+    with console.status("Booting moto server, the Personalize emulator and the ESM runner …"):
+        cloud.start()
+    try:
+        kinesis = cloud.stream
+        state: dict[str, Any] = {
+            "pid": os.getpid(),
+            "startedAt": time.time(),
+            "region": "us-east-1",
+            "motoEndpoint": cloud.moto_url,
+            "personalizeEndpoint": cloud.personalize_url,
+            "datasetArn": cloud.dataset_arn,
+            "tableName": cloud.table_name,
+            "streamName": kinesis.ref if kinesis else None,
+            "dlqUrl": cloud.dlq_url,
+            "onFailureUrl": cloud.on_failure_url,
+            "template": str(template),
+            "functionLog": str(cloud.function_log),
+        }
+        _write_state(state)
+        console.print(f"[green]✓[/] local cloud up (pid {os.getpid()}); state in {STATE_FILE.relative_to(demo.ROOT)}")
+        for label, value in (
+            ("moto (DynamoDB, Streams, Kinesis, SQS)", cloud.moto_url),
+            ("Personalize Events emulator", cloud.personalize_url),
+            ("dataset", cloud.dataset_arn),
+            ("DynamoDB table", cloud.table_name),
+            ("Kinesis stream", state["streamName"]),
+            ("poison DLQ", cloud.dlq_url),
+            ("on-failure queue", cloud.on_failure_url),
+            ("function log", cloud.function_log),
+        ):
+            print(f"  {label:<40} {value}", flush=True)  # plain print: long URLs stay on one line
+        console.print("\nPoint the AWS CLI or your own scripts at it:\n")
+        print(exports(state), flush=True)
+        console.print("\nCtrl-C (or [bold]python -m localcloud down[/]) stops it.")
+        while not stop.wait(2.0):
+            runner = cloud.runner
+            if runner is None:
+                break
+            state["runner"] = runner.stats().as_dict()
+            state["runner"].pop("by_mapping", None)
+            state["updatedAt"] = time.time()
+            _write_state(state)
+    finally:
+        with console.status("Stopping …"):
+            cloud.stop()
+        with contextlib.suppress(FileNotFoundError):
+            if read_state().get("pid") == os.getpid():
+                STATE_FILE.unlink()
+        console.print("local cloud stopped")
+    return 0
+
+
+def exports(state: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"export AWS_ENDPOINT_URL={state['motoEndpoint']}",
+            f"export AWS_ENDPOINT_URL_PERSONALIZE_EVENTS={state['personalizeEndpoint']}",
+            "export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1",
+            "export AWS_ACCOUNT_ID_ENDPOINT_MODE=disabled",
+            f"export TABLE_NAME={state['tableName']} STREAM_NAME={state['streamName']}",
+            f"export DATASET_ARN={state['datasetArn']}",
+            f"export DLQ_URL={state['dlqUrl']}",
+        ]
+    )
+
+
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    state = read_state()
+    pid = int(state.get("pid", 0))
+    if not _alive(pid):
+        raise CliError(
+            f"the local cloud is not running (pid {pid} is gone; stale {STATE_FILE.name}); "
+            "start it with: python -m localcloud up"
+        )
+    demo.local_environment()
+    try:
+        emulator = EmulatorClient(state["personalizeEndpoint"], timeout=5)
+        stats = emulator.stats()
+        sqs = boto3.client("sqs", endpoint_url=state["motoEndpoint"], region_name=state.get("region", "us-east-1"))
+        depth = {}
+        for name in ("dlqUrl", "onFailureUrl"):
+            if state.get(name):
+                attrs = sqs.get_queue_attributes(QueueUrl=state[name], AttributeNames=["ApproximateNumberOfMessages"])
+                depth[name] = int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise CliError(f"the local cloud (pid {pid}) does not answer: {exc}") from None
+    if args.json:
+        print(json.dumps({"state": state, "emulator": stats, "queues": depth}, indent=2, default=str))
+        return 0
+    runner = state.get("runner", {})
+    console.print(f"[green]up[/] (pid {pid}, for {time.time() - state['startedAt']:.0f} s)")
+    console.print(f"  moto                 {state['motoEndpoint']}")
+    console.print(f"  Personalize          {state['personalizeEndpoint']}")
+    console.print(f"  items in the dataset {stats['datasets'].get(state['datasetArn'], 0):,}")
+    console.print(
+        f"  PutItems calls       {stats['calls']:,} ({stats['accepted']:,} accepted, "
+        f"{stats['items_per_call']:.2f} items/call)"
+    )
+    console.print(f"  throttles            {stats['throttled']:,} ({stats['throttled_share']:.1%})")
+    console.print(f"  rejected calls       {stats['invalid']:,}")
+    console.print(f"  poison DLQ depth     {depth.get('dlqUrl', 0)}")
+    console.print(f"  on-failure depth     {depth.get('onFailureUrl', 0)}")
+    if runner:
+        console.print(
+            f"  records delivered    {runner.get('records_delivered', 0):,} in {runner.get('invocations', 0):,} "
+            f"invocations; iterator age {runner.get('iterator_age_ms', 0) / 1000:.1f} s, "
+            f"{runner.get('records_pending', 0)} pending"
+        )
+    return 0
+
+
+def cmd_down(args: argparse.Namespace, console: Console) -> int:
+    state = read_state()
+    pid = int(state.get("pid", 0))
+    if not _alive(pid):
+        STATE_FILE.unlink(missing_ok=True)
+        console.print(f"the local cloud was not running (pid {pid} is gone); removed the stale state file")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise CliError(f"pid {pid} did not stop within {args.timeout:g} s")
+        time.sleep(0.1)
+    STATE_FILE.unlink(missing_ok=True)
+    console.print(f"local cloud stopped (pid {pid})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    return demo.main(
+        items=args.items,
+        seed=args.seed,
+        fast=args.fast,
+        timeout=args.timeout,
+        write_seconds=args.write_seconds,
+        chaos=args.chaos,
+        console=console,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m localcloud",
+        description="Run the synthesized stream-to-personalize stack on this machine: moto server (DynamoDB, "
+        "Streams, Kinesis, SQS), a Personalize Events emulator and a Lambda event source mapping runner. "
+        "No AWS account, no Docker.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{up,status,down,demo}")
+
+    up = sub.add_parser(
+        "up",
+        help="synthesize, boot and provision the local cloud; run in the foreground until Ctrl-C",
+        description="Synthesize the stack, boot the local cloud, print the endpoints and export lines, and "
+        "run until Ctrl-C or `python -m localcloud down`. Writes .localcloud/state.json.",
+    )
+    up.add_argument("--port-moto", type=int, default=DEFAULT_MOTO_PORT, help="moto server port (default %(default)s)")
+    up.add_argument(
+        "--port-personalize",
+        type=int,
+        default=DEFAULT_PERSONALIZE_PORT,
+        help="Personalize Events emulator port (default %(default)s)",
+    )
+    up.add_argument("--tps", type=float, default=10, help="PutItems calls per second per dataset group (default 10)")
+    up.add_argument("--latency-ms", type=float, default=50, help="emulated PutItems latency (default 50)")
+    up.add_argument("--fast", action="store_true", help="0.2 s batching window instead of the template's")
+    up.set_defaults(func=cmd_up)
+
+    status = sub.add_parser("status", help="show what the running local cloud has done", description="Read "
+                            ".localcloud/state.json and query the emulator and moto: items, calls, throttles, "
+                            "DLQ depth.")  # fmt: skip
+    status.add_argument("--json", action="store_true", help="print everything as JSON")
+    status.set_defaults(func=cmd_status)
+
+    down = sub.add_parser("down", help="stop the running local cloud", description="Send SIGTERM to the `up` "
+                          "process named in .localcloud/state.json and wait for it to exit.")  # fmt: skip
+    down.add_argument("--timeout", type=float, default=30, help="seconds to wait for it to exit (default 30)")
+    down.set_defaults(func=cmd_down)
+
+    run = sub.add_parser(
+        "demo",
+        help="the end-to-end demo with a convergence check (make demo)",
+        description="Synthesize the stack, boot the local cloud, write a catalog workload (DynamoDB inserts, "
+        "hot updates and deletes; Kinesis documents and CDC records; a few bad records), show live progress, "
+        "then report and check convergence. Exits 1 if the check fails.",
+    )
+    run.add_argument("--items", type=int, default=2000, help="DynamoDB items to write (default %(default)s)")
+    run.add_argument("--seed", type=int, default=7, help="random seed of the workload (default %(default)s)")
+    run.add_argument("--fast", action="store_true", help="0.2 s batching window instead of the template's 5 s")
+    run.add_argument(
+        "--write-seconds",
+        type=float,
+        default=15,
+        help="spread the writes over this many seconds, like a live stream (default %(default)s; 0: flat out)",
+    )
+    run.add_argument(
+        "--chaos",
+        action="store_true",
+        help="inject faults in the emulator (20%% throttles, 5%% 5xx): retries, partial batches and redeliveries",
+    )
+    run.add_argument(
+        "--timeout", type=float, default=180, help="seconds to wait for convergence after the last write (default 180)"
+    )
+    run.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        code: int = args.func(args, console)
+    except CliError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    except demo.SetupError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

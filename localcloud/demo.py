@@ -1,0 +1,830 @@
+"""``python -m localcloud demo``: the synthesized stack, end to end on this machine, ending with a convergence check.
+
+The steps: synthesize the real CDK app (:func:`synthesize`), boot the local cloud (:class:`LocalCloud`: moto
+server, the Personalize Events emulator at 10 calls/s with about 50 ms latency, the template's tables, streams
+and queues, and the event source mapping runner with the function's asset), write the catalog workload of
+:mod:`localcloud.workload` while showing live progress, wait until the connector has caught up, then print a
+report and **check convergence** (:func:`check`):
+
+* every item in the emulator equals what the sources' final state implies (computed independently by
+  :meth:`Workload.expected_items`), and there is no other item;
+* every deliberately bad record is in the poison DLQ with the expected reason, and nothing else is (a bad record
+  that Lambda delivered twice may be there twice; never more often than it was delivered);
+* the on-failure queue is empty and nothing went to it;
+* no record is lost: every record written to a source was checkpointed by the runner, and every record the
+  function received got exactly one outcome (the handler's ``Batch done`` logs add up to the runner's deliveries).
+
+The exit code is non-zero, with a diff summary, when any of these fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from moto.server import ThreadedMotoServer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from localcloud.esm_runner import EsmRunner, FunctionConfig, Invocation, MappingConfig, RunnerStats
+from localcloud.personalize_emulator import PersonalizeEmulator
+from localcloud.provision import DEFAULT_REGION, ProvisionedResource, provision
+from localcloud.workload import BadRecord, Workload, WorkloadSpec
+
+__all__ = [
+    "CheckResult",
+    "DemoResult",
+    "LocalCloud",
+    "check",
+    "run_demo",
+    "synthesize",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = ROOT / ".localcloud"
+EXAMPLE_SCHEMA = ROOT / "examples" / "items-schema.json"
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+}
+
+
+class SetupError(RuntimeError):
+    """The local cloud could not be set up (synth, boot or provisioning failed)."""
+
+
+def local_environment() -> None:
+    """Fake credentials, a fixed region and what moto and CDK need; nothing here can reach AWS."""
+    os.environ.update(FAKE_CREDENTIALS)
+    os.environ.update(
+        {
+            "AWS_DEFAULT_REGION": DEFAULT_REGION,
+            "AWS_REGION": DEFAULT_REGION,
+            "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+            "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+            "CDK_DISABLE_VERSION_CHECK": "1",
+            "CDK_DISABLE_CLI_TELEMETRY": "true",
+        }
+    )
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        os.environ.pop(name, None)
+
+
+def synthesize(outdir: Path = STATE_DIR / "cdk.out") -> Path:
+    """Synthesize the real CDK app (cdk.json's context) offline; return the stack's template path."""
+    local_environment()
+    from infra.synth import synth  # noqa: PLC0415 - aws_cdk takes seconds to import: only when synthesizing
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return synth(outdir)
+    except Exception as exc:
+        raise SetupError(f"synth failed: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The local cloud
+# --------------------------------------------------------------------------------------------------------------
+
+
+class LocalCloud:
+    """moto server + the Personalize Events emulator + the template provisioned + the ESM runner, in this process."""
+
+    def __init__(
+        self,
+        template: Path,
+        *,
+        moto_port: int = 0,
+        personalize_port: int = 0,
+        tps: float = 10,
+        latency_ms: float = 50,
+        jitter_ms: float = 10,
+        batching_window_s: float | None = None,
+        log_dir: Path | None = None,
+        throttle_rate: float = 0.0,
+        error_rate: float = 0.0,
+    ) -> None:
+        self.template = template
+        self.throttle_rate, self.error_rate = throttle_rate, error_rate
+        self.moto_port = moto_port
+        self.personalize_port = personalize_port
+        self.tps, self.latency_ms, self.jitter_ms = tps, latency_ms, jitter_ms
+        self.batching_window_s = batching_window_s
+        self.log_dir = log_dir or STATE_DIR / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.moto: Any = None
+        self.emulator: PersonalizeEmulator | None = None
+        self.runner: EsmRunner | None = None
+        self.resources: dict[str, ProvisionedResource] = {}
+        self.moto_url = ""
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> LocalCloud:
+        local_environment()
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+        try:
+            self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self.moto_port, verbose=False)
+            self.moto.start()
+            host, port = self.moto.get_host_and_port()
+            self.moto_url = f"http://{host}:{port}"
+            # moto's backends are global to the process: forget what an earlier local cloud in it left behind.
+            reset = urllib.request.Request(f"{self.moto_url}/moto-api/reset", method="POST")  # noqa: S310 - our moto
+            urllib.request.urlopen(reset, timeout=10).close()  # noqa: S310
+            self.emulator = PersonalizeEmulator(
+                "127.0.0.1",
+                self.personalize_port,
+                tps=self.tps,
+                latency_ms=self.latency_ms,
+                jitter_ms=self.jitter_ms,
+                throttle_rate=self.throttle_rate,
+                error_rate=self.error_rate,
+            ).start()
+            self.resources = provision(self.template, endpoint_url=self.moto_url)
+            overrides = {"batching_window_s": self.batching_window_s} if self.batching_window_s is not None else None
+            self.runner = EsmRunner(
+                self.template,
+                self.resources,
+                moto_endpoint=self.moto_url,
+                personalize_endpoint=self.emulator.endpoint_url,
+                log_dir=self.log_dir,
+                mapping_overrides=overrides,
+            )
+            self.emulator.register_dataset(self.dataset_arn, self._schema())
+            self.runner.start()
+        except Exception as exc:
+            self.stop()
+            if isinstance(exc, OSError):
+                raise SetupError(f"could not start the local cloud: {exc} (is a port already in use?)") from exc
+            raise
+        return self
+
+    def stop_runner(self) -> None:
+        """Stop polling and the workers, keeping moto and the emulator up (for a consistent final read)."""
+        if self.runner is not None:
+            self.runner.stop()
+
+    def stop(self) -> None:
+        """Stop the runner (and its workers), the emulator and moto; safe to call twice."""
+        runner, self.runner = self.runner, None
+        emulator, self.emulator = self.emulator, None
+        moto, self.moto = self.moto, None
+        if runner is not None:
+            with contextlib.suppress(Exception):
+                runner.stop()
+        if emulator is not None:
+            with contextlib.suppress(Exception):
+                emulator.stop()
+        if moto is not None:
+            with contextlib.suppress(Exception):
+                moto.stop()
+
+    def __enter__(self) -> LocalCloud:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- what the template made ------------------------------------------------------------------------
+    @property
+    def personalize_url(self) -> str:
+        assert self.emulator is not None
+        return self.emulator.endpoint_url
+
+    def _runner(self) -> EsmRunner:
+        if self.runner is None:
+            raise RuntimeError("the local cloud is not running")
+        return self.runner
+
+    @property
+    def function(self) -> FunctionConfig:
+        return next(iter(self._runner().functions.values()))
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return self._runner().function_environment(self.function)
+
+    @property
+    def dataset_arn(self) -> str:
+        return self.function.environment["DATASET_ARN"]
+
+    @property
+    def dlq_url(self) -> str:
+        return self.environment["DLQ_URL"]
+
+    def mapping(self, source: str) -> MappingConfig | None:
+        return next((m for m in self._runner().mappings if m.source == source), None)
+
+    @property
+    def on_failure_url(self) -> str | None:
+        arns = {m.on_failure_arn for m in self._runner().mappings if m.on_failure_arn}
+        for resource in self.resources.values():
+            if resource.attributes.get("Arn") in arns:
+                return resource.attributes.get("QueueUrl", resource.ref)
+        return None
+
+    def _resource(self, kind: str) -> ProvisionedResource | None:
+        return next((r for r in self.resources.values() if r.type == kind), None)
+
+    @property
+    def table_name(self) -> str | None:
+        table = self._resource("AWS::DynamoDB::Table") or self._resource("AWS::DynamoDB::GlobalTable")
+        return table.ref if table else None
+
+    @property
+    def stream(self) -> ProvisionedResource | None:
+        return self._resource("AWS::Kinesis::Stream")
+
+    @property
+    def function_log(self) -> Path:
+        return self._runner().log_dir / f"{self.function.name}.log"
+
+    def _schema(self) -> Any:
+        """The Avro schema the function is configured with (inline or in the asset), else the example's."""
+        env = self.function.environment
+        document: Any = None
+        if env.get("CONNECTOR_CONFIG"):
+            document = json.loads(env["CONNECTOR_CONFIG"])
+        elif env.get("CONNECTOR_CONFIG_FILE"):
+            path = Path(env["CONNECTOR_CONFIG_FILE"])
+            document = json.loads((path if path.is_absolute() else self.function.asset_dir / path).read_text())
+        if isinstance(document, dict) and document.get("schema"):
+            return document["schema"]
+        return json.loads(EXAMPLE_SCHEMA.read_text())
+
+    # -- clients and reads -----------------------------------------------------------------------------
+    def client(self, service: str) -> Any:
+        """A boto3 client on moto (one per service and thread)."""
+        key = f"{service}@{threading.get_ident()}"
+        with self._lock:
+            if key not in self._clients:
+                self._clients[key] = boto3.client(
+                    service,
+                    endpoint_url=self.moto_url,
+                    region_name=DEFAULT_REGION,
+                    config=Config(retries={"mode": "standard", "max_attempts": 5}),
+                )
+            return self._clients[key]
+
+    def queue_depth(self, url: str | None) -> int:
+        if not url:
+            return 0
+        attrs = self.client("sqs").get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        )["Attributes"]
+        return int(attrs.get("ApproximateNumberOfMessages", 0)) + int(
+            attrs.get("ApproximateNumberOfMessagesNotVisible", 0)
+        )
+
+    def read_queue(self, url: str | None) -> list[dict[str, Any]]:
+        """Every message body of a queue (JSON-decoded), received with a long visibility timeout."""
+        if not url:
+            return []
+        sqs = self.client("sqs")
+        bodies: list[dict[str, Any]] = []
+        while True:
+            answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=600)
+            messages = answer.get("Messages", [])
+            if not messages:
+                return bodies
+            for message in messages:
+                try:
+                    bodies.append(json.loads(message["Body"]))
+                except json.JSONDecodeError:
+                    bodies.append({"unparsable": message["Body"]})
+
+    def dynamodb_stream_sequence_numbers(self) -> list[str]:
+        """Every record of the table's stream, read from TRIM_HORIZON (for the zero-lost-records check)."""
+        mapping = self.mapping("dynamodb")
+        if mapping is None:
+            return []
+        streams = self.client("dynamodbstreams")
+        shards = streams.describe_stream(StreamArn=mapping.source_arn)["StreamDescription"]["Shards"]
+        seqs: list[str] = []
+        for shard in shards:
+            iterator = streams.get_shard_iterator(
+                StreamArn=mapping.source_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
+            while iterator:
+                page = streams.get_records(ShardIterator=iterator, Limit=1000)
+                seqs.extend(r["dynamodb"]["SequenceNumber"] for r in page["Records"])
+                if not page["Records"]:
+                    break
+                iterator = page.get("NextShardIterator")
+        return seqs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The convergence check
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HandlerTotals:
+    """The function's own accounting, summed from its ``Batch done`` log lines."""
+
+    batches: int = 0
+    records: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    put_items_calls: int = 0
+    throttles: int = 0
+    dead_lettered: int = 0
+
+
+def handler_totals(log_path: Path) -> HandlerTotals:
+    totals = HandlerTotals()
+    if not log_path.exists():
+        return totals
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if '"Batch done"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if entry.get("message") != "Batch done":
+            continue
+        totals.batches += 1
+        totals.records += int(entry.get("records", 0))
+        for outcome in ("put", "poison", "retry", "skipped"):
+            totals.outcomes[outcome] += int(entry.get(f"records_{outcome}", 0))
+        totals.put_items_calls += int(entry.get("put_items_calls", 0))
+        totals.throttles += int(entry.get("throttles", 0))
+        totals.dead_lettered += int(entry.get("dead_lettered", 0))
+    return totals
+
+
+def checkpointed(ledger: list[Invocation]) -> set[tuple[str, str]]:
+    """``(mapping, sequence number)`` of every record the runner checkpointed (moved past successfully)."""
+    done: set[tuple[str, str]] = set()
+    for inv in ledger:
+        if inv.outcome == "success":
+            done.update((inv.mapping, s) for s in inv.sequence_numbers)
+        elif inv.outcome == "partial" and inv.detail in inv.sequence_numbers:
+            cut = inv.sequence_numbers.index(inv.detail)
+            done.update((inv.mapping, s) for s in inv.sequence_numbers[:cut])
+    return done
+
+
+@dataclass
+class CheckResult:
+    """Everything the convergence check found; ``ok`` when there is no problem."""
+
+    problems: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    different: dict[str, list[str]] = field(default_factory=dict)
+    dlq_matched: dict[str, int] = field(default_factory=dict)  # BadRecord.key() -> messages
+    dlq_unexpected: list[dict[str, Any]] = field(default_factory=list)
+    dlq_missing: list[BadRecord] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _typed(value: Any) -> tuple[str, Any]:
+    return (type(value).__name__, value)
+
+
+def compare_items(expected: Mapping[str, Mapping[str, Any]], actual: Mapping[str, Mapping[str, Any]]) -> CheckResult:
+    """Type-aware comparison (``20`` is not ``20.0``, ``1`` is not ``True``) of expected and landed items."""
+    result = CheckResult()
+    result.missing = sorted(set(expected) - set(actual))
+    result.unexpected = sorted(set(actual) - set(expected))
+    for item_id in sorted(set(expected) & set(actual)):
+        want, got = expected[item_id], actual[item_id]
+        diffs = []
+        for key in sorted(set(want) | set(got)):
+            if key not in got:
+                diffs.append(f"{key}: missing (want {want[key]!r})")
+            elif key not in want:
+                diffs.append(f"{key}: unexpected {got[key]!r}")
+            elif _typed(want[key]) != _typed(got[key]):
+                diffs.append(f"{key}: want {want[key]!r}, got {got[key]!r}")
+        if diffs:
+            result.different[item_id] = diffs
+    if result.missing:
+        result.problems.append(f"{len(result.missing)} expected items are missing, e.g. {result.missing[:5]}")
+    if result.unexpected:
+        result.problems.append(f"{len(result.unexpected)} unexpected items, e.g. {result.unexpected[:5]}")
+    if result.different:
+        first = next(iter(result.different.items()))
+        result.problems.append(
+            f"{len(result.different)} items differ from the expected properties, e.g. {first[0]}: {first[1][:3]}"
+        )
+    return result
+
+
+def _dlq_key(message: Mapping[str, Any]) -> str:
+    if message.get("source") == "aws:dynamodb":
+        return f"dynamodb:{message.get('itemId')}"
+    return f"kinesis:{message.get('sequenceNumber')}"
+
+
+def check(
+    workload: Workload,
+    *,
+    actual_items: Mapping[str, Mapping[str, Any]],
+    dlq: list[dict[str, Any]],
+    on_failure: list[dict[str, Any]],
+    ledger: list[Invocation],
+    stats: RunnerStats,
+    totals: HandlerTotals,
+    source_records: Mapping[str, list[str]],
+) -> CheckResult:
+    """The convergence check (see the module docstring). ``source_records``: ``{mapping id: [sequence numbers]}``."""
+    result = compare_items(workload.expected_items(), actual_items)
+
+    # The DLQ holds exactly the bad records (a record delivered k times may be there up to k times).
+    deliveries: Counter[str] = Counter(s for inv in ledger if not inv.failed for s in inv.sequence_numbers)
+    expected = {b.key(): b for b in workload.expected_dlq()}
+    per_key: Counter[str] = Counter()
+    for message in dlq:
+        key = _dlq_key(message)
+        bad = expected.get(key)
+        if bad is None or not str(message.get("reason", "")).startswith(bad.reason_prefix):
+            result.dlq_unexpected.append(message)
+            continue
+        per_key[key] += 1
+        seq = str(message.get("sequenceNumber"))
+        if per_key[key] > max(1, deliveries[seq]):
+            result.problems.append(f"{bad.label}: {per_key[key]} DLQ entries, but delivered {deliveries[seq]} times")
+    result.dlq_matched = dict(per_key)
+    result.dlq_missing = [b for k, b in expected.items() if k not in per_key]
+    for message in result.dlq_unexpected:
+        result.problems.append(
+            f"unexpected DLQ entry: {message.get('source')} item {message.get('itemId')!r} "
+            f"seq {message.get('sequenceNumber')}: {message.get('reason')}"
+        )
+    for bad in result.dlq_missing:
+        result.problems.append(f"bad record not in the DLQ: {bad.label} ({bad.key()}, want '{bad.reason_prefix}…')")
+
+    # Nothing went to the on-failure destination.
+    if on_failure or stats.records_to_on_failure:
+        result.problems.append(
+            f"on-failure destination got {len(on_failure)} messages ({stats.records_to_on_failure} records)"
+        )
+
+    # Zero lost records: every source record checkpointed; every delivered record got exactly one outcome.
+    done = checkpointed(ledger)
+    for mapping_id, seqs in source_records.items():
+        stuck = [s for s in seqs if (mapping_id, s) not in done]
+        if stuck:
+            result.problems.append(f"{mapping_id}: {len(stuck)} records never checkpointed, e.g. {stuck[:3]}")
+    answered = sum(inv.batch_size for inv in ledger if not inv.failed)
+    if totals.records != answered:
+        result.problems.append(
+            f"the handler accounted for {totals.records} records, the runner delivered {answered} in answered batches"
+        )
+    if sum(totals.outcomes.values()) != totals.records:
+        result.problems.append(f"handler outcomes {dict(totals.outcomes)} do not add up to {totals.records} records")
+    if totals.dead_lettered != len(dlq):
+        result.problems.append(f"the handler dead-lettered {totals.dead_lettered} records; the DLQ holds {len(dlq)}")
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The demo
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DemoResult:
+    check: CheckResult
+    converged: bool
+    seconds_to_converge: float | None
+    seconds_after_last_write: float | None
+    write_seconds: float
+    workload: Workload
+    stats: RunnerStats
+    emulator_stats: dict[str, Any]
+    totals: HandlerTotals
+    dlq: list[dict[str, Any]]
+    on_failure: list[dict[str, Any]]
+    ledger: list[Invocation]
+    expected_items: int
+    actual_items: int
+    source_records: dict[str, list[str]]
+
+    @property
+    def ok(self) -> bool:
+        return self.converged and self.check.ok
+
+
+def _live_table(cloud: LocalCloud, workload: Workload, started: float, phase: str) -> Table:
+    runner, emulator = cloud._runner(), cloud.emulator
+    assert emulator is not None
+    stats, emu = runner.stats(), emulator.stats()
+    c = workload.counters
+    table = Table(title=f"stream-to-personalize on the local cloud — {phase}", show_header=False, min_width=70)
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("elapsed", f"{time.monotonic() - started:6.1f} s")
+    table.add_row(
+        "changes written",
+        f"{c.changes:,}  (DynamoDB {c.ddb_writes:,}, Kinesis docs {c.kinesis_documents:,}, CDC {c.kinesis_cdc:,})",
+    )
+    table.add_row("records delivered", f"{stats.records_delivered:,} in {stats.invocations:,} invocations")
+    table.add_row("PutItems calls", f"{emu['calls']:,} ({emu['accepted']:,} accepted)")
+    table.add_row("items per call", f"{emu['items_per_call']:.2f}")
+    table.add_row("throttles", f"{emu['throttled']:,} ({emu['throttled_share']:.1%} of calls)")
+    table.add_row("items in the dataset", f"{emu['datasets'].get(cloud.dataset_arn, 0):,}")
+    table.add_row("DLQ depth", f"{cloud.queue_depth(cloud.dlq_url)}")
+    table.add_row("iterator lag", f"{stats.iterator_age_ms / 1000:5.1f} s, {stats.records_pending:,} records pending")
+    return table
+
+
+def run_demo(
+    spec: WorkloadSpec,
+    *,
+    template: Path | None = None,
+    fast: bool = False,
+    timeout: float = 180.0,
+    console: Console | None = None,
+    live: bool = True,
+    cloud_options: Mapping[str, Any] | None = None,
+) -> DemoResult:
+    """Boot the local cloud, write the workload, wait for convergence and check it. Always cleans up."""
+    console = console or Console()
+    if template is None:
+        with console.status("Synthesizing the CDK app (cdk.json) into .localcloud/cdk.out …"):
+            began = time.monotonic()
+            template = synthesize()
+        console.print(f"[green]✓[/] synthesized {template.relative_to(ROOT)} in {time.monotonic() - began:.1f} s")
+    options = dict(cloud_options or {})
+    if fast:
+        options.setdefault("batching_window_s", 0.2)
+    cloud = LocalCloud(template, **options)
+    stop_writing = threading.Event()
+    with console.status("Booting moto server, the Personalize emulator and the ESM runner …"):
+        cloud.start()
+    try:
+        windows = ", ".join(f"{m.source} {m.batching_window_s:g} s" for m in cloud._runner().mappings)
+        faults = (
+            f", injected faults: {cloud.throttle_rate:.0%} throttles, {cloud.error_rate:.0%} 5xx"
+            if cloud.throttle_rate or cloud.error_rate
+            else ""
+        )
+        console.print(
+            f"[green]✓[/] local cloud up: moto {cloud.moto_url}, Personalize {cloud.personalize_url} "
+            f"({cloud.tps:g} calls/s, {cloud.latency_ms:g} ms{faults}); batching window {windows}"
+        )
+        stream = cloud.stream
+        table_name = cloud.table_name
+        if stream is None or table_name is None:
+            raise SetupError("the synthesized stack must have a new DynamoDB table and a new Kinesis stream")
+        workload = Workload(spec, table_name, stream.ref, stream.arn)
+        return _drive(cloud, workload, console=console, live=live, timeout=timeout, stop_writing=stop_writing)
+    finally:
+        stop_writing.set()
+        with console.status("Stopping the runner, the emulator and moto …"):
+            cloud.stop()
+
+
+def _drive(
+    cloud: LocalCloud,
+    workload: Workload,
+    *,
+    console: Console,
+    live: bool,
+    timeout: float,
+    stop_writing: threading.Event,
+) -> DemoResult:
+    runner, emulator = cloud._runner(), cloud.emulator
+    assert emulator is not None
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            workload.write(cloud.client("dynamodb"), cloud.client("kinesis"), stop=stop_writing.is_set)
+        except BaseException as exc:
+            errors.append(exc)
+
+    started = time.monotonic()
+    writer = threading.Thread(target=write, name="workload-writer", daemon=True)
+    writer.start()
+    last_write: float | None = None
+    converged_at: float | None = None
+    expected: dict[str, dict[str, Any]] | None = None
+    deadline: float | None = None
+    phase = "writing the workload"
+    live_ctx: Any = Live(console=console, refresh_per_second=4, transient=False) if live else contextlib.nullcontext()
+    with live_ctx as display:
+        while True:
+            if display is not None:
+                display.update(_live_table(cloud, workload, started, phase))
+            if errors:
+                raise SetupError(f"writing the workload failed: {errors[0]!r}") from errors[0]
+            if last_write is None:
+                if writer.is_alive():
+                    time.sleep(0.25)
+                    continue
+                last_write = time.monotonic()
+                deadline = last_write + timeout
+                expected = workload.expected_items()
+                phase = f"waiting for convergence ({len(expected):,} items expected)"
+            assert deadline is not None and expected is not None
+            if time.monotonic() > deadline:
+                phase = "timed out"
+                break
+            if not runner.wait_idle(timeout=0.3):
+                continue
+            landed = emulator.items(cloud.dataset_arn)
+            dlq_depth = cloud.queue_depth(cloud.dlq_url)
+            if compare_items(expected, landed).ok and dlq_depth >= len(workload.bad):
+                converged_at = time.monotonic()
+                phase = "converged"
+                if display is not None:
+                    display.update(_live_table(cloud, workload, started, phase))
+                break
+            time.sleep(0.2)
+    if live:
+        console.print()
+    write_seconds = (last_write or time.monotonic()) - started
+
+    # A consistent final read: let the runner settle, stop it (moto and the emulator stay up), then collect.
+    runner.wait_idle(timeout=5)
+    cloud.stop_runner()
+    stats, ledger = runner.stats(), runner.ledger()
+    emulator_stats = emulator.stats()
+    landed = emulator.items(cloud.dataset_arn)
+    dlq = cloud.read_queue(cloud.dlq_url)
+    on_failure = cloud.read_queue(cloud.on_failure_url)
+    totals = handler_totals(cloud.function_log)
+    source_records: dict[str, list[str]] = {}
+    kinesis_mapping, ddb_mapping = cloud.mapping("kinesis"), cloud.mapping("dynamodb")
+    if kinesis_mapping is not None:
+        source_records[kinesis_mapping.logical_id] = list(workload.kinesis_sequence_numbers)
+    if ddb_mapping is not None:
+        source_records[ddb_mapping.logical_id] = cloud.dynamodb_stream_sequence_numbers()
+    result = check(
+        workload,
+        actual_items=landed,
+        dlq=dlq,
+        on_failure=on_failure,
+        ledger=ledger,
+        stats=stats,
+        totals=totals,
+        source_records=source_records,
+    )
+    ddb_records = len(source_records.get(ddb_mapping.logical_id, [])) if ddb_mapping else 0
+    if ddb_mapping is not None and ddb_records != workload.counters.ddb_writes:
+        result.problems.append(
+            f"the table's stream holds {ddb_records} records for {workload.counters.ddb_writes} writes"
+        )
+    result.problems.extend(f"workload model: {p}" for p in workload.verify_table(cloud.client("dynamodb")))
+    if converged_at is None:
+        result.problems.insert(0, f"did not converge within {timeout:g} s after the last write")
+    return DemoResult(
+        check=result,
+        converged=converged_at is not None,
+        seconds_to_converge=(converged_at - started) if converged_at else None,
+        seconds_after_last_write=(converged_at - last_write) if converged_at and last_write else None,
+        write_seconds=write_seconds,
+        workload=workload,
+        stats=stats,
+        emulator_stats=emulator_stats,
+        totals=totals,
+        dlq=dlq,
+        on_failure=on_failure,
+        ledger=ledger,
+        expected_items=len(workload.expected_items()),
+        actual_items=len(landed),
+        source_records=source_records,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------------------------
+
+
+def report(result: DemoResult, console: Console) -> None:
+    w, c, stats, emu = result.workload, result.workload.counters, result.stats, result.emulator_stats
+    table = Table(title="Report", show_header=False, min_width=70)
+    table.add_column("metric", style="bold")
+    table.add_column("value")
+    table.add_row(
+        "changes written",
+        f"{c.changes:,}: DynamoDB {c.ddb_writes:,} ({c.ddb_inserts:,} inserts, {c.ddb_updates:,} updates, "
+        f"{c.ddb_deletes:,} deletes); Kinesis {c.kinesis_documents:,} documents, {c.kinesis_cdc:,} CDC records "
+        f"({w.cdc_out_of_order} items out of order, {w.cdc_duplicates} duplicates), {c.kinesis_bad} bad records",
+    )
+    table.add_row(
+        "records delivered",
+        f"{stats.records_delivered:,} in {stats.invocations:,} invocations "
+        f"({stats.records_delivered / max(1, stats.invocations):.0f} per batch; {stats.retries} retries, "
+        f"{stats.function_errors} function errors, {stats.partial_failures} partial)",
+    )
+    table.add_row(
+        "handler outcomes",
+        ", ".join(f"{k} {v:,}" for k, v in sorted(result.totals.outcomes.items())) or "-",
+    )
+    table.add_row("PutItems calls", f"{emu['calls']:,} ({emu['accepted']:,} accepted, {emu['invalid']} rejected)")
+    table.add_row("items per call", f"{emu['items_per_call']:.2f} ({emu['items_written']:,} item writes)")
+    peak = emu.get("calls_per_second", {})
+    table.add_row(
+        "throttled share",
+        f"{emu['throttled_share']:.2%} ({emu['throttled']} of {emu['calls']} calls"
+        + (f"; peak {peak.get('max_accepted_in_1s', '?')} accepted calls in 1 s)" if peak else ")"),
+    )
+    table.add_row("items in the dataset", f"{result.actual_items:,} (expected {result.expected_items:,})")
+    table.add_row("DLQ entries", f"{len(result.dlq)} (expected bad records: {len(w.bad)})")
+    table.add_row("on-failure messages", f"{len(result.on_failure)}")
+    table.add_row("max iterator age", f"{stats.max_iterator_age_ms / 1000:.1f} s")
+    if result.seconds_to_converge is not None:
+        table.add_row(
+            "time to converge",
+            f"{result.seconds_to_converge:.1f} s from the first write "
+            f"({result.write_seconds:.1f} s writing, "
+            f"{result.seconds_after_last_write or 0:.1f} s after the last write)",
+        )
+    else:
+        table.add_row("time to converge", "[red]did not converge[/]")
+    console.print(table)
+
+    dlq_table = Table(title="DLQ entries", min_width=70)
+    for column in ("bad record", "source", "item id / seq", "reason"):
+        dlq_table.add_column(column, overflow="fold")
+    labels = {b.key(): b.label for b in w.bad}
+    for message in result.dlq:
+        key = _dlq_key(message)
+        where = message.get("itemId") or f"seq {message.get('sequenceNumber')}"
+        dlq_table.add_row(
+            labels.get(key, "[red]unexpected[/]"), str(message.get("source")), str(where), str(message.get("reason"))
+        )
+    console.print(dlq_table)
+
+    if result.ok:
+        console.print(
+            Panel(
+                f"[bold green]CONVERGED[/]: all {result.actual_items:,} items match the sources' final state, "
+                f"the DLQ holds exactly the {len(w.bad)} bad records, the on-failure queue is empty, "
+                "and no record was lost.",
+                title="convergence check",
+            )
+        )
+    else:
+        lines = [f"[red]✗[/] {p}" for p in result.check.problems]
+        for item_id, diffs in list(result.check.different.items())[:10]:
+            lines.append(f"  {item_id}: " + "; ".join(diffs[:4]))
+        console.print(Panel(Group(*lines), title="[bold red]convergence check FAILED[/]"))
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C, so that ``finally`` blocks clean up."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(
+    *,
+    items: int,
+    seed: int,
+    fast: bool,
+    timeout: float,
+    write_seconds: float,
+    chaos: bool = False,
+    console: Console | None = None,
+) -> int:
+    """The ``demo`` command: 0 when converged and every check passed, 1 otherwise, 2 on setup errors."""
+    console = console or Console()
+    spec = WorkloadSpec(items=items, seed=seed, write_seconds=write_seconds)
+    try:
+        with sigterm_as_interrupt():
+            faults = {"throttle_rate": 0.2, "error_rate": 0.05} if chaos else {}
+            result = run_demo(spec, fast=fast, timeout=timeout, console=console, cloud_options=faults)
+    except KeyboardInterrupt:
+        console.print("\n[yellow]Interrupted: the local cloud was stopped.[/]")
+        return 130
+    except SetupError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    report(result, console)
+    return 0 if result.ok else 1
