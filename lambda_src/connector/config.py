@@ -59,6 +59,7 @@ class Settings:
     deadline_margin_ms: int = 5_000
     put_items_max_attempts: int = 3
     put_items_timeout_s: float = 5.0
+    put_items_retry_mode: str = "standard"
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
@@ -93,7 +94,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         deadline_margin_ms=int(_number(env, "DEADLINE_MARGIN_MS", 5_000, minimum=0)),
         put_items_max_attempts=int(_number(env, "PUT_ITEMS_MAX_ATTEMPTS", 3, minimum=1)),
         put_items_timeout_s=_number(env, "PUT_ITEMS_TIMEOUT_S", 5.0, minimum=0.1),
+        put_items_retry_mode=_retry_mode(env),
     )
+
+
+def _retry_mode(env: Mapping[str, str]) -> str:
+    mode = env.get("PUT_ITEMS_RETRY_MODE") or "standard"
+    if mode not in ("standard", "adaptive"):
+        raise ConfigError(f"PUT_ITEMS_RETRY_MODE={mode!r}: allowed: 'standard', 'adaptive'")
+    return mode
 
 
 def _mapping_document(env: Mapping[str, str]) -> Any:

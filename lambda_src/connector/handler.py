@@ -43,7 +43,7 @@ def build_runtime(settings: Settings, *, personalize: Any = None, sqs: Any = Non
         personalize = boto3.client(
             "personalize-events",
             config=Config(
-                retries={"mode": "standard", "total_max_attempts": settings.put_items_max_attempts},
+                retries={"mode": settings.put_items_retry_mode, "total_max_attempts": settings.put_items_max_attempts},
                 connect_timeout=CONNECT_TIMEOUT_S,
                 read_timeout=settings.put_items_timeout_s,
             ),

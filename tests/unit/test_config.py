@@ -37,6 +37,7 @@ def test_config_file_relative_to_task_root(tmp_path: Path) -> None:
         ({"DATASET_ARN": DATASET_ARN, "CONNECTOR_CONFIG_FILE": "/nope.json"}, "cannot be read"),
         ({"DATASET_ARN": DATASET_ARN, "MAX_CALLS_PER_SECOND": "fast"}, "MAX_CALLS_PER_SECOND='fast' is not a number"),
         ({"DATASET_ARN": DATASET_ARN, "MAX_CALLS_PER_SECOND": "0"}, "must be at least 0.1"),
+        ({"DATASET_ARN": DATASET_ARN, "PUT_ITEMS_RETRY_MODE": "legacy"}, "allowed: 'standard', 'adaptive'"),
     ],
 )
 def test_settings_errors(env: dict[str, str], message: str) -> None:

@@ -78,3 +78,6 @@ def test_runtime_built_from_environment(monkeypatch: pytest.MonkeyPatch) -> None
     retries = rt.sink._client.meta.config.retries
     assert retries == {"mode": "standard", "total_max_attempts": 3}  # attempts in all, not retries
     handler.reset()
+    monkeypatch.setenv("PUT_ITEMS_RETRY_MODE", "adaptive")
+    assert handler.runtime().sink._client.meta.config.retries["mode"] == "adaptive"
+    handler.reset()
