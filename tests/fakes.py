@@ -89,5 +89,6 @@ class FakeSQS:
             if self.fail == "partial" and i % 2 == 1:
                 failed.append({"Id": entry["Id"], "Code": "InternalError", "SenderFault": False})
             else:
+                entry["MessageBody"].encode("utf-8")  # what botocore does on the wire: must not raise
                 self.messages.append(entry["MessageBody"])
         return {"Successful": [], "Failed": failed}

@@ -104,15 +104,16 @@ def dlq_message(verdict: Verdict) -> str:
         "itemId": verdict.item_id,
         "record": record.raw,
     }
-    text = json.dumps(body, ensure_ascii=False, default=str)
-    if len(text.encode()) > SQS_MAX_BYTES - 1024:
+    # ASCII: SQS refuses some code points (and lone surrogates from JSON escapes cannot even be encoded).
+    text = json.dumps(body, default=str)
+    if len(text) > SQS_MAX_BYTES - 1024:
         # Too big for SQS: keep the coordinates, which locate the record in the stream while it is retained.
         body["record"] = {
             "truncated": True,
             "eventID": record.raw.get("eventID"),
-            "bytes": len(text.encode()),
+            "bytes": len(text),
         }
-        text = json.dumps(body, ensure_ascii=False, default=str)
+        text = json.dumps(body, default=str)
     return text
 
 
@@ -121,7 +122,7 @@ def _sqs_batches(poison: list[Verdict]) -> list[list[tuple[Verdict, str]]]:
     size = SQS_MAX_BYTES
     for verdict in poison:
         body = dlq_message(verdict)
-        n = len(body.encode())
+        n = len(body)
         if not batches or len(batches[-1]) == SQS_BATCH_ENTRIES or size + n > SQS_MAX_BYTES:
             batches.append([])
             size = 0

@@ -84,10 +84,14 @@ def dynamodb_event(draw: st.DrawFn) -> dict[str, Any]:
     return event(*records)
 
 
+# Any code point, lone surrogates included (JSON escapes like "\ud800" decode to them).
+_any_text = st.text(
+    alphabet=st.one_of(st.characters(categories=["Cs"]), st.characters(exclude_categories=())), max_size=10
+)
 _json_docs = st.dictionaries(
-    st.one_of(st.just("id"), st.just("itemId"), _names),
+    st.one_of(st.just("id"), st.just("itemId"), _names, _any_text),
     st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50),
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50) | _any_text,
         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
         max_leaves=8,
     ),

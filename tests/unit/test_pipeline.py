@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -140,3 +141,12 @@ def test_oversized_dlq_message_keeps_coordinates() -> None:
     assert message["record"]["truncated"] is True
     assert message["record"]["eventID"] == huge["eventID"]
     assert message["sequenceNumber"] == "55"
+
+
+def test_dlq_message_is_ascii_even_for_lone_surrogates_and_control_characters() -> None:
+    # Valid JSON whose id decodes to a lone surrogate, with an attribute that makes it poison.
+    data = base64.b64encode(b'{"id": "\\ud800 caf\\u00e9 \\u0000", "__": 1}').decode()
+    _, _, sqs = run([kinesis_record(data, seq="66")])
+    (message,) = sqs.messages
+    message.encode("ascii")  # SQS-safe: nothing outside ASCII, so nothing it refuses
+    assert json.loads(message)["itemId"] == "\ud800 caf\u00e9 \u0000"
