@@ -107,7 +107,7 @@ class StreamToPersonalize(Construct):
         memory_mb: int = 1024,
         timeout: cdk.Duration | None = None,
         reserved_concurrency: int | None = 1,
-        max_calls_per_second: float = 10.0,
+        max_calls_per_second: float = 9.7,
         deadline_margin_ms: int = 5000,
         log_level: str = "INFO",
         service_name: str = "stream-to-personalize",
@@ -126,7 +126,8 @@ class StreamToPersonalize(Construct):
         :param timeout: default 300 s, enough for a 10,000-record batch at the 100 items/s quota.
         :param reserved_concurrency: caps concurrent invocations; ``None`` leaves it unreserved.
         :param max_calls_per_second: PutItems pacing per invocation. All invocations share the dataset
-            group's 10 calls/s, so keep ``reserved_concurrency * max_calls_per_second <= 10``.
+            group's 10 calls/s, so keep ``reserved_concurrency * max_calls_per_second <= 9.7`` (a little under
+            the quota absorbs network jitter).
         :param powertools_layer_version: default: the ``aws-lambda-powertools`` pin in requirements.txt.
         :param queue_retention: retention of both queues; default 14 days (the SQS maximum).
         """

@@ -75,9 +75,16 @@ POST     /_emulator/datasets                        ``{"datasetArn", "schema"?, 
 GET      /_emulator/items?datasetArn=ARN            ``{"datasetArn", "items": {id: properties}}``
 GET      /_emulator/stats                           counters (see ``EmulatorState.stats``)
 GET      /_emulator/calls?since=N                   call log entries with ``seq >= N``, and ``next``
+GET      /_emulator/accepted?since=N                the accepted-items log (only with ``log_items``): per
+                                                    accepted call ``seq``, ``ts`` (when its items were
+                                                    written), ``dataset_arn`` and ``items`` ``[[id, props]]``
 POST     /_emulator/inject                          ``{"errors": [code, ...], "operation": "PutItems"}``
 POST     /_emulator/reset                           ``{"datasets": false}``
 =======  =========================================  ==========================================================
+
+The accepted-items log is off by default (``log_items=False``; ``--log-items`` on the command line): it keeps the
+properties of every item of every accepted call, which is what a change-to-visible latency measurement needs (when
+did an item first become visible in a given version) and what a long chaos run does not want to hold in memory.
 
 Python: :class:`PersonalizeEmulator` (server in a background thread, context manager) and
 :class:`EmulatorClient` (the same read/admin methods over HTTP, for another process). Command line::
@@ -391,6 +398,17 @@ class CallRecord:
 
 
 @dataclass
+class AcceptedCall:
+    """One accepted PutItems / PutUsers call in the accepted-items log (``ts``: ``time.time()`` at the write)."""
+
+    seq: int  # the call's ``seq`` in the call log
+    ts: float
+    operation: str
+    dataset_arn: str
+    items: list[tuple[str, dict[str, Any]]]  # (id, properties) in call order
+
+
+@dataclass
 class Config:
     tps: float | None = 10
     latency_ms: float = 0.0
@@ -493,8 +511,19 @@ def _new_counters() -> dict[str, int]:
 class EmulatorState:
     """Datasets, items, quota, faults and counters: everything but the HTTP server. Thread-safe."""
 
-    def __init__(self, config: Config | None = None, *, seed: int | None = None, call_log_limit: int = 1_000_000):
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        seed: int | None = None,
+        call_log_limit: int = 1_000_000,
+        log_items: bool = False,
+    ):
         self._lock = threading.RLock()
+        #: ``None`` unless ``log_items``: every accepted call's items, with the time they were written.
+        self._item_log: collections.deque[AcceptedCall] | None = (
+            collections.deque(maxlen=call_log_limit) if log_items else None
+        )
         self.config = config or Config()
         self._validate_config(self.config)
         self._rng = random.Random(seed)
@@ -590,12 +619,35 @@ class EmulatorState:
             self._quota.clear()
             self._scripted.clear()
             self._call_log.clear()
+            if self._item_log is not None:
+                self._item_log.clear()
             self._counters.clear()
             self._items_per_call.clear()
 
     def calls(self, since: int = 0) -> list[dict[str, Any]]:
         with self._lock:
             return [asdict(r) for r in self._call_log if r.seq >= since]
+
+    @property
+    def logs_items(self) -> bool:
+        return self._item_log is not None
+
+    def accepted(self, since: int = 0) -> list[dict[str, Any]]:
+        """The accepted-items log (entries with ``seq >= since``); raises ``RuntimeError`` without ``log_items``."""
+        if self._item_log is None:
+            raise RuntimeError("the accepted-items log is off: start the emulator with log_items=True")
+        with self._lock:
+            return [
+                {
+                    "seq": e.seq,
+                    "ts": e.ts,
+                    "operation": e.operation,
+                    "dataset_arn": e.dataset_arn,
+                    "items": [[rid, dict(props)] for rid, props in e.items],
+                }
+                for e in self._item_log
+                if e.seq >= since
+            ]
 
     def stats(self) -> dict[str, Any]:
         """Counters summed over all operations, ``by_operation``, and PutItems rates from the call log.
@@ -696,6 +748,8 @@ class EmulatorState:
                 ds.records[record_id] = props  # full replace: latest call wins
             ds.writes += len(parsed)
             ctx.written = len(parsed)
+            if self._item_log is not None:
+                ctx.accepted_items, ctx.accepted_at = parsed, time.time()
         return self._success(ctx)
 
     def _validate_records(self, op: _Op, records: Any, ds: Dataset) -> list[tuple[str, dict[str, Any]]]:
@@ -822,6 +876,10 @@ class EmulatorState:
             delay_ms=round(delay_s * 1000.0, 3),
         )
         self._call_log.append(rec)
+        if self._item_log is not None and outcome == "ok" and ctx.accepted_items is not None and ctx.dataset_arn:
+            self._item_log.append(
+                AcceptedCall(rec.seq, ctx.accepted_at, ctx.operation, ctx.dataset_arn, ctx.accepted_items)
+            )
         c = self._counters[ctx.operation]
         c["calls"] += 1
         if outcome == "ok":
@@ -856,6 +914,8 @@ class _CallCtx:
     injected: bool = False
     quota_throttled: bool = False
     slow: bool = False
+    accepted_items: list[tuple[str, dict[str, Any]]] | None = None  # only with log_items
+    accepted_at: float = 0.0
 
 
 def _outcome_of(code: str) -> str:
@@ -1043,6 +1103,13 @@ def _admin(state: EmulatorState, method: str, path: str, body: bytes) -> Respons
             calls = state.calls(int(query.get("since", "0")))
             nxt = calls[-1]["seq"] + 1 if calls else int(query.get("since", "0"))
             return _json_response(200, {"calls": calls, "next": nxt})
+        if (method, route) == ("GET", "/accepted"):
+            since = int(query.get("since", "0"))
+            try:
+                entries = state.accepted(since)
+            except RuntimeError as exc:
+                return _json_response(409, {"error": str(exc)})
+            return _json_response(200, {"accepted": entries, "next": entries[-1]["seq"] + 1 if entries else since})
         if (method, route) == ("POST", "/inject"):
             state.inject(*doc.get("errors", []), operation=doc.get("operation", "PutItems"))
             return _json_response(200, {"ok": True})
@@ -1110,6 +1177,7 @@ class PersonalizeEmulator:
         auto_create: bool = False,
         seed: int | None = None,
         call_log_limit: int = 1_000_000,
+        log_items: bool = False,
     ) -> None:
         self.host, self._requested_port = host, port
         self.state = EmulatorState(
@@ -1127,6 +1195,7 @@ class PersonalizeEmulator:
             ),
             seed=seed,
             call_log_limit=call_log_limit,
+            log_items=log_items,
         )
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -1199,6 +1268,10 @@ class PersonalizeEmulator:
 
     def calls(self, since: int = 0) -> list[dict[str, Any]]:
         return self.state.calls(since)
+
+    def accepted(self, since: int = 0) -> list[dict[str, Any]]:
+        """The accepted-items log (needs ``log_items=True``): see :meth:`EmulatorState.accepted`."""
+        return self.state.accepted(since)
 
     def config(self) -> dict[str, Any]:
         return self.state.config.to_json()
@@ -1310,6 +1383,11 @@ class EmulatorClient:
         result: list[dict[str, Any]] = self._call("GET", "/calls", query={"since": since})["calls"]
         return result
 
+    def accepted(self, since: int = 0) -> list[dict[str, Any]]:
+        """The accepted-items log; ``ValueError`` when the emulator runs without ``log_items``."""
+        result: list[dict[str, Any]] = self._call("GET", "/accepted", query={"since": since})["accepted"]
+        return result
+
     def config(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/config")
         return result
@@ -1370,6 +1448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--strict-types", action="store_true", help="reject numbers sent as numeric strings")
     parser.add_argument("--auto-create", action="store_true", help="unknown dataset ARNs are created on first use")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--log-items", action="store_true", help="keep the accepted-items log (/_emulator/accepted)")
     parser.add_argument("--ready-file", type=Path, help="write the endpoint URL here once listening")
     args = parser.parse_args(argv)
     if len(args.schema) > len(args.dataset):
@@ -1388,6 +1467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         strict_types=args.strict_types,
         auto_create=args.auto_create,
         seed=args.seed,
+        log_items=args.log_items,
     )
     try:
         for i, arn in enumerate(args.dataset):

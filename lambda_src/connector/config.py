@@ -55,7 +55,7 @@ class Settings:
     dataset_arn: str
     dlq_url: str | None
     mapping: ItemMapping
-    max_calls_per_second: float = 10.0
+    max_calls_per_second: float = 9.7
     deadline_margin_ms: int = 5_000
     put_items_max_attempts: int = 3
     put_items_timeout_s: float = 5.0
@@ -90,7 +90,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dataset_arn=arn,
         dlq_url=env.get("DLQ_URL") or None,
         mapping=parse_mapping(_mapping_document(env)),
-        max_calls_per_second=_number(env, "MAX_CALLS_PER_SECOND", 10.0, minimum=0.1),
+        max_calls_per_second=_number(env, "MAX_CALLS_PER_SECOND", 9.7, minimum=0.1),
         deadline_margin_ms=int(_number(env, "DEADLINE_MARGIN_MS", 5_000, minimum=0)),
         put_items_max_attempts=int(_number(env, "PUT_ITEMS_MAX_ATTEMPTS", 3, minimum=1)),
         put_items_timeout_s=_number(env, "PUT_ITEMS_TIMEOUT_S", 5.0, minimum=0.1),

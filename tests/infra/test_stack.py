@@ -44,14 +44,14 @@ def test_function_runtime_contract(default_app: Synthesized) -> None:
             "TracingConfig": {"Mode": "Active"},
             "Timeout": 300,
             "MemorySize": 1024,
-            "ReservedConcurrentExecutions": 2,
+            "ReservedConcurrentExecutions": 1,
             "Layers": [Match.any_value()],
             "Environment": {
                 "Variables": {
                     "DATASET_ARN": DATASET_ARN,
                     "DLQ_URL": {"Ref": Match.any_value()},
                     "CONNECTOR_CONFIG": Match.any_value(),
-                    "MAX_CALLS_PER_SECOND": "5",
+                    "MAX_CALLS_PER_SECOND": "9.7",
                     "DEADLINE_MARGIN_MS": "5000",
                     "POWERTOOLS_SERVICE_NAME": "stream-to-personalize",
                     "POWERTOOLS_METRICS_NAMESPACE": "StreamToPersonalize",

@@ -675,6 +675,43 @@ def test_call_log_feeds_items_per_call(emu: PersonalizeEmulator, pe: Any) -> Non
     assert stats["items_per_call_histogram"] == {"4": 1, "10": 1}
 
 
+def test_accepted_items_log_is_off_by_default(emu: PersonalizeEmulator, pe: Any) -> None:
+    pe.put_items(datasetArn=ARN, items=[item("a")])
+    assert not emu.state.logs_items
+    with pytest.raises(RuntimeError, match="log_items"):
+        emu.accepted()
+    with pytest.raises(ValueError, match="log_items"):
+        EmulatorClient(emu.endpoint_url).accepted()
+
+
+def test_accepted_items_log_records_each_accepted_call_with_its_items_and_write_time() -> None:
+    with PersonalizeEmulator(tps=10, seed=7, log_items=True) as emulator:
+        emulator.register_dataset(ARN, SCHEMA)
+        pe = client_for(emulator)
+        before = time.time()
+        pe.put_items(datasetArn=ARN, items=[item("a", price=1.5), item("b")])
+        emulator.inject("ThrottlingException")
+        with pytest.raises(ClientError, match="ThrottlingException"):
+            pe.put_items(datasetArn=ARN, items=[item("c")])
+        with pytest.raises(pe.exceptions.InvalidInputException):
+            pe.put_items(datasetArn=ARN, items=[item("d", price="n/a")])
+        pe.put_items(datasetArn=ARN, items=[item("a", price=2.5)])
+        after = time.time()
+
+        accepted = emulator.accepted()
+        calls = emulator.calls()
+        assert [[i[0] for i in e["items"]] for e in accepted] == [["a", "b"], ["a"]]  # only accepted calls
+        assert [e["seq"] for e in accepted] == [c["seq"] for c in calls if c["outcome"] == "ok"]
+        assert accepted[0]["items"][0][1] == {**VALID, "price": 1.5}
+        assert accepted[1]["items"][0][1]["price"] == 2.5
+        assert before <= accepted[0]["ts"] <= accepted[1]["ts"] <= after
+        assert all(e["dataset_arn"] == ARN and e["operation"] == "PutItems" for e in accepted)
+        assert emulator.accepted(since=accepted[1]["seq"]) == accepted[1:]
+        assert EmulatorClient(emulator.endpoint_url).accepted() == accepted  # and over HTTP
+        emulator.reset()
+        assert emulator.accepted() == []
+
+
 def test_stop_closes_kept_alive_connections(emu: PersonalizeEmulator, pe: Any) -> None:
     pe.put_items(datasetArn=ARN, items=[item()])  # opens a pooled keep-alive connection
     emu.stop()
