@@ -12,7 +12,9 @@ report and **check convergence** (:func:`check`):
   that Lambda delivered twice may be there twice; never more often than it was delivered);
 * the on-failure queue is empty and nothing went to it;
 * no record is lost: every record written to a source was checkpointed by the runner, and every record the
-  function received got exactly one outcome (the handler's ``Batch done`` logs add up to the runner's deliveries).
+  function received got exactly one outcome (the handler's ``Batch done`` logs add up to the runner's deliveries;
+  when some invocations were killed or timed out, each answered invocation's line is matched with its ledger
+  entry by request id instead, see :func:`_match_invocations`).
 
 The exit code is non-zero, with a diff summary, when any of these fails.
 """
@@ -29,7 +31,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,9 +122,26 @@ class LocalCloud:
         log_dir: Path | None = None,
         throttle_rate: float = 0.0,
         error_rate: float = 0.0,
+        slow_rate: float = 0.0,
+        slow_ms: float = 0.0,
+        env_overrides: Mapping[str, str] | None = None,
+        function_overrides: Mapping[str, Any] | None = None,
+        mapping_overrides: Mapping[str, Any] | None = None,
+        runner_options: Mapping[str, Any] | None = None,
+        seed: int | None = None,
     ) -> None:
+        """``throttle_rate`` ... ``slow_ms``: the emulator's injected faults. ``env_overrides``,
+        ``function_overrides``, ``mapping_overrides`` and ``runner_options`` (``kill_worker_probability``,
+        ``hang_worker_probability`` ...) go to :class:`EsmRunner`; ``seed`` seeds the emulator's and the
+        runner's fault draws."""
         self.template = template
         self.throttle_rate, self.error_rate = throttle_rate, error_rate
+        self.slow_rate, self.slow_ms = slow_rate, slow_ms
+        self.env_overrides = dict(env_overrides or {})
+        self.function_overrides = dict(function_overrides or {})
+        self.mapping_overrides = dict(mapping_overrides or {})
+        self.runner_options = dict(runner_options or {})
+        self.seed = seed
         self.moto_port = moto_port
         self.personalize_port = personalize_port
         self.tps, self.latency_ms, self.jitter_ms = tps, latency_ms, jitter_ms
@@ -156,16 +175,25 @@ class LocalCloud:
                 jitter_ms=self.jitter_ms,
                 throttle_rate=self.throttle_rate,
                 error_rate=self.error_rate,
+                slow_rate=self.slow_rate,
+                slow_ms=self.slow_ms,
+                seed=self.seed,
             ).start()
             self.resources = provision(self.template, endpoint_url=self.moto_url)
-            overrides = {"batching_window_s": self.batching_window_s} if self.batching_window_s is not None else None
+            overrides = dict(self.mapping_overrides)
+            if self.batching_window_s is not None:
+                overrides["batching_window_s"] = self.batching_window_s
             self.runner = EsmRunner(
                 self.template,
                 self.resources,
                 moto_endpoint=self.moto_url,
                 personalize_endpoint=self.emulator.endpoint_url,
                 log_dir=self.log_dir,
-                mapping_overrides=overrides,
+                mapping_overrides=overrides or None,
+                env_overrides=self.env_overrides or None,
+                function_overrides=self.function_overrides or None,
+                seed=self.seed,
+                **self.runner_options,
             )
             self.emulator.register_dataset(self.dataset_arn, self._schema())
             self.runner.start()
@@ -338,7 +366,12 @@ class LocalCloud:
 
 @dataclass
 class HandlerTotals:
-    """The function's own accounting, summed from its ``Batch done`` log lines."""
+    """The function's own accounting, summed from its ``Batch done`` log lines.
+
+    ``by_request`` keeps each line by the request id Powertools logs (``function_request_id``), so that it can
+    be matched with the runner's ledger entry of the same invocation; ``emf`` sums the EMF metrics
+    (``RecordsIn``, ``RecordsPut`` ...) that ``metrics.log_metrics`` flushed, over ``emf_lines`` documents.
+    """
 
     batches: int = 0
     records: int = 0
@@ -346,6 +379,15 @@ class HandlerTotals:
     put_items_calls: int = 0
     throttles: int = 0
     dead_lettered: int = 0
+    by_request: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    emf: Counter[str] = field(default_factory=Counter)
+    emf_lines: int = 0
+
+
+def _emf_value(value: Any) -> float:
+    if isinstance(value, list):
+        return float(sum(value))
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def handler_totals(log_path: Path) -> HandlerTotals:
@@ -353,6 +395,16 @@ def handler_totals(log_path: Path) -> HandlerTotals:
     if not log_path.exists():
         return totals
     for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith('{"_aws"'):
+            try:
+                document = json.loads(line)
+            except json.JSONDecodeError:  # a worker killed while writing it
+                continue
+            totals.emf_lines += 1
+            for directive in document["_aws"].get("CloudWatchMetrics", []):
+                for metric in directive.get("Metrics", []):
+                    totals.emf[metric["Name"]] += int(_emf_value(document.get(metric["Name"], 0)))
+            continue
         if '"Batch done"' not in line:
             continue
         try:
@@ -361,6 +413,7 @@ def handler_totals(log_path: Path) -> HandlerTotals:
             continue
         if entry.get("message") != "Batch done":
             continue
+        totals.by_request.setdefault(str(entry.get("function_request_id")), []).append(entry)
         totals.batches += 1
         totals.records += int(entry.get("records", 0))
         for outcome in ("put", "poison", "retry", "skipped"):
@@ -433,7 +486,7 @@ def compare_items(expected: Mapping[str, Mapping[str, Any]], actual: Mapping[str
     return result
 
 
-def _dlq_key(message: Mapping[str, Any]) -> str:
+def dlq_key(message: Mapping[str, Any]) -> str:
     if message.get("source") == "aws:dynamodb":
         return f"dynamodb:{message.get('itemId')}"
     return f"kinesis:{message.get('sequenceNumber')}"
@@ -453,12 +506,13 @@ def check(
     """The convergence check (see the module docstring). ``source_records``: ``{mapping id: [sequence numbers]}``."""
     result = compare_items(workload.expected_items(), actual_items)
 
-    # The DLQ holds exactly the bad records (a record delivered k times may be there up to k times).
-    deliveries: Counter[str] = Counter(s for inv in ledger if not inv.failed for s in inv.sequence_numbers)
+    # The DLQ holds exactly the bad records (a record delivered k times may be there up to k times: an
+    # invocation that dead-lettered it and was then killed before it answered counts as a delivery too).
+    deliveries: Counter[str] = Counter(s for inv in ledger for s in inv.sequence_numbers)
     expected = {b.key(): b for b in workload.expected_dlq()}
     per_key: Counter[str] = Counter()
     for message in dlq:
-        key = _dlq_key(message)
+        key = dlq_key(message)
         bad = expected.get(key)
         if bad is None or not str(message.get("reason", "")).startswith(bad.reason_prefix):
             result.dlq_unexpected.append(message)
@@ -490,15 +544,68 @@ def check(
         if stuck:
             result.problems.append(f"{mapping_id}: {len(stuck)} records never checkpointed, e.g. {stuck[:3]}")
     answered = sum(inv.batch_size for inv in ledger if not inv.failed)
-    if totals.records != answered:
-        result.problems.append(
-            f"the handler accounted for {totals.records} records, the runner delivered {answered} in answered batches"
-        )
     if sum(totals.outcomes.values()) != totals.records:
         result.problems.append(f"handler outcomes {dict(totals.outcomes)} do not add up to {totals.records} records")
-    if totals.dead_lettered != len(dlq):
-        result.problems.append(f"the handler dead-lettered {totals.dead_lettered} records; the DLQ holds {len(dlq)}")
+    if not any(inv.failed for inv in ledger):
+        if totals.records != answered:
+            result.problems.append(
+                f"the handler accounted for {totals.records} records, "
+                f"the runner delivered {answered} in answered batches"
+            )
+        if totals.dead_lettered != len(dlq):
+            result.problems.append(
+                f"the handler dead-lettered {totals.dead_lettered} records; the DLQ holds {len(dlq)}"
+            )
+    else:
+        result.problems.extend(_match_invocations(ledger, totals, dlq))
     return result
+
+
+def _match_invocations(ledger: list[Invocation], totals: HandlerTotals, dlq: list[dict[str, Any]]) -> list[str]:
+    """Per invocation, by request id: the handler's ``Batch done`` line against the runner's ledger entry.
+
+    Used when some invocations failed (killed, timed out): such an invocation may have logged its line (the
+    kill came after it) or not, and may have dead-lettered records before it died, so only the answered
+    invocations must match exactly. Every answered invocation logged exactly one line, for exactly its batch,
+    with one outcome per record and as many retries as it reported in ``batchItemFailures``.
+    """
+    problems: list[str] = []
+    by_request = {inv.request_id: inv for inv in ledger}
+    strangers = [rid for rid in totals.by_request if rid not in by_request]
+    if strangers:
+        problems.append(
+            f"{len(strangers)} 'Batch done' lines of invocations the runner never recorded: {strangers[:3]}"
+        )
+    answered_dead_lettered = 0
+    for inv in ledger:
+        lines = totals.by_request.get(inv.request_id, [])
+        if len(lines) > 1:
+            problems.append(f"invocation {inv.request_id}: {len(lines)} 'Batch done' lines")
+            continue
+        if not lines:
+            if not inv.failed:
+                problems.append(f"invocation {inv.request_id} ({inv.outcome}) answered without a 'Batch done' line")
+            continue
+        line = lines[0]
+        outcomes = {o: int(line.get(f"records_{o}", 0)) for o in ("put", "poison", "retry", "skipped")}
+        if int(line.get("records", -1)) != inv.batch_size or sum(outcomes.values()) != inv.batch_size:
+            problems.append(
+                f"invocation {inv.request_id}: the runner delivered {inv.batch_size} records, the handler "
+                f"accounted for {line.get('records')} with outcomes {outcomes}"
+            )
+        if inv.failed:
+            continue
+        answered_dead_lettered += int(line.get("dead_lettered", 0))
+        reported = len((inv.response or {}).get("batchItemFailures") or []) if isinstance(inv.response, dict) else 0
+        if outcomes["retry"] != reported:
+            problems.append(
+                f"invocation {inv.request_id}: {outcomes['retry']} retry outcomes, {reported} reported to Lambda"
+            )
+    if answered_dead_lettered > len(dlq):
+        problems.append(
+            f"answered invocations dead-lettered {answered_dead_lettered} records; the DLQ holds {len(dlq)}"
+        )
+    return problems
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -549,6 +656,11 @@ def _live_table(cloud: LocalCloud, workload: Workload, started: float, phase: st
     table.add_row("items in the dataset", f"{emu['datasets'].get(cloud.dataset_arn, 0):,}")
     table.add_row("DLQ depth", f"{cloud.queue_depth(cloud.dlq_url)}")
     table.add_row("iterator lag", f"{stats.iterator_age_ms / 1000:5.1f} s, {stats.records_pending:,} records pending")
+    if stats.function_errors:
+        table.add_row(
+            "function errors",
+            f"{stats.function_errors:,} ({stats.kills} kills, {stats.timeouts} timeouts; {stats.retries:,} retries)",
+        )
     return table
 
 
@@ -561,8 +673,15 @@ def run_demo(
     console: Console | None = None,
     live: bool = True,
     cloud_options: Mapping[str, Any] | None = None,
+    settle_timeout: float = 5.0,
+    on_start: Callable[[LocalCloud], None] | None = None,
 ) -> DemoResult:
-    """Boot the local cloud, write the workload, wait for convergence and check it. Always cleans up."""
+    """Boot the local cloud, write the workload, wait for convergence and check it. Always cleans up.
+
+    ``on_start`` is called with the running local cloud before the first write (to arm faults, say).
+    ``settle_timeout``: after convergence, how long to wait for the runner to finish what is in flight (a batch
+    whose items all landed may still be retried, e.g. after a kill) before the final read.
+    """
     console = console or Console()
     if template is None:
         with console.status("Synthesizing the CDK app (cdk.json) into .localcloud/cdk.out …"):
@@ -592,7 +711,17 @@ def run_demo(
         if stream is None or table_name is None:
             raise SetupError("the synthesized stack must have a new DynamoDB table and a new Kinesis stream")
         workload = Workload(spec, table_name, stream.ref, stream.arn)
-        return _drive(cloud, workload, console=console, live=live, timeout=timeout, stop_writing=stop_writing)
+        if on_start is not None:
+            on_start(cloud)
+        return _drive(
+            cloud,
+            workload,
+            console=console,
+            live=live,
+            timeout=timeout,
+            stop_writing=stop_writing,
+            settle_timeout=settle_timeout,
+        )
     finally:
         stop_writing.set()
         with console.status("Stopping the runner, the emulator and moto …"):
@@ -607,6 +736,7 @@ def _drive(
     live: bool,
     timeout: float,
     stop_writing: threading.Event,
+    settle_timeout: float = 5.0,
 ) -> DemoResult:
     runner, emulator = cloud._runner(), cloud.emulator
     assert emulator is not None
@@ -661,7 +791,7 @@ def _drive(
     write_seconds = (last_write or time.monotonic()) - started
 
     # A consistent final read: let the runner settle, stop it (moto and the emulator stay up), then collect.
-    runner.wait_idle(timeout=5)
+    runner.wait_idle(timeout=settle_timeout)
     cloud.stop_runner()
     stats, ledger = runner.stats(), runner.ledger()
     emulator_stats = emulator.stats()
@@ -766,7 +896,7 @@ def report(result: DemoResult, console: Console) -> None:
         dlq_table.add_column(column, overflow="fold")
     labels = {b.key(): b.label for b in w.bad}
     for message in result.dlq:
-        key = _dlq_key(message)
+        key = dlq_key(message)
         where = message.get("itemId") or f"seq {message.get('sequenceNumber')}"
         dlq_table.add_row(
             labels.get(key, "[red]unexpected[/]"), str(message.get("source")), str(where), str(message.get("reason"))

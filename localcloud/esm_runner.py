@@ -439,6 +439,7 @@ class Invocation:
     init_ms: float | None = None
     worker_pid: int | None = None
     iterator_age_ms: float = 0.0
+    fault: Literal["kill", "hang"] | None = None  # a fault hook that fired during this invocation
 
     @property
     def batch_size(self) -> int:
@@ -461,6 +462,7 @@ _COUNTERS = (
     "partial_failures",
     "timeouts",
     "kills",
+    "hangs",
     "cold_starts",
     "on_failure_messages",
     "records_to_on_failure",
@@ -484,6 +486,7 @@ class RunnerStats:
     partial_failures: int = 0
     timeouts: int = 0
     kills: int = 0  # workers killed by the kill_worker_probability fault hook
+    hangs: int = 0  # workers frozen by the hang fault hook (a timeout, unless the answer was already out)
     cold_starts: int = 0
     on_failure_messages: int = 0
     records_to_on_failure: int = 0
@@ -528,6 +531,7 @@ class _InvokeResult:
     cold_start: bool = False
     init_ms: float | None = None
     worker_pid: int | None = None
+    hung: bool = False  # the hang fault hook froze the worker during this invoke
 
 
 class _Worker:
@@ -581,7 +585,13 @@ class _Worker:
         return json.loads(line)
 
     def invoke(
-        self, event: Mapping[str, Any], *, request_id: str, function: FunctionConfig, kill_after_s: float | None
+        self,
+        event: Mapping[str, Any],
+        *,
+        request_id: str,
+        function: FunctionConfig,
+        kill_after_s: float | None,
+        hang_after_s: float | None = None,
     ) -> _InvokeResult:
         started = time.monotonic()
         deadline_ms = int(time.time() * 1000 + function.timeout_s * 1000)
@@ -598,8 +608,19 @@ class _Worker:
         except (BrokenPipeError, OSError):
             return _InvokeResult("error", error=_exit_error("the worker was gone before the invoke"))
         limit = function.timeout_s if kill_after_s is None else min(kill_after_s, function.timeout_s)
+        hung = False
         try:
-            reply = self._read(started + limit)
+            if hang_after_s is not None and hang_after_s < limit:
+                try:
+                    reply = self._read(started + hang_after_s)
+                except _WorkerTimeout:
+                    # A frozen sandbox (a call stuck without a timeout, a stalled host): the handler stops
+                    # where it is, its deadline passes, and only the function timeout ends the invocation.
+                    self.freeze()
+                    hung = True
+                    reply = self._read(started + limit)
+            else:
+                reply = self._read(started + limit)
         except _WorkerGone:
             self.kill()
             return _InvokeResult(
@@ -619,7 +640,10 @@ class _Worker:
                     "errorMessage": f"{request_id} Task timed out after {function.timeout_s:.2f} seconds",
                 },
                 duration_ms=elapsed,
+                hung=hung,
             )
+        if hung:  # it answered before the freeze took hold: keep the answer, never reuse a frozen sandbox
+            self.kill()
         if kill_after_s is not None:  # the fault hook fires even when the handler was quicker
             self.kill()
             return _InvokeResult(
@@ -627,12 +651,17 @@ class _Worker:
             )
         duration = float(reply.get("duration_ms", (time.monotonic() - started) * 1000))
         if reply.get("ok"):
-            return _InvokeResult("ok", response=reply.get("response"), duration_ms=duration)
-        return _InvokeResult("error", error=reply.get("error"), duration_ms=duration)
+            return _InvokeResult("ok", response=reply.get("response"), duration_ms=duration, hung=hung)
+        return _InvokeResult("error", error=reply.get("error"), duration_ms=duration, hung=hung)
 
     @property
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def freeze(self) -> None:
+        """SIGSTOP the worker's process group (it is killed later, like any sandbox that overran)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGSTOP)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -1027,8 +1056,16 @@ class EsmRunner:
     ``template`` is the synthesized template (a path, whose directory anchors ``aws:asset:path``, or a dict);
     ``resources`` is what :func:`localcloud.provision.provision` returned for it. ``asset_dir`` overrides the
     function code directory (one path for all functions, or ``{function logical id: path}``); ``env_overrides``
-    is applied last to every function's environment. Fault hooks: ``kill_worker_probability`` kills the worker
-    in the middle of that share of invocations (a crashed sandbox: a function error, the batch is retried).
+    is applied last to every function's environment; ``function_overrides`` replaces :class:`FunctionConfig`
+    fields of every function (``{"timeout_s": 8}`` runs it with a shorter ``Timeout`` than the template's).
+    Fault hooks: ``kill_worker_probability`` kills the worker in the middle of that share of invocations, at a
+    random moment within the first ``kill_window_s`` seconds (a crashed sandbox: a function error, the batch is
+    retried); ``hang_worker_probability`` freezes the worker (SIGSTOP) at a random moment within the first
+    ``hang_window_s`` seconds, so that the invocation ends only at the function's timeout and is killed then
+    (outcome ``timeout``), whatever the handler's own deadline logic would have done. A hook that fires after
+    the handler has already answered: a kill still counts (the answer is lost); a freeze that comes too late
+    is harmless (the answer stands, the sandbox is discarded).
+    ``set_faults(kill_next=n, hang_next=n)`` forces the hook on the next ``n`` invocations.
     ``mapping_overrides`` replaces :class:`MappingConfig` fields on every mapping (``batching_window_s`` ...);
     ``on_invocation`` is called with each ledger entry as it is recorded (from the shard's thread).
     """
@@ -1052,6 +1089,10 @@ class EsmRunner:
         max_retry_backoff_s: float = 1.0,
         discovery_interval: float = 1.0,
         kill_worker_probability: float = 0.0,
+        kill_window_s: float = 0.2,
+        hang_worker_probability: float = 0.0,
+        hang_window_s: float = 0.2,
+        function_overrides: Mapping[str, Any] | None = None,
         seed: int | None = None,
         on_invocation: Callable[[Invocation], None] | None = None,
         mapping_overrides: Mapping[str, Any] | None = None,
@@ -1065,6 +1106,11 @@ class EsmRunner:
         self.max_retry_backoff_s = max_retry_backoff_s
         self.discovery_interval = discovery_interval
         self.kill_worker_probability = kill_worker_probability
+        self.kill_window_s = kill_window_s
+        self.hang_worker_probability = hang_worker_probability
+        self.hang_window_s = hang_window_s
+        self._kill_next = 0
+        self._hang_next = 0
         self.on_invocation = on_invocation
         self.warnings: list[str] = []
         self.resources = dict(resources)
@@ -1080,6 +1126,9 @@ class EsmRunner:
         )
         if mapping_overrides:  # e.g. {"batching_window_s": 0.2} to keep a demo snappy; fields of MappingConfig
             self.mappings = [replace(m, **dict(mapping_overrides)) for m in self.mappings]
+        if function_overrides:  # e.g. {"timeout_s": 8}; fields of FunctionConfig, applied to every function
+            functions = {m.function.logical_id: replace(m.function, **dict(function_overrides)) for m in self.mappings}
+            self.mappings = [replace(m, function=functions[m.function.logical_id]) for m in self.mappings]
         for warning in self.warnings:
             log.warning("%s", warning)
         self.functions: dict[str, FunctionConfig] = {m.function.logical_id: m.function for m in self.mappings}
@@ -1169,9 +1218,51 @@ class EsmRunner:
             entries = list(self._ledger)
         return [e for e in entries if mapping is None or e.mapping == mapping]
 
-    def set_faults(self, *, kill_worker_probability: float | None = None) -> None:
-        if kill_worker_probability is not None:
-            self.kill_worker_probability = kill_worker_probability
+    def set_faults(
+        self,
+        *,
+        kill_worker_probability: float | None = None,
+        kill_window_s: float | None = None,
+        hang_worker_probability: float | None = None,
+        hang_window_s: float | None = None,
+        kill_next: int | None = None,
+        hang_next: int | None = None,
+    ) -> None:
+        """Change the fault hooks (None leaves a knob unchanged); ``*_next`` force the hook on the next invocations."""
+        with self._lock:
+            if kill_worker_probability is not None:
+                self.kill_worker_probability = kill_worker_probability
+            if kill_window_s is not None:
+                self.kill_window_s = kill_window_s
+            if hang_worker_probability is not None:
+                self.hang_worker_probability = hang_worker_probability
+            if hang_window_s is not None:
+                self.hang_window_s = hang_window_s
+            if kill_next is not None:
+                self._kill_next = kill_next
+            if hang_next is not None:
+                self._hang_next = hang_next
+
+    def _draw_faults(self, function: FunctionConfig) -> tuple[float | None, float | None, bool]:
+        """When (seconds into the invoke) the kill and hang hooks fire for the next invocation, if they do, and
+        whether the hang is a forced one (re-armed if the handler answered before it could take hold)."""
+        with self._lock:
+            # A forced hook fires within 50 ms, before any handler that calls PutItems can have answered.
+            kill_after = hang_after = None
+            forced_hang = False
+            if self._kill_next > 0:
+                self._kill_next -= 1
+                kill_after = self._rng.uniform(0.0, min(0.05, function.timeout_s))
+            elif self.kill_worker_probability and self._rng.random() < self.kill_worker_probability:
+                kill_after = self._rng.uniform(0.0, min(self.kill_window_s, function.timeout_s))
+            if kill_after is None:
+                if self._hang_next > 0:
+                    self._hang_next -= 1
+                    forced_hang = True
+                    hang_after = self._rng.uniform(0.0, min(0.05, function.timeout_s))
+                elif self.hang_worker_probability and self._rng.random() < self.hang_worker_probability:
+                    hang_after = self._rng.uniform(0.0, min(self.hang_window_s, function.timeout_s))
+            return kill_after, hang_after, forced_hang
 
     def function_environment(self, function: FunctionConfig) -> dict[str, str]:
         """The environment a worker of ``function`` runs with: Lambda's variables, the template's, local endpoints."""
@@ -1299,9 +1390,7 @@ class EsmRunner:
         event = {"Records": [r.event for r in records]}
         age_ms = max(0.0, (time.time() - records[-1].arrival) * 1000)
         poller.iterator_age_ms = age_ms
-        kill_after = None
-        if self.kill_worker_probability and self._rng.random() < self.kill_worker_probability:
-            kill_after = self._rng.uniform(0.0, min(0.2, function.timeout_s))
+        kill_after, hang_after, forced_hang = self._draw_faults(function)
         started_at = time.time()
         poller.in_flight = True
         try:
@@ -1312,7 +1401,9 @@ class EsmRunner:
             except _WorkerGone:
                 return None
             else:
-                result = worker.invoke(event, request_id=request_id, function=function, kill_after_s=kill_after)
+                result = worker.invoke(
+                    event, request_id=request_id, function=function, kill_after_s=kill_after, hang_after_s=hang_after
+                )
                 result.cold_start, result.worker_pid = cold, worker.pid
                 result.init_ms = worker.init_ms if cold else None
                 if result.status in ("ok", "error") and worker.alive:
@@ -1321,6 +1412,9 @@ class EsmRunner:
                     pool.discard(worker)  # timed out, killed or crashed: the next invoke is a cold start
         finally:
             poller.in_flight = False
+        if forced_hang and not result.hung:
+            with self._lock:
+                self._hang_next += 1  # the handler was quicker than the freeze: force it on a later invocation
         if self._stop.is_set():
             return None
         sequence_numbers = [r.sequence_number for r in records]
@@ -1352,6 +1446,7 @@ class EsmRunner:
                 counters["function_errors"] += 1
             counters["timeouts"] += int(outcome == "timeout")
             counters["kills"] += int(outcome == "killed")
+            counters["hangs"] += int(result.hung)
             counters["invalid_responses"] += int(outcome == "invalid_response")
             counters["partial_failures"] += int(outcome == "partial")
             self._max_iterator_age_ms = max(self._max_iterator_age_ms, age_ms)
@@ -1373,6 +1468,7 @@ class EsmRunner:
                 init_ms=result.init_ms,
                 worker_pid=result.worker_pid,
                 iterator_age_ms=age_ms,
+                fault="kill" if outcome == "killed" else "hang" if result.hung else None,
             )
             self._ledger.append(invocation)
         if outcome not in ("success", "partial"):

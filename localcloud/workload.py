@@ -57,6 +57,7 @@ ADJECTIVES = ("Silent", "Golden", "Broken", "Hidden", "Electric", "Crimson", "La
 NOUNS = ("River", "Empire", "Garden", "Signal", "Harbor", "Machine", "Summer", "Frontier", "Mirror", "Orbit")
 STATUSES = ("active", "preorder", "discontinued")
 BASE_EPOCH_S = 1_700_000_000  # 2023-11-14
+CHANGES_PER_ITEM = 1.89  # changes written per DynamoDB item with the default WorkloadSpec shares (measured)
 
 _serializer = TypeSerializer()
 
@@ -185,6 +186,23 @@ class WorkloadSpec:
     rounds: int = 12  # the writes are interleaved across sources in this many rounds
     write_seconds: float = 0.0  # spread the rounds over this long (0: as fast as moto takes them)
     bad_records: bool = True
+    # How many bad records to write. None: one of each of the 8 kinds, placed as the demo always did. A number:
+    # that many, cycling through the kinds (``bad-price-00002`` ...), spread evenly through every round.
+    bad_count: int | None = None
+    # The share of CDC items whose last two versions arrive swapped. The connector reorders them only within
+    # one batch: a batch boundary between them (batch size, a bisect, a partial redelivery) lands the older
+    # image last. The demo's batches keep each item's records together; a chaos run cannot, so it sets 0.
+    cdc_out_of_order_share: float = 0.4
+
+    @classmethod
+    def for_changes(cls, changes: int, *, poison_share: float = 0.01, **options: Any) -> WorkloadSpec:
+        """A spec that writes about ``changes`` changes, ``poison_share`` of them bad records (known exactly).
+
+        Calibrated on the default shares: each DynamoDB item makes about 1.9 changes in all (its insert, Zipf
+        updates, deletes and re-creations, plus its share of Kinesis documents and CDC records).
+        """
+        items = max(20, round(changes / CHANGES_PER_ITEM))
+        return cls(items=items, bad_count=max(8, round(changes * poison_share)), **options)
 
     @property
     def n_documents(self) -> int:
@@ -378,6 +396,11 @@ class Workload:
         weights = [1.0 / (k + 1) for k in range(len(popularity))]
         n_updates = round(spec.items * spec.updates_per_item)
         n_deletes = round(spec.items * spec.delete_share)
+        if spec.bad_records and spec.bad_count is not None:
+            yield from self._plan_spread(
+                stop, skus=skus, doc_ids=doc_ids, cdc_ids=cdc_ids, popularity=popularity, weights=weights
+            )
+            return
         bad = self._bad_steps() if spec.bad_records else []
         for r in range(rounds):
             inserts = _chunk(skus, rounds, r)
@@ -403,6 +426,63 @@ class Workload:
                 yield self._cdc_step(cdc)
             if bad and r % max(1, rounds // len(bad)) == 0:
                 yield bad.pop(0)
+            yield self._pace_step((r + 1) / rounds, stop)
+        yield from bad
+
+    def _plan_spread(
+        self,
+        stop: Callable[[], bool],
+        *,
+        skus: list[str],
+        doc_ids: list[str],
+        cdc_ids: list[str],
+        popularity: list[str],
+        weights: list[float],
+    ) -> Iterator[Callable[[Any, Any], None]]:
+        """The same rounds as :meth:`_plan`, with ``spec.bad_count`` bad records spread evenly through each."""
+        spec, rng = self.spec, self._rng
+        rounds = max(1, spec.rounds)
+        n_updates = round(spec.items * spec.updates_per_item)
+        n_deletes = round(spec.items * spec.delete_share)
+        bad = self._bad_steps(spec.bad_count or 0)
+        total_bad = len(bad)
+        for r in range(rounds):
+            steps: list[Callable[[Any, Any], None]] = []
+            inserts = _chunk(skus, rounds, r)
+            steps.extend(self._insert_step(chunk) for chunk in _batches(inserts, 25))
+            written = skus[: (r + 1) * len(skus) // rounds]
+            written_set = set(written)
+            for _ in range(_chunk_len(n_updates, rounds, r)):
+                sku = rng.choices(popularity, weights)[0]
+                if sku in written_set:
+                    steps.append(self._update_step(sku))
+            # Generated a round ahead of execution: this round's inserts are not in the table model yet.
+            fresh = set(inserts)
+            deletable = [s for s in written if s in self.table or s in fresh]
+            steps.extend(
+                self._delete_step(sku)
+                for sku in rng.sample(deletable, min(len(deletable), _chunk_len(n_deletes, rounds, r)))
+            )
+            if r >= rounds // 2:
+                steps.extend(
+                    self._recreate_step(sku)
+                    for sku in list(self.tombstones)[: int(len(self.tombstones) * spec.recreate_share)]
+                    if rng.random() < 0.5
+                )
+            docs = _chunk(doc_ids, rounds, r)
+            if docs:
+                steps.append(self._documents_step(docs))
+            cdc = _chunk(cdc_ids, rounds, r)
+            if cdc:
+                steps.append(self._cdc_step(cdc))
+            mine = _chunk_len(total_bad, rounds, r)
+            round_bad, bad = bad[:mine], bad[mine:]
+            every = max(1, len(steps) // max(1, len(round_bad)))
+            for i, step in enumerate(steps):
+                yield step
+                if round_bad and i % every == every - 1:
+                    yield round_bad.pop(0)
+            yield from round_bad
             yield self._pace_step((r + 1) / rounds, stop)
         yield from bad
 
@@ -577,7 +657,7 @@ class Workload:
             for sku in ids:
                 history = self._cdc_history(sku)
                 delivery = list(history)
-                if len(delivery) > 1 and rng.random() < 0.4:  # the last two arrive swapped
+                if len(delivery) > 1 and rng.random() < self.spec.cdc_out_of_order_share:  # the last two swapped
                     delivery[-1], delivery[-2] = delivery[-2], delivery[-1]
                     self.cdc_out_of_order += 1
                 if rng.random() < 0.25:  # an at-least-once duplicate of some version, right after the original
@@ -596,7 +676,17 @@ class Workload:
         return step
 
     # -- bad records ---------------------------------------------------------------------------------------
-    def _bad_steps(self) -> list[Callable[[Any, Any], None]]:
+    def _bad_steps(self, count: int = 8) -> list[Callable[[Any, Any], None]]:
+        """``count`` bad records, cycling through the 8 kinds; the n-th record of a kind gets ids ``...-0000n``."""
+        steps: list[Callable[[Any, Any], None]] = []
+        for n in range(1, count // 8 + 2):
+            steps.extend(self._bad_kinds(n))
+        return steps[:count]
+
+    def _bad_kinds(self, n: int) -> list[Callable[[Any, Any], None]]:
+        """One bad record of each kind; ``n`` numbers the ids (``n=1``: the demo's original ids)."""
+        suffix = "" if n == 1 else f"-{n:05d}"
+
         def ddb_bad(label: str, item: dict[str, Any], reason: str) -> Callable[[Any, Any], None]:
             def step(ddb: Any, _: Any) -> None:
                 ddb.put_item(TableName=self.table_name, Item=_ddb(item))
@@ -614,19 +704,20 @@ class Workload:
 
             return step
 
-        price = self.new_item("bad-price-00001")
+        price = self.new_item(f"bad-price-{n:05d}")
         price["listPrice"] = "N/A"
-        long_genres = self.new_item("bad-genres-00001")
+        long_genres = self.new_item(f"bad-genres-{n:05d}")
         long_genres["genres"] = {f"{g}-{i:03d}-subgenre" for i, g in enumerate(GENRES * 4)}
-        undated = self.new_item("bad-undated-00001")
+        undated = self.new_item(f"bad-undated-{n:05d}")
         del undated["createdAt"]
-        doc_price = self.new_document("doc-bad-price")
+        doc_price = self.new_document(f"doc-bad-price{suffix}")
         doc_price["listPrice"] = "cheap"
-        doc_status = self.new_document("doc-bad-status")
+        doc_status = self.new_document(f"doc-bad-status{suffix}")
         doc_status["status"] = "x" * 1_500
         no_id = self.new_document("doc-no-id")
         del no_id["sku"]
-        cdc_record = _CdcRecord("cdc-bad-ratings", "INSERT", self.new_item("cdc-bad-ratings"), None, 1_700_000_000_000)
+        cdc_id = f"cdc-bad-ratings{suffix}"
+        cdc_record = _CdcRecord(cdc_id, "INSERT", self.new_item(cdc_id), None, 1_700_000_000_000)
         assert cdc_record.new is not None
         cdc_record.new["number_of_ratings"] = Decimal("3.5")
         return [
@@ -637,16 +728,18 @@ class Workload:
             ddb_bad("DynamoDB item, genres over 1,000 characters", long_genres, "field GENRES: categorical value over"),
             kinesis_bad("document without sku", None, json.dumps(no_id).encode(), "no item id"),
             ddb_bad("DynamoDB item without createdAt", undated, "field CREATION_TIMESTAMP: required"),
-            kinesis_bad("document, listPrice 'cheap'", "doc-bad-price", json.dumps(doc_price).encode(), "field PRICE:"),
+            kinesis_bad(
+                "document, listPrice 'cheap'", f"doc-bad-price{suffix}", json.dumps(doc_price).encode(), "field PRICE:"
+            ),
             kinesis_bad(
                 "document, status over 1,000 characters",
-                "doc-bad-status",
+                f"doc-bad-status{suffix}",
                 json.dumps(doc_status).encode(),
                 "field STATUS: categorical value over",
             ),
             kinesis_bad(
                 "CDC record, number_of_ratings 3.5",
-                "cdc-bad-ratings",
+                cdc_id,
                 self._cdc_payload(cdc_record),
                 "field NUMBER_OF_RATINGS:",
             ),
