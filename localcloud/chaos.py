@@ -17,7 +17,7 @@ records, each known exactly. Meanwhile every fault the connector must survive is
 
 Why a frozen sandbox and not a slow response produces the timeouts: before each PutItems call the handler
 checks that the call's worst case -- every attempt running into the connect and read timeouts, plus pacing
-and backoff -- still ends ``DEADLINE_MARGIN_MS`` before its deadline (``connector.putitems.worst_call_ms``).
+and backoff -- still ends ``DEADLINE_MARGIN_MS`` before its deadline (``connector.deadline.worst_call_ms``).
 A slow response is therefore always cut by the client's read timeout first, and the handler returns in time
 with the rest reported as retry. Only something outside its own code can make it overrun; the scenario checks
 that every runner timeout is one of the frozen ones (an overrun of its own would be a runtime bug).
@@ -112,7 +112,7 @@ class ChaosConfig:
         return env
 
     def worst_call_s(self, calls_per_second: float) -> float:
-        """The handler's own worst case for one PutItems call (``connector.putitems.worst_call_ms``, in s)."""
+        """The handler's own worst case for one PutItems call (``connector.deadline.worst_call_ms``, in s)."""
         attempts = self.put_items_max_attempts
         backoff = sum(min(2**i, 20) for i in range(attempts - 1))
         return attempts * (CONNECT_TIMEOUT_S + self.put_items_timeout_s + 1 / calls_per_second) + backoff

@@ -35,6 +35,7 @@ class SchemaField:
     type: str
     nullable: bool
     categorical: bool
+    textual: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +205,7 @@ def _parse_schema(schema: Any) -> tuple[SchemaField, ...]:
                 type=non_null[0],
                 nullable=len(non_null) != len(types),
                 categorical=bool(raw.get("categorical", False)),
+                textual=bool(raw.get("textual", False)),
             )
         )
     if not any(f.name == "ITEM_ID" for f in parsed):

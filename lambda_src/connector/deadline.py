@@ -42,3 +42,10 @@ class Deadline:
     def allows(self, step_ms: float) -> bool:
         """True when a step taking up to ``step_ms`` still ends ``margin_ms`` before the deadline."""
         return self._remaining_ms() - step_ms >= self.margin_ms
+
+
+def worst_call_ms(max_attempts: int, connect_timeout_s: float, read_timeout_s: float, pacing_s: float = 0) -> float:
+    """Upper bound of one botocore call in standard retry mode: every attempt times out (after waiting
+    ``pacing_s`` for its slot), with the full throttling backoff (1 s, 2 s, 4 s … capped at 20 s) between."""
+    backoff_s = sum(min(2**i, 20) for i in range(max_attempts - 1))
+    return (max_attempts * (connect_timeout_s + read_timeout_s + pacing_s) + backoff_s) * 1000

@@ -18,12 +18,15 @@ from botocore.config import Config
 
 from connector import pipeline
 from connector.config import ConfigError, Settings, load_settings
-from connector.deadline import Deadline
-from connector.putitems import Pacer, PutItemsSink, worst_call_ms
+from connector.deadline import Deadline, worst_call_ms
+from connector.putitems import Pacer, PutItemsSink
 from connector.response import Outcome
 from connector.telemetry import logger, metrics, tracer
 
 CONNECT_TIMEOUT_S = 2.0
+# The DLQ client: a SendMessageBatch is small, so short timeouts and two attempts; its worst case is reserved
+# from the deadline before each send.
+SQS_ATTEMPTS, SQS_CONNECT_TIMEOUT_S, SQS_READ_TIMEOUT_S = 2, 1.0, 2.0
 
 
 @dataclass(slots=True)
@@ -33,6 +36,7 @@ class Runtime:
     settings: Settings
     sink: PutItemsSink
     sqs: Any
+    dlq_worst_ms: float
 
 
 _runtime: Runtime | None = None
@@ -49,7 +53,14 @@ def build_runtime(settings: Settings, *, personalize: Any = None, sqs: Any = Non
             ),
         )
     if sqs is None:
-        sqs = boto3.client("sqs", config=Config(retries={"mode": "standard"}, connect_timeout=1, read_timeout=2))
+        sqs = boto3.client(
+            "sqs",
+            config=Config(
+                retries={"mode": "standard", "total_max_attempts": SQS_ATTEMPTS},
+                connect_timeout=SQS_CONNECT_TIMEOUT_S,
+                read_timeout=SQS_READ_TIMEOUT_S,
+            ),
+        )
     sink = PutItemsSink(
         personalize,
         settings.dataset_arn,
@@ -58,10 +69,10 @@ def build_runtime(settings: Settings, *, personalize: Any = None, sqs: Any = Non
             settings.put_items_max_attempts,
             CONNECT_TIMEOUT_S,
             settings.put_items_timeout_s,
-            settings.max_calls_per_second,
+            1 / settings.max_calls_per_second,
         ),
     )
-    return Runtime(settings, sink, sqs)
+    return Runtime(settings, sink, sqs, worst_call_ms(SQS_ATTEMPTS, SQS_CONNECT_TIMEOUT_S, SQS_READ_TIMEOUT_S))
 
 
 def runtime() -> Runtime:
@@ -92,6 +103,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
         settings=rt.settings,
         sink=rt.sink,
         sqs=rt.sqs,
+        dlq_worst_ms=rt.dlq_worst_ms,
         deadline=Deadline.from_context(context, rt.settings.deadline_margin_ms),
     )
     counts, report = result.counts, result.report

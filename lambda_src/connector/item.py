@@ -42,6 +42,7 @@ from connector.change import Change, Kind, Poison
 from connector.config import ItemMapping, SchemaField
 
 CATEGORICAL_MAX = 1_000
+TEXTUAL_MAX = 20_000  # unstructured text fields ("textual": true); the emulator enforces the same
 _SEPARATORS = re.compile(r"[^0-9A-Za-z]+")
 _LEADING_CAPS = re.compile(r"^[A-Z]+")
 # Epoch values above these are milliseconds / microseconds rather than seconds.
@@ -237,6 +238,8 @@ def coerce(field: SchemaField, value: Any) -> Any:
             raise Poison(f"field {field.name}: a {kind} cannot fill a string field")
         if field.categorical and len(text) > CATEGORICAL_MAX:
             raise Poison(f"field {field.name}: categorical value over {CATEGORICAL_MAX} characters")
+        if field.textual and len(text) > TEXTUAL_MAX:
+            raise Poison(f"field {field.name}: textual value over {TEXTUAL_MAX} characters")
         return text
     if field.type == "boolean":
         if isinstance(value, bool):

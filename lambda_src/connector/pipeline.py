@@ -18,9 +18,6 @@ from connector.putitems import Group, PendingItem, PutItemsSink, SendReport, coa
 from connector.response import Ledger, Outcome, Verdict, dead_letter
 from connector.telemetry import logger, tracer
 
-# A DLQ send is one SQS call per 10 records; this is its worst case with the SQS client's timeouts.
-DLQ_SEND_BUDGET_MS = 3_000
-
 
 @dataclass(slots=True)
 class Result:
@@ -32,7 +29,10 @@ class Result:
 
 
 @tracer.capture_method(capture_response=False)
-def run(event: Any, *, settings: Settings, sink: PutItemsSink, sqs: Any, deadline: Deadline) -> Result:
+def run(
+    event: Any, *, settings: Settings, sink: PutItemsSink, sqs: Any, deadline: Deadline, dlq_worst_ms: float = 0
+) -> Result:
+    """Run one batch; ``dlq_worst_ms`` is the worst case of one SendMessageBatch with the given ``sqs`` client."""
     records = source.parse_event(event)
     verdicts: list[Verdict] = []
 
@@ -60,7 +60,7 @@ def run(event: Any, *, settings: Settings, sink: PutItemsSink, sqs: Any, deadlin
         verdicts.extend(_verdict(p.group, outcome) for p in items)
     verdicts.extend(_verdict(p.group, Outcome.POISON, reason) for p, reason in report.poison)
 
-    sent = dead_letter(verdicts, sqs, settings.dlq_url, allowed=deadline.allows(DLQ_SEND_BUDGET_MS))
+    sent = dead_letter(verdicts, sqs, settings.dlq_url, deadline=deadline, batch_worst_ms=dlq_worst_ms)
     for v in verdicts:
         if v.outcome is Outcome.POISON:
             logger.warning(

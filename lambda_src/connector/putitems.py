@@ -260,9 +260,3 @@ class PutItemsSink:
             report.calls += 1
             report.items_sent += len(chunk)
             report.put.extend(chunk)
-
-
-def worst_call_ms(max_attempts: int, connect_timeout_s: float, read_timeout_s: float, rate: float) -> float:
-    """Upper bound of one ``put_items`` call: every attempt times out, with full throttling backoff between."""
-    backoff_s = sum(min(2**i, 20) for i in range(max_attempts - 1))
-    return (max_attempts * (connect_timeout_s + read_timeout_s + 1 / rate) + backoff_s) * 1000

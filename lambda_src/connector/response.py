@@ -28,6 +28,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse, PartialItemFailures
 from botocore.exceptions import BotoCoreError, ClientError
 
+from connector.deadline import Deadline
 from connector.source import SourceRecord
 from connector.telemetry import logger
 
@@ -58,22 +59,25 @@ class UnreportableRecordError(RuntimeError):
     """A record must be retried but has no sequence number to report; the whole batch has to fail."""
 
 
-def dead_letter(verdicts: list[Verdict], sqs: Any, dlq_url: str | None, *, allowed: bool = True) -> int:
+def dead_letter(
+    verdicts: list[Verdict], sqs: Any, dlq_url: str | None, *, deadline: Deadline, batch_worst_ms: float
+) -> int:
     """Send each poison verdict's record to the DLQ; turn those that cannot be sent into retry.
 
-    ``allowed`` is False when the deadline leaves no time to send. Returns the number of messages sent.
+    Before each SendMessageBatch the deadline must leave ``batch_worst_ms`` (that call's worst case); the
+    records of batches that no longer fit are retry. Returns the number of messages sent.
     """
     poison = [v for v in verdicts if v.outcome is Outcome.POISON]
     if not poison:
         return 0
-    if dlq_url is None or not allowed:
-        why = "no DLQ is configured (DLQ_URL)" if dlq_url is None else "the deadline is too near to send"
-        logger.warning(f"Poison records kept for retry: {why}", extra={"records": len(poison)})
-        for v in poison:
-            v.outcome, v.reason = Outcome.RETRY, f"poison ({v.reason}), but {why}"
+    if dlq_url is None:
+        _keep_for_retry(poison, "no DLQ is configured (DLQ_URL)")
         return 0
     sent = 0
     for batch in _sqs_batches(poison):
+        if not deadline.allows(batch_worst_ms):
+            _keep_for_retry([v for v, _ in batch], "the deadline is too near to send")
+            continue
         entries = [{"Id": str(i), "MessageBody": body} for i, (_, body) in enumerate(batch)]
         try:
             answer = sqs.send_message_batch(QueueUrl=dlq_url, Entries=entries)
@@ -90,6 +94,12 @@ def dead_letter(verdicts: list[Verdict], sqs: Any, dlq_url: str | None, *, allow
         if failed:
             logger.error("DLQ send failed; those records will be retried", extra={"records": len(failed)})
     return sent
+
+
+def _keep_for_retry(poison: list[Verdict], why: str) -> None:
+    logger.warning(f"Poison records kept for retry: {why}", extra={"records": len(poison)})
+    for v in poison:
+        v.outcome, v.reason = Outcome.RETRY, f"poison ({v.reason}), but {why}"
 
 
 def dlq_message(verdict: Verdict) -> str:

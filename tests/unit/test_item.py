@@ -28,7 +28,7 @@ SCHEMA = {
         {"name": "NUMBER_OF_RATINGS", "type": ["null", "int"]},
         {"name": "IN_STOCK", "type": ["null", "boolean"]},
         {"name": "CREATION_TIMESTAMP", "type": ["null", "long"]},
-        {"name": "TITLE", "type": ["null", "string"]},
+        {"name": "TITLE", "type": ["null", "string"], "textual": True},
         {"name": "STATUS", "type": ["null", "string"], "categorical": True},
     ],
     "version": "1.0",
@@ -183,6 +183,7 @@ def test_schema_field_from_nested_path() -> None:
         ({"PRICE": 1, "TITLE": {"a": 1}}, "a dict cannot fill a string field"),
         ({"PRICE": 1, "TITLE": ["a", "b"]}, "a list cannot fill a string field"),
         ({"PRICE": 1, "GENRES": "x" * 1001}, "categorical value over 1000 characters"),
+        ({"PRICE": 1, "TITLE": "x" * 20_001}, "textual value over 20000 characters"),
     ],
 )
 def test_schema_mode_poison_reasons_name_fields_not_values(image: dict[str, Any], reason: str) -> None:

@@ -33,7 +33,12 @@ def run(
         fake.client, DATASET_ARN, worst_call_ms=100, pacer=Pacer(1000, clock=lambda: 0.0, sleep=lambda _: None)
     )
     result = pipeline.run(
-        event(*records), settings=settings, sink=sink, sqs=sqs, deadline=deadline or Deadline.unbounded()
+        event(*records),
+        settings=settings,
+        sink=sink,
+        sqs=sqs,
+        deadline=deadline or Deadline.unbounded(),
+        dlq_worst_ms=1_000,
     )
     return result, fake, sqs
 
@@ -150,3 +155,18 @@ def test_dlq_message_is_ascii_even_for_lone_surrogates_and_control_characters() 
     (message,) = sqs.messages
     message.encode("ascii")  # SQS-safe: nothing outside ASCII, so nothing it refuses
     assert json.loads(message)["itemId"] == "\ud800 caf\u00e9 \u0000"
+
+
+def test_each_dlq_send_must_fit_before_the_deadline() -> None:
+    """25 poison records are three SendMessageBatch calls; only the first fits, the rest are retried."""
+    checks: list[int] = []
+
+    def remaining() -> float:
+        checks.append(1)
+        return 10_000 if len(checks) <= 1 else 1_200  # the first DLQ batch fits, then too little time
+
+    bad = [kinesis_record("%%%", seq=str(500 + i)) for i in range(25)]
+    result, _, sqs = run(bad, deadline=Deadline(remaining, margin_ms=500))
+    assert len(sqs.messages) == 10
+    assert result.counts[Outcome.POISON] == 10 and result.counts[Outcome.RETRY] == 15
+    assert failures(result) == [str(500 + i) for i in range(10, 25)]

@@ -11,7 +11,7 @@ from botocore.stub import Stubber
 
 from connector.change import from_record
 from connector.config import parse_mapping
-from connector.deadline import Deadline
+from connector.deadline import Deadline, worst_call_ms
 from connector.putitems import (
     Group,
     Pacer,
@@ -20,7 +20,6 @@ from connector.putitems import (
     SendReport,
     check_limits,
     coalesce,
-    worst_call_ms,
 )
 from connector.source import parse_event
 from tests.factories import DATASET_ARN, cdc_payload, dynamodb_record, event, kinesis_record
@@ -178,7 +177,7 @@ def test_deadline_stops_sending_and_retries_the_rest() -> None:
 
 def test_worst_call_covers_every_attempt_and_backoff() -> None:
     # 3 attempts × (2 s connect + 5 s read + 0.1 s pacing) + backoff 1 s + 2 s
-    assert worst_call_ms(3, 2, 5, 10) == pytest.approx(24_300)
+    assert worst_call_ms(3, 2, 5, 0.1) == pytest.approx(24_300)
 
 
 # --- pacing -----------------------------------------------------------------------------------------------
