@@ -152,6 +152,12 @@ class KinesisSourceConfig:
         return self.source != "none"
 
 
+# The runtime reserves one PutItems call's worst case before each call (connector.deadline.worst_call_ms with
+# its defaults: 3 attempts × (2 s connect + 5 s read) + 3 s backoff, about 24 s); the function's timeout must
+# leave room for that, the margin, and some sending.
+PUT_ITEMS_WORST_CALL_MS = 24_000
+MIN_SENDING_WINDOW_MS = 10_000
+
 PACING_HEADROOM = 0.97
 """The share of the PutItems quota the derived pacing uses (see :class:`LambdaConfig`)."""
 
@@ -566,8 +572,15 @@ def _lambda(value: Any) -> LambdaConfig:
             days = int(days)
         kwargs["log_retention_days"] = _choice(f"{key}.logRetentionDays", days, _LOG_RETENTION_DAYS)
     cfg = LambdaConfig(**kwargs)
-    if cfg.deadline_margin_ms >= cfg.timeout_seconds * 1000:
-        raise _fail(f"{key}.deadlineMarginMs", "must be smaller than lambda.timeoutSeconds in milliseconds")
+    window_ms = cfg.timeout_seconds * 1000 - cfg.deadline_margin_ms - PUT_ITEMS_WORST_CALL_MS
+    if window_ms < MIN_SENDING_WINDOW_MS:
+        raise _fail(
+            f"{key}.deadlineMarginMs",
+            f"lambda.timeoutSeconds ({cfg.timeout_seconds} s) minus the margin ({cfg.deadline_margin_ms} ms) "
+            f"must leave at least {(PUT_ITEMS_WORST_CALL_MS + MIN_SENDING_WINDOW_MS) / 1000:g} s: "
+            "before each PutItems call the function reserves that call's worst case "
+            f"(about {PUT_ITEMS_WORST_CALL_MS / 1000:g} s), and it needs time left to send",
+        )
     return cfg
 
 

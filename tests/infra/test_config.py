@@ -238,7 +238,13 @@ ERRORS: list[tuple[str, dict[str, Any], str]] = [
     (
         "margin vs timeout",
         {"lambda": {"timeoutSeconds": 30, "deadlineMarginMs": 30000}},
-        r"'lambda.deadlineMarginMs': must be smaller",
+        r"'lambda.deadlineMarginMs': lambda.timeoutSeconds \(30 s\) minus the margin \(30000 ms\) must leave "
+        r"at least 34 s",
+    ),
+    (
+        "no time left to send",
+        {"lambda": {"timeoutSeconds": 35, "deadlineMarginMs": 5000}},
+        r"reserves that call's worst case \(about 24 s\)",
     ),
     (
         "log retention",
