@@ -123,6 +123,7 @@ class FunctionConfig:
     memory_mb: int
     environment: Mapping[str, str]
     role_arn: str
+    reserved_concurrency: int | None = None  # ReservedConcurrentExecutions: at most this many invokes at once
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,9 @@ def _function_config(
         memory_mb=int(props.get("MemorySize", 128)),
         environment=environment,
         role_arn=role_arn,
+        reserved_concurrency=int(props["ReservedConcurrentExecutions"])
+        if "ReservedConcurrentExecutions" in props
+        else None,
     )
 
 
@@ -705,6 +709,30 @@ class _FunctionPool:
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._busy = 0
+        self._slots = threading.Condition()
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of the function's reserved-concurrency slots for an invocation.
+
+        Lambda throttles an invoke beyond ``ReservedConcurrentExecutions`` and the event source mapping retries
+        it until a slot frees; here the shard's poller simply waits for the slot. Raises ``_WorkerGone`` when
+        the pool closes while waiting.
+        """
+        limit = self.function.reserved_concurrency
+        with self._slots:
+            while limit is not None and self._busy >= limit:
+                if self._closed:
+                    raise _WorkerGone
+                self._slots.wait(0.1)
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._slots:
+                self._busy -= 1
+                self._slots.notify()
 
     def acquire(self) -> tuple[_Worker, bool]:
         with self._lock:
@@ -755,6 +783,7 @@ class _Record:
     arrival: float  # epoch seconds
     event: dict[str, Any]
     size: int
+    read_at: float = 0.0  # monotonic time the poller read it: the batching window counts from the oldest
 
 
 @dataclass
@@ -800,7 +829,6 @@ class _ShardPoller(threading.Thread):
         self.parent = parent
         self.buffer: deque[_Record] = deque()
         self.segments: deque[_Segment] = deque()
-        self.window_started: float | None = None
         self.shard_ended = False
         self.last_empty_poll = 0.0  # monotonic time of the last GetRecords that returned nothing new
         self.in_flight = False
@@ -871,8 +899,7 @@ class _ShardPoller(threading.Thread):
                 if self._filters and not self._matches(record.event):
                     self.runner._count(self.mapping, "records_filtered")
                     continue
-                if not self.buffer:
-                    self.window_started = time.monotonic()
+                record.read_at = time.monotonic()
                 self.buffer.append(record)
             if not raw:
                 self.last_empty_poll = time.monotonic()
@@ -954,10 +981,10 @@ class _ShardPoller(threading.Thread):
 
     def _take_batch(self) -> list[_Record] | None:
         if not self.buffer:
-            self.window_started = None
             return None
         full = len(self.buffer) >= self.mapping.batch_size
-        waited = time.monotonic() - (self.window_started or 0.0)
+        # The window runs from the oldest buffered record: records left over from the last batch have waited.
+        waited = time.monotonic() - self.buffer[0].read_at
         if not (full or self.shard_ended or waited >= self.mapping.batching_window_s):
             return None
         batch: list[_Record] = []
@@ -968,7 +995,6 @@ class _ShardPoller(threading.Thread):
             record = self.buffer.popleft()
             size += record.size
             batch.append(record)
-        self.window_started = time.monotonic() if self.buffer else None
         return batch
 
     # -- error handling ----------------------------------------------------------------------------------------
@@ -1394,22 +1420,27 @@ class EsmRunner:
         started_at = time.time()
         poller.in_flight = True
         try:
-            try:
-                worker, cold = pool.acquire()
-            except _WorkerInitError as exc:
-                result = _InvokeResult("error", error=exc.error, cold_start=True)
-            except _WorkerGone:
-                return None
-            else:
-                result = worker.invoke(
-                    event, request_id=request_id, function=function, kill_after_s=kill_after, hang_after_s=hang_after
-                )
-                result.cold_start, result.worker_pid = cold, worker.pid
-                result.init_ms = worker.init_ms if cold else None
-                if result.status in ("ok", "error") and worker.alive:
-                    pool.release(worker)  # a handler that raised leaves its sandbox warm, as on Lambda
+            with pool.slot():
+                try:
+                    worker, cold = pool.acquire()
+                except _WorkerInitError as exc:
+                    result = _InvokeResult("error", error=exc.error, cold_start=True)
                 else:
-                    pool.discard(worker)  # timed out, killed or crashed: the next invoke is a cold start
+                    result = worker.invoke(
+                        event,
+                        request_id=request_id,
+                        function=function,
+                        kill_after_s=kill_after,
+                        hang_after_s=hang_after,
+                    )
+                    result.cold_start, result.worker_pid = cold, worker.pid
+                    result.init_ms = worker.init_ms if cold else None
+                    if result.status in ("ok", "error") and worker.alive:
+                        pool.release(worker)  # a handler that raised leaves its sandbox warm, as on Lambda
+                    else:
+                        pool.discard(worker)  # timed out, killed or crashed: the next invoke is a cold start
+        except _WorkerGone:
+            return None
         finally:
             poller.in_flight = False
         if forced_hang and not result.hung:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from tests.localcloud import test_esm_runner as base
@@ -41,3 +42,40 @@ def test_forced_kill_fires_on_the_next_invocation(moto_url: str, tmp_path: Path)
 
     assert [e.outcome for e in ledger] == ["killed", "success"]
     assert ledger[0].fault == "kill" and stats.kills == 1 and stats.records_succeeded == 1
+
+
+def _spans(tmp_path: Path) -> list[tuple[float, float]]:
+    import json
+
+    lines = (tmp_path / "state" / "spans.jsonl").read_text().splitlines()
+    return sorted((s["start"], s["end"]) for s in map(json.loads, lines))
+
+
+def _overlapping(spans: list[tuple[float, float]]) -> bool:
+    return any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
+
+
+def _two_shard_run(moto_url: str, tmp_path: Path, reserved: int | None) -> list[tuple[float, float]]:
+    template = base.make_template("slow.handler", kinesis={"BatchSize": 10})
+    template["Resources"]["Stream"]["Properties"]["ShardCount"] = 2
+    if reserved is not None:
+        template["Resources"]["Fn"]["Properties"]["ReservedConcurrentExecutions"] = reserved
+    with base.harness(moto_url, tmp_path, template, env={"SLEEP_S": "0.6"}) as h:
+        kinesis = h.client("kinesis")
+        for i in range(12):  # twelve partition keys hash onto both shards
+            kinesis.put_record(StreamName=h.stream_name, Data=b'{"itemId": "x"}', PartitionKey=f"key-{i}")
+        h.wait_idle()
+    return _spans(tmp_path)
+
+
+def test_reserved_concurrency_serializes_invocations_across_shards(moto_url: str, tmp_path: Path) -> None:
+    # GIVEN two shards with records and ReservedConcurrentExecutions = 1
+    spans = _two_shard_run(moto_url, tmp_path, reserved=1)
+    # THEN both shards were served, one invocation at a time
+    assert len(spans) >= 2
+    assert not _overlapping(spans)
+
+
+def test_without_reserved_concurrency_shards_run_at_once(moto_url: str, tmp_path: Path) -> None:
+    # the control: the same run without the limit overlaps, so the test above can fail
+    assert _overlapping(_two_shard_run(moto_url, tmp_path, reserved=None))
