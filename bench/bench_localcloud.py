@@ -170,16 +170,14 @@ def mapping_file() -> Path:
     return path
 
 
-_templates: dict[tuple[Source, int], Path] = {}
+_templates: dict[tuple[Source, int, int], Path] = {}
 
 
-def template_for(source: Source, shards: int) -> Path:
-    """Synthesize the real app (cdk.json's context, overridden for the source) once per source and shard count.
-
-    ``lambda.reservedConcurrency`` is the number of shards, so the stack derives the static pacing knob
-    ``MAX_CALLS_PER_SECOND = 10 / shards`` itself.
+def template_for(source: Source, shards: int, reserved: int) -> Path:
+    """Synthesize the real app (cdk.json's context, overridden for the source) once per source, shard count and
+    reserved concurrency; the stack derives ``MAX_CALLS_PER_SECOND = 0.97 × 10 / reserved`` itself.
     """
-    key = (source, shards)
+    key = (source, shards, reserved)
     if key not in _templates:
         from infra.synth import synth
 
@@ -196,10 +194,10 @@ def template_for(source: Source, shards: int) -> Path:
         context = {
             **sources,
             "mappingFile": str(mapping_file()),
-            "lambda": {"reservedConcurrency": shards, "timeoutSeconds": 300, "memoryMb": 1024},
+            "lambda": {"reservedConcurrency": reserved, "timeoutSeconds": 300, "memoryMb": 1024},
         }
         began = time.monotonic()
-        _templates[key] = synth(STATE / f"cdk.out-{source}-{shards}", context, nag=False)
+        _templates[key] = synth(STATE / f"cdk.out-{source}-{shards}-{reserved}", context, nag=False)
         print(f"  synthesized the {source} stack ({shards} shard(s)) in {time.monotonic() - began:.1f} s", flush=True)
     return _templates[key]
 
@@ -208,17 +206,22 @@ def template_for(source: Source, shards: int) -> Path:
 class Deployment:
     system: System
     label: str  # what the table shows
-    pacing: str  # "static" | "adaptive" | "unpaced" | "-"
+    pacing: str  # "serial" | "static" | "headroom" | "adaptive" | "unpaced" | "-"
     env: Mapping[str, str] = field(default_factory=dict)
+    serial: bool = False  # reserved concurrency 1: one invocation at a time, whatever the shard count
 
 
 def connector(pacing: str, shards: int) -> Deployment:
+    if pacing == "serial":  # the stack's default: reserved concurrency 1, paced 3 % under the quota
+        return Deployment(
+            "connector", f"connector, reserved concurrency 1, {TPS * HEADROOM:.3g}/s", "serial", serial=True
+        )
     if pacing == "static":
-        return Deployment("connector", f"connector, static knob {TPS / shards:g}/s each", "static")
-    if pacing == "headroom":
+        env = {"MAX_CALLS_PER_SECOND": f"{TPS / shards:.4g}"}
+        return Deployment("connector", f"connector, static knob {TPS / shards:g}/s each", "static", env)
+    if pacing == "headroom":  # what the stack derives for reserved concurrency = shards
         rate = TPS * HEADROOM / shards
-        env = {"MAX_CALLS_PER_SECOND": f"{rate:.4g}"}
-        return Deployment("connector", f"connector, static knob -3 % ({rate:.3g}/s each)", "headroom", env)
+        return Deployment("connector", f"connector, static knob -3 % ({rate:.3g}/s each)", "headroom")
     if pacing == "adaptive":
         env = {"MAX_CALLS_PER_SECOND": f"{TPS:g}", "PUT_ITEMS_RETRY_MODE": "adaptive"}
         return Deployment("connector", f"connector, {TPS:g}/s each + adaptive", "adaptive", env)
@@ -403,7 +406,7 @@ def run_once(
     log: Callable[[str], None],
     batching_window_s: float | None = None,
 ) -> RunResult:
-    template = template_for(workload.source, workload.shards)
+    template = template_for(workload.source, workload.shards, 1 if deployment.serial else workload.shards)
     bench.reset()
     resources = provision(template, endpoint_url=bench.moto_url)
     log_dir = STATE / "logs" / f"{time.strftime('%H%M%S')}-{workload.key}-{workload.shards}-{deployment.pacing}"
@@ -763,16 +766,20 @@ def _finite(value: float, cap: float) -> float:
 
 
 def _pacing_color(r: RunResult) -> str:
-    return {"static": "#2a7ab9", "headroom": "#1c4f7a", "adaptive": "#6aa84f", "unpaced": "#999999"}.get(
-        r.deployment.pacing, "#d9822b"
-    )
+    return {
+        "serial": "#d9822b",
+        "static": "#2a7ab9",
+        "headroom": "#1c4f7a",
+        "adaptive": "#6aa84f",
+        "unpaced": "#999999",
+    }.get(r.deployment.pacing, "#d9822b")
 
 
 def conclusion(pacing: Sequence[RunResult]) -> str:
     if not pacing:
         return ""
     lines = []
-    for mode in ("static", "headroom", "adaptive", "unpaced"):
+    for mode in ("serial", "static", "headroom", "adaptive", "unpaced"):
         runs = [r for r in pacing if r.deployment.pacing == mode]
         if not runs:
             continue
@@ -884,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
         for workload in single:
             log(f"{workload.title}: connector")
             conn = run_once(
-                bench, workload, connector("static", 1), time_box=max_box, log=log, batching_window_s=window
+                bench, workload, connector("serial", 1), time_box=max_box, log=log, batching_window_s=window
             )
             results.append(conn)
             _summary(conn, log)
@@ -895,7 +902,7 @@ def main(argv: list[str] | None = None) -> int:
             _summary(naive, log)
         for shards in shard_counts:
             workload = make_workload("shards", n_shards, seed=args.seed, shards=shards)
-            modes = ["static", "headroom", "adaptive"] + (
+            modes = ["serial", "static", "headroom", "adaptive"] + (
                 ["unpaced"] if unpaced and shards == max(shard_counts) else []
             )
             for mode in modes:
@@ -905,7 +912,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 pacing.append(run)
                 _summary(run, log)
-                if shards == max(shard_counts) and mode == "static":
+                if shards == max(shard_counts) and mode == "serial":
                     results.append(run)
                     box = min(max_box, max(min_box, run.seconds))
                     log(f"{workload.title}: naive baseline (time box {box:.0f} s)")

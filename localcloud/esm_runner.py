@@ -1417,10 +1417,10 @@ class EsmRunner:
         age_ms = max(0.0, (time.time() - records[-1].arrival) * 1000)
         poller.iterator_age_ms = age_ms
         kill_after, hang_after, forced_hang = self._draw_faults(function)
-        started_at = time.time()
         poller.in_flight = True
         try:
             with pool.slot():
+                started_at = time.time()  # once a reserved-concurrency slot is free: the invoke starts now
                 try:
                     worker, cold = pool.acquire()
                 except _WorkerInitError as exc:
