@@ -12,13 +12,15 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 CDK := npx --no-install cdk
 CDK_FLAGS := --no-notices
 
-.PHONY: help install test unit lint types bench synth deploy diff demo clean
+.PHONY: help install test unit lint types bench chaos synth deploy diff demo clean
 
 help:
 	@echo "make demo    - set up, synthesize the stack, run it end to end on the local cloud, check convergence"
 	@echo "make test    - set up, then lint, type-check and run every test"
 	@echo "make demo ARGS='--items 500'  - a smaller demo; python -m localcloud --help lists the CLI"
-	@echo "make bench   - runtime benchmark against the per-record baseline (bench/results/)"
+	@echo "make bench   - benchmarks against the per-record baseline: runtime, then on the local cloud (~12 min;"
+	@echo "               ARGS=--quick for ~2 min); results in bench/results/"
+	@echo "make chaos   - ~20,000 changes under injected faults on the local cloud, with a convergence check (~10 min)"
 	@echo "make synth   - synthesize the CDK app offline into cdk.out/"
 	@echo "make deploy  - deploy with the pinned CDK CLI (needs AWS credentials; see docs/deploy.md)"
 
@@ -52,6 +54,10 @@ demo: install
 
 bench: $(STAMP)
 	$(PY) -m bench.bench_runtime $(ARGS)
+	$(PY) -m bench.bench_localcloud $(ARGS)
+
+chaos: install
+	$(PY) -m localcloud chaos $(ARGS)
 
 synth: install
 	$(CDK) synth $(CDK_FLAGS) --quiet

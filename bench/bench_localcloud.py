@@ -819,31 +819,24 @@ group's 10 calls/s):
 
 ![local-cloud benchmark](bench/results/localcloud.png)
 
-**The pacing knob.** The PutItems quota is 10 calls per second per *dataset group*, shared by every
-concurrent invocation: one per shard (times the parallelization factor) of every source wired to the function.
-`MAX_CALLS_PER_SECOND` paces each invocation (each warm container) on its own, so the budget is static:
-`lambda.reservedConcurrency × MAX_CALLS_PER_SECOND ≤ 10`. The stack derives it: leave `lambda.maxCallsPerSecond`
-unset and `MAX_CALLS_PER_SECOND = lambda.putItemsQuotaPerSecond / lambda.reservedConcurrency` (quota default 10;
-synth warns when an explicit value overshoots), and the reserved concurrency caps how many invocations can
-compete. Set `reservedConcurrency` to the number of invocations that run at once (shards × parallelization
-factor, summed over the sources). What the runs above show:
+**The pacing knob.** The PutItems quota is 10 calls per second per *dataset group*, shared by every concurrent
+invocation: one per shard (times the parallelization factor) of every source wired to the function. Each
+invocation paces itself (`MAX_CALLS_PER_SECOND`), and invocations cannot coordinate, so the stack keeps
+`lambda.reservedConcurrency × MAX_CALLS_PER_SECOND` within the quota: leave `lambda.maxCallsPerSecond` unset and it
+derives `0.97 × 10 / reservedConcurrency`. What the runs above show:
 
-- pacing at *exactly* the quota leaves no headroom: the emulator admits at most 10 calls in any sliding second,
-  so a call that arrives a millisecond early is throttled, and each throttle costs botocore's backoff (≈ 0.7 s,
-  7 calls' worth). That is the ≈ 7 % throttled at 1, 2 and 4 invocations with the derived `10 / concurrency`;
-- budgeting about 3 % under the quota (`lambda.putItemsQuotaPerSecond: 9.7`, or `MAX_CALLS_PER_SECOND` =
-  9.7 / concurrency) removed the throttles with 2 concurrent invocations and came closest to the goals; with 4 it
-  did not: independent per-invocation pacers drift in and out of phase, and 4 × 3 calls can fall in one second.
-  Beyond 2 invocations, only a lower budget per invocation (e.g. 2/s each with 4 shards, 80 items/s at most) or
-  fewer concurrent invocations keeps every second within the quota; a limiter shared across invocations would
-  be needed to use all of it;
-- `MAX_CALLS_PER_SECOND=10` on every invocation with `PUT_ITEMS_RETRY_MODE=adaptive` learns the quota only by
-  being throttled (botocore's adaptive mode slows down after throttles, then probes upward again): it throttled
-  at least as much as the static budget, more with more invocations, and with 4 it made Lambda redeliver
-  records; leaving the knob unset (10 each, standard retries) throttles a quarter of all calls;
-- a static budget caps each invocation, so when fewer invocations are busy than were budgeted for (an uneven
-  shard, the tail of a backlog) the unused share of the quota is lost: that, the runner's batching-window waits
-  ("end-to-end" column) and the remaining throttles are why no setting reached 95 items/s here.
+- **reserved concurrency 1 (the stack's default) is the setting that uses the quota**: one invocation at a time,
+  paced at 9.7 calls/s, whatever the number of shards; batches of the other shards wait their turn (on AWS, Lambda
+  retries the throttled invokes). No throttles, and 95–97 items/s (the ceiling at 9.7 calls × 10 items is 97);
+- pacing at *exactly* the quota throttles about 7 % of calls: calls spaced 100 ms apart reach the service with
+  network jitter, an eleventh lands inside one second, and each throttle costs botocore's backoff (≈ 0.7 s). Hence
+  the 3 % headroom;
+- sharing the quota between concurrent invocations (`reservedConcurrency` = shards, 9.7 / shards each) works with 2
+  but not with 4: independent pacers drift into phase and 4 × 3 calls can fall in one second. It also wastes the
+  share of an idle shard;
+- `MAX_CALLS_PER_SECOND=10` on every invocation with `PUT_ITEMS_RETRY_MODE=adaptive` learns the quota only by being
+  throttled: 11–16 % throttled and redeliveries; leaving each invocation unpaced relative to the others (10 each)
+  throttles nearly a third of all calls.
 
 Reproduce with `.venv/bin/python -m bench.bench_localcloud` (`--quick` for a smoke run); figures are from one
 run on a 2-core machine, ratios matter more than absolute values.
