@@ -7,7 +7,6 @@ returns with time to spare instead of being killed mid-batch (a timeout would re
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -30,11 +29,6 @@ class Deadline:
     @classmethod
     def unbounded(cls) -> Deadline:
         return cls(lambda: float("inf"), 0)
-
-    @classmethod
-    def after(cls, seconds: float, margin_ms: float = 0, clock: Callable[[], float] = time.monotonic) -> Deadline:
-        end = clock() + seconds
-        return cls(lambda: (end - clock()) * 1000, margin_ms)
 
     def remaining_ms(self) -> float:
         return self._remaining_ms()

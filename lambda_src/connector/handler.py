@@ -124,6 +124,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
             "records": result.records_in,
             **{f"records_{o.value}": n for o, n in counts.items()},
             "put_items_calls": report.calls,
+            "put_items_attempts": report.attempts,
             "items_per_call": round(report.items_sent / report.calls, 2) if report.calls else 0,
             "rejected_calls": report.rejected_calls,
             "throttles": report.throttles,
