@@ -1152,7 +1152,31 @@ class _Server(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
-class PersonalizeEmulator:
+class _Knobs:
+    """The fault, latency and quota setters, shared by the in-process emulator and the HTTP client."""
+
+    def configure(self, **changes: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def set_faults(
+        self,
+        *,
+        throttle_rate: float | None = None,
+        error_rate: float | None = None,
+        error_status: int | None = None,
+        slow_rate: float | None = None,
+        slow_ms: float | None = None,
+    ) -> dict[str, Any]:
+        return self.configure(**_given(locals()))
+
+    def set_latency(self, latency_ms: float | None = None, jitter_ms: float | None = None) -> dict[str, Any]:
+        return self.configure(**_given(locals()))
+
+    def set_tps(self, tps: float | None) -> dict[str, Any]:
+        return self.configure(tps=tps)
+
+
+class PersonalizeEmulator(_Knobs):
     """The emulator's HTTP server in a background thread; also the in-process read/admin API.
 
     >>> with PersonalizeEmulator(tps=10, latency_ms=50) as emu:
@@ -1279,23 +1303,6 @@ class PersonalizeEmulator:
     def configure(self, **changes: Any) -> dict[str, Any]:
         return self.state.configure(**changes)
 
-    def set_faults(
-        self,
-        *,
-        throttle_rate: float | None = None,
-        error_rate: float | None = None,
-        error_status: int | None = None,
-        slow_rate: float | None = None,
-        slow_ms: float | None = None,
-    ) -> dict[str, Any]:
-        return self.configure(**_given(locals()))
-
-    def set_latency(self, latency_ms: float | None = None, jitter_ms: float | None = None) -> dict[str, Any]:
-        return self.configure(**_given(locals()))
-
-    def set_tps(self, tps: float | None) -> dict[str, Any]:
-        return self.configure(tps=tps)
-
     def inject(self, *errors: str, operation: str = "PutItems") -> None:
         self.state.inject(*errors, operation=operation)
 
@@ -1308,7 +1315,7 @@ def _given(args: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in args.items() if k != "self" and v is not None}
 
 
-class EmulatorClient:
+class EmulatorClient(_Knobs):
     """The admin/read API over HTTP, for another process: same methods as :class:`PersonalizeEmulator`."""
 
     def __init__(self, endpoint_url: str, *, timeout: float = 10.0) -> None:
@@ -1395,23 +1402,6 @@ class EmulatorClient:
     def configure(self, **changes: Any) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", "/config", changes)
         return result
-
-    def set_faults(
-        self,
-        *,
-        throttle_rate: float | None = None,
-        error_rate: float | None = None,
-        error_status: int | None = None,
-        slow_rate: float | None = None,
-        slow_ms: float | None = None,
-    ) -> dict[str, Any]:
-        return self.configure(**_given(locals()))
-
-    def set_latency(self, latency_ms: float | None = None, jitter_ms: float | None = None) -> dict[str, Any]:
-        return self.configure(**_given(locals()))
-
-    def set_tps(self, tps: float | None) -> dict[str, Any]:
-        return self.configure(tps=tps)
 
     def inject(self, *errors: str, operation: str = "PutItems") -> None:
         self._call("POST", "/inject", {"errors": list(errors), "operation": operation})
