@@ -54,8 +54,8 @@ from localcloud.demo import (
     DemoResult,
     SetupError,
     dlq_key,
+    run_command,
     run_demo,
-    sigterm_as_interrupt,
     synthesize,
 )
 from localcloud.workload import WorkloadSpec
@@ -491,17 +491,7 @@ def main(
     """The ``chaos`` command: 0 when everything converged and every check passed, 1 otherwise, 2 on setup errors."""
     console = console or Console()
     config = ChaosConfig(changes=changes, seed=seed, timeout=timeout, write_seconds=write_seconds)
-    try:
-        with sigterm_as_interrupt():
-            result = run_chaos(config, console=console, live=live)
-    except KeyboardInterrupt:
-        console.print("\n[yellow]Interrupted: the local cloud was stopped.[/]")
-        return 130
-    except SetupError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 2
-    report(result, console)
-    return 0 if result.ok else 1
+    return run_command(lambda: run_chaos(config, console=console, live=live), lambda r: report(r, console), console)
 
 
 def as_dict(result: ChaosResult) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -66,6 +66,9 @@ FAKE_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_SESSION_TOKEN": "testing",
 }
+
+
+R = TypeVar("R")
 
 
 class SetupError(RuntimeError):
@@ -946,15 +949,26 @@ def main(
     """The ``demo`` command: 0 when converged and every check passed, 1 otherwise, 2 on setup errors."""
     console = console or Console()
     spec = WorkloadSpec(items=items, seed=seed, write_seconds=write_seconds)
+    faults = {"throttle_rate": 0.2, "error_rate": 0.05} if chaos else {}
+    return run_command(
+        lambda: run_demo(spec, fast=fast, timeout=timeout, console=console, cloud_options=faults),
+        lambda result: report(result, console),
+        console,
+    )
+
+
+def run_command(run: Callable[[], R], show: Callable[[R], None], console: Console) -> int:
+    """Run a command to completion: 0 when its result is ok, 1 when not, 2 on setup errors, 130 on Ctrl-C/SIGTERM.
+
+    ``run`` must stop the local cloud on its way out (``LocalCloud`` is a context manager)."""
     try:
         with sigterm_as_interrupt():
-            faults = {"throttle_rate": 0.2, "error_rate": 0.05} if chaos else {}
-            result = run_demo(spec, fast=fast, timeout=timeout, console=console, cloud_options=faults)
+            result = run()
     except KeyboardInterrupt:
         console.print("\n[yellow]Interrupted: the local cloud was stopped.[/]")
         return 130
     except SetupError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
-    report(result, console)
-    return 0 if result.ok else 1
+    show(result)
+    return 0 if getattr(result, "ok", False) else 1
