@@ -118,6 +118,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
     metrics.add_metric(name="PutItemsCalls", unit=MetricUnit.Count, value=report.calls)
     metrics.add_metric(name="ItemsSent", unit=MetricUnit.Count, value=report.items_sent)
     metrics.add_metric(name="Throttles", unit=MetricUnit.Count, value=report.throttles)
+    if report.calls:  # an average per invocation; across invocations use ItemsSent / PutItemsCalls
+        metrics.add_metric(name="ItemsPerCall", unit=MetricUnit.Count, value=report.items_sent / report.calls)
     logger.info(
         "Batch done",
         extra={

@@ -45,6 +45,7 @@ def test_handler_publishes_outcome_metrics(fake: FakePersonalize, capsys: pytest
     assert metrics["RecordsPut"] == 12 and metrics["RecordsPoison"] == 2
     assert metrics["RecordsRetry"] == 0 and metrics["RecordsSkipped"] == 0
     assert metrics["PutItemsCalls"] == 3 and metrics["ItemsSent"] == 12  # 10 + 2, after bisecting "bad" out
+    assert metrics["ItemsPerCall"] == 4  # 12 items in 3 accepted calls
 
 
 def test_no_property_value_is_logged_at_info(fake: FakePersonalize, caplog: pytest.LogCaptureFixture) -> None:
