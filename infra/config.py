@@ -446,16 +446,12 @@ def _dynamodb(value: Any, esm: EsmSettings) -> DynamoDbSourceConfig:
         if "timeToLiveAttribute" in raw:
             kwargs["time_to_live_attribute"] = _str(f"{key}.timeToLiveAttribute", raw["timeToLiveAttribute"])
     else:
-        present = [k for k in new_only if k in raw]
-        if present:
-            raise _fail(f"{key}.{present[0]}", "only allowed when dynamodb.source is 'new'")
-        if "streamArn" not in raw:
-            raise _fail(f"{key}.streamArn", "required when dynamodb.source is 'existing'")
-        kwargs["stream_arn"] = _str(
-            f"{key}.streamArn",
-            raw["streamArn"],
-            pattern=DYNAMODB_STREAM_ARN_PATTERN,
-            hint="arn:aws:dynamodb:<region>:<account>:table/<table>/stream/<label>",
+        kwargs["stream_arn"] = _existing_stream_arn(
+            key,
+            raw,
+            new_only,
+            DYNAMODB_STREAM_ARN_PATTERN,
+            "arn:aws:dynamodb:<region>:<account>:table/<table>/stream/<label>",
         )
     if "skipTtlDeletes" in raw:
         kwargs["skip_ttl_deletes"] = _bool(f"{key}.skipTtlDeletes", raw["skipTtlDeletes"])
@@ -472,6 +468,18 @@ def _dynamodb(value: Any, esm: EsmSettings) -> DynamoDbSourceConfig:
 
 
 _KINESIS_KEYS = ("source", "capacity", "shards", "streamName", "retentionHours", "streamArn", "filters", "esm")
+
+
+def _existing_stream_arn(
+    key: str, raw: Mapping[str, Any], new_only: tuple[str, ...], pattern: re.Pattern[str], hint: str
+) -> str:
+    """``<key>.streamArn`` for ``source: existing``, refusing the keys that only a new source takes."""
+    present = [k for k in new_only if k in raw]
+    if present:
+        raise _fail(f"{key}.{present[0]}", f"only allowed when {key}.source is 'new'")
+    if "streamArn" not in raw:
+        raise _fail(f"{key}.streamArn", f"required when {key}.source is 'existing'")
+    return _str(f"{key}.streamArn", raw["streamArn"], pattern=pattern, hint=hint)
 
 
 def _kinesis(value: Any, esm: EsmSettings) -> KinesisSourceConfig:
@@ -504,16 +512,12 @@ def _kinesis(value: Any, esm: EsmSettings) -> KinesisSourceConfig:
         if "retentionHours" in raw:
             kwargs["retention_hours"] = _int(f"{key}.retentionHours", raw["retentionHours"], low=24, high=8760)
     else:
-        present = [k for k in ("capacity", "shards", "streamName", "retentionHours") if k in raw]
-        if present:
-            raise _fail(f"{key}.{present[0]}", "only allowed when kinesis.source is 'new'")
-        if "streamArn" not in raw:
-            raise _fail(f"{key}.streamArn", "required when kinesis.source is 'existing'")
-        kwargs["stream_arn"] = _str(
-            f"{key}.streamArn",
-            raw["streamArn"],
-            pattern=KINESIS_STREAM_ARN_PATTERN,
-            hint="arn:aws:kinesis:<region>:<account>:stream/<name>",
+        kwargs["stream_arn"] = _existing_stream_arn(
+            key,
+            raw,
+            ("capacity", "shards", "streamName", "retentionHours"),
+            KINESIS_STREAM_ARN_PATTERN,
+            "arn:aws:kinesis:<region>:<account>:stream/<name>",
         )
     if "filters" in raw:
         kwargs["filters"] = _filters(f"{key}.filters", raw["filters"])

@@ -60,9 +60,10 @@ from localcloud.demo import (
 )
 from localcloud.workload import WorkloadSpec
 
-__all__ = ["ChaosConfig", "ChaosResult", "Figures", "chaos_checks", "figures", "main", "run_chaos"]
+from connector.deadline import worst_call_ms  # isort: skip - on sys.path through localcloud/__init__.py
+from connector.handler import CONNECT_TIMEOUT_S  # isort: skip
 
-CONNECT_TIMEOUT_S = 2.0  # connector.handler.CONNECT_TIMEOUT_S: part of the handler's per-call worst case
+__all__ = ["ChaosConfig", "ChaosResult", "Figures", "chaos_checks", "figures", "main", "run_chaos"]
 
 
 @dataclass(frozen=True)
@@ -112,10 +113,11 @@ class ChaosConfig:
         return env
 
     def worst_call_s(self, calls_per_second: float) -> float:
-        """The handler's own worst case for one PutItems call (``connector.deadline.worst_call_ms``, in s)."""
-        attempts = self.put_items_max_attempts
-        backoff = sum(min(2**i, 20) for i in range(attempts - 1))
-        return attempts * (CONNECT_TIMEOUT_S + self.put_items_timeout_s + 1 / calls_per_second) + backoff
+        """The handler's own worst case for one PutItems call, in s: the runtime's formula and constants."""
+        ms = worst_call_ms(
+            self.put_items_max_attempts, CONNECT_TIMEOUT_S, self.put_items_timeout_s, 1 / calls_per_second
+        )
+        return ms / 1000
 
     def validate(self, calls_per_second: float) -> list[str]:
         """Problems with the timing model, in words (empty when the knobs make sense)."""
