@@ -882,6 +882,8 @@ class _ShardPoller(threading.Thread):
     def _fill(self) -> None:
         while self.iterator and len(self.buffer) < self.mapping.batch_size and not self.runner._stop.is_set():
             limit = min(GET_RECORDS_LIMIT[self.mapping.source], max(100, 2 * self.mapping.batch_size))
+            # An empty answer proves the shard idle only as of when it was asked, not when it came back.
+            asked = time.monotonic()
             try:
                 page = self._client.get_records(ShardIterator=self.iterator, Limit=limit)
             except ClientError as exc:
@@ -902,7 +904,7 @@ class _ShardPoller(threading.Thread):
                 record.read_at = time.monotonic()
                 self.buffer.append(record)
             if not raw:
-                self.last_empty_poll = time.monotonic()
+                self.last_empty_poll = asked
                 return
 
     def _renew_iterator(self) -> str:
