@@ -1,18 +1,25 @@
 """Step 2, change: one normalised change per parsed record.
 
 A :class:`Change` says which item changed (``item_id``), how (upsert or remove), with which image, and where it
-sits in the order of changes (``order_key``). Images stay in their wire form so that a change superseded within
-the batch is never converted (see ``putitems.coalesce``).
+sits in the order of changes to that item. Images stay in their wire form; the item step converts them.
 
 The item id, by the mapping's ``itemId``:
 
 * set: the value of that attribute, from the new image, else the keys, else the old image;
 * DynamoDB (both formats), unset: the only key attribute's value; for a composite key, the key values joined
-  with ``#`` in attribute-name order (the record does not say which key is the partition key, so set
+  with ``#`` in attribute-name order, each value with ``\\`` and ``#`` escaped (``\\\\``, ``\\#``) so that two
+  different keys never make the same id (the record does not say which key is the partition key, so set
   ``itemId`` if you need another order);
 * Kinesis documents, unset: the ``itemId`` attribute, then ``id``.
 
-Numbers become their decimal text (``42``, not ``42.0``). A missing, empty or non-scalar id makes the record poison.
+A DynamoDB number keeps its decimal text exactly as the stream carries it (no trip through ``float``, which
+would merge ids beyond 17 significant digits); a JSON number becomes its shortest text (``42``, not ``42.0``).
+A missing, empty or non-scalar id makes the record poison.
+
+The order of changes to one item (``putitems.coalesce`` picks the newest) is the stream position, except for CDC
+over Kinesis, which may arrive out of order and twice: there :attr:`Change.version` orders the changes, that is
+``ApproximateCreationDateTime`` (µs) with the Kinesis sequence number as the tie-breaker. A CDC change without a
+usable timestamp has no version and falls back to its position.
 """
 
 from __future__ import annotations
@@ -44,7 +51,11 @@ class Change:
     item_id: str
     kind: Kind
     id_attributes: tuple[str, ...]  # the attributes the id was read from; they are not properties
-    order_key: tuple[int, int]
+    version: tuple[int, int] | None = None  # CDC over Kinesis: (ApproximateCreationDateTime µs, sequence number)
+
+    @property
+    def position(self) -> int:
+        return self.record.position
 
     @property
     def image(self) -> dict[str, Any]:
@@ -54,14 +65,21 @@ class Change:
 
 
 def from_record(record: SourceRecord, mapping: ItemMapping) -> Change:
-    """Build the :class:`Change` for a parsed record, or raise :class:`Poison`."""
+    """Build the :class:`Change` for a parsed record, or raise :class:`Poison` (never anything else)."""
     if record.error is not None:
         raise Poison(record.error)
-    kind = Kind.REMOVE if record.event_name == "REMOVE" else Kind.UPSERT
-    item_id, id_attributes = _item_id(record, mapping)
-    # CDC over Kinesis may arrive out of order and twice: order by ApproximateCreationDateTime, then position.
-    order_key = (record.approximate_ts_us or 0, record.position)
-    return Change(record, item_id, kind, id_attributes, order_key)
+    try:
+        kind = Kind.REMOVE if record.event_name == "REMOVE" else Kind.UPSERT
+        item_id, id_attributes = _item_id(record, mapping)
+    except Poison:
+        raise
+    except Exception as exc:  # one malformed record must never fail the batch
+        raise Poison(f"no item id: unexpected {type(exc).__name__}") from None
+    version = None
+    if record.format is Format.KINESIS_CDC and record.approximate_ts_us is not None:
+        seq = record.sequence_number or ""
+        version = (record.approximate_ts_us, int(seq) if seq.isdigit() else 0)
+    return Change(record, item_id, kind, id_attributes, version)
 
 
 def _item_id(record: SourceRecord, mapping: ItemMapping) -> tuple[str, tuple[str, ...]]:
@@ -82,22 +100,45 @@ def _item_id(record: SourceRecord, mapping: ItemMapping) -> tuple[str, tuple[str
     if not keys:
         raise Poison("no item id: the record has no Keys")
     names = tuple(sorted(keys))
-    return "#".join(_id_text(keys[n], n, ddb=True) for n in names), names
+    if len(names) == 1:
+        return _id_text(keys[names[0]], names[0], ddb=True), names
+    return "#".join(_escape(_id_text(keys[n], n, ddb=True)) for n in names), names
+
+
+def _escape(part: str) -> str:
+    return part.replace("\\", "\\\\").replace("#", "\\#")
 
 
 def _id_text(raw: Any, name: str, ddb: bool) -> str:
-    try:
-        value = ddbjson.value(raw) if ddb else raw
-    except ddbjson.DynamoDBJSONError as exc:
-        raise Poison(f"no item id: attribute {name!r}: {exc}") from None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise Poison(f"no item id: attribute {name!r} is not a string or number")
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise Poison(f"no item id: attribute {name!r} is not a finite number")
-        if value.is_integer():
-            value = int(value)
-    text = str(value)
+    if ddb:
+        text = _ddb_id_text(raw, name)
+    else:
+        if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+            raise Poison(f"no item id: attribute {name!r} is not a string or number")
+        if isinstance(raw, float):
+            if not math.isfinite(raw):
+                raise Poison(f"no item id: attribute {name!r} is not a finite number")
+            text = str(int(raw)) if raw.is_integer() else repr(raw)
+        else:
+            text = str(raw)
     if not text:
         raise Poison(f"no item id: attribute {name!r} is empty")
     return text
+
+
+def _ddb_id_text(raw: Any, name: str) -> str:
+    """An ``S`` value as it is, an ``N`` value as its exact decimal text (validated, never through float)."""
+    if not isinstance(raw, dict) or len(raw) != 1:
+        raise Poison(f"no item id: attribute {name!r} is not valid DynamoDB JSON")
+    ((tag, value),) = raw.items()
+    if tag == "S" and isinstance(value, str):
+        return value
+    if tag == "N" and isinstance(value, str):
+        try:
+            ddbjson.number(value)
+        except ddbjson.DynamoDBJSONError:
+            raise Poison(f"no item id: attribute {name!r} is not a number") from None
+        return value
+    if tag in ("S", "N"):
+        raise Poison(f"no item id: attribute {name!r} is not valid DynamoDB JSON")
+    raise Poison(f"no item id: attribute {name!r} is not a string or number")

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 DATASET_ARN_PATTERN = re.compile(r"arn:([a-z\d-]+):personalize:.*:.*:.+")
+# Only an Items dataset takes PutItems: arn:<partition>:personalize:<region>:<account>:dataset/<group>/ITEMS.
+ITEMS_DATASET_ARN = re.compile(r"(arn:[a-z\d-]+:personalize:[^:]*:[^:]*:)dataset/([^/]+)/ITEMS")
 DATASET_ARN_MAX = 256
 
 AVRO_SCALARS = frozenset({"string", "int", "long", "float", "double", "boolean"})
@@ -61,6 +63,21 @@ class Settings:
     put_items_max_attempts: int = 3
     put_items_timeout_s: float = 5.0
     put_items_retry_mode: str = "standard"
+    state_table: str | None = None  # STATE_TABLE: the shared PutItems budget and the CDC version guard
+    quota_calls_per_second: float = 10.0  # QUOTA_CALLS_PER_SECOND: the dataset group's PutItems quota
+    skip_ttl_deletes: bool = False  # SKIP_TTL_DELETES: REMOVE records made by DynamoDB TTL are skipped
+
+    @property
+    def dataset_group_arn(self) -> str:
+        """The dataset group the quota belongs to (``…:dataset-group/<group>``)."""
+        return dataset_group_arn(self.dataset_arn)
+
+
+def dataset_group_arn(dataset_arn: str) -> str:
+    match = ITEMS_DATASET_ARN.fullmatch(dataset_arn)
+    if match is None:
+        raise ConfigError(f"{dataset_arn!r} is not an Items dataset ARN")
+    return f"{match.group(1)}dataset-group/{match.group(2)}"
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
@@ -87,6 +104,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"DATASET_ARN={arn!r} is not a Personalize dataset ARN "
             "(arn:<partition>:personalize:<region>:<account>:dataset/<group>/ITEMS, at most 256 characters)"
         )
+    if not ITEMS_DATASET_ARN.fullmatch(arn):
+        raise ConfigError(
+            f"DATASET_ARN={arn!r} is not an Items dataset: PutItems writes only to "
+            "arn:<partition>:personalize:<region>:<account>:dataset/<group>/ITEMS"
+        )
     return Settings(
         dataset_arn=arn,
         dlq_url=env.get("DLQ_URL") or None,
@@ -96,7 +118,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         put_items_max_attempts=int(_number(env, "PUT_ITEMS_MAX_ATTEMPTS", 3, minimum=1)),
         put_items_timeout_s=_number(env, "PUT_ITEMS_TIMEOUT_S", 5.0, minimum=0.1),
         put_items_retry_mode=_retry_mode(env),
+        state_table=env.get("STATE_TABLE") or None,
+        quota_calls_per_second=_number(env, "QUOTA_CALLS_PER_SECOND", 10.0, minimum=0.1),
+        skip_ttl_deletes=_flag(env, "SKIP_TTL_DELETES"),
     )
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "false").strip().lower()
+    if raw not in ("true", "false"):
+        raise ConfigError(f"{name}={env.get(name)!r}: allowed: 'true', 'false'")
+    return raw == "true"
 
 
 def _retry_mode(env: Mapping[str, str]) -> str:

@@ -7,7 +7,7 @@ publishes the outcome counts. Every AWS client is a plain boto3 client, so ``AWS
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -18,31 +18,36 @@ from botocore.config import Config
 
 from connector import pipeline
 from connector.config import ConfigError, Settings, load_settings
-from connector.deadline import Deadline, worst_call_ms
+from connector.deadline import Deadline, OutageBackoff, worst_call_ms
 from connector.putitems import Pacer, PutItemsSink
 from connector.response import Outcome
 from connector.telemetry import logger, metrics, tracer
+from connector.versions import VersionGuard
 
 CONNECT_TIMEOUT_S = 2.0
 # The DLQ client: a SendMessageBatch is small, so short timeouts and two attempts; its worst case is reserved
 # from the deadline before each send.
 SQS_ATTEMPTS, SQS_CONNECT_TIMEOUT_S, SQS_READ_TIMEOUT_S = 2, 1.0, 2.0
+# The state-table client (version guard): small requests, short timeouts, a bounded worst case.
+STATE_ATTEMPTS, STATE_CONNECT_TIMEOUT_S, STATE_READ_TIMEOUT_S = 3, 1.0, 2.0
 
 
 @dataclass(slots=True)
 class Runtime:
-    """What lives as long as the container: settings, clients and the PutItems pacer."""
+    """What lives as long as the container: settings, clients, the PutItems pacer and the outage backoff."""
 
     settings: Settings
     sink: PutItemsSink
     sqs: Any
     dlq_worst_ms: float
+    guard: VersionGuard | None = None
+    backoff: OutageBackoff = field(default_factory=OutageBackoff)
 
 
 _runtime: Runtime | None = None
 
 
-def build_runtime(settings: Settings, *, personalize: Any = None, sqs: Any = None) -> Runtime:
+def build_runtime(settings: Settings, *, personalize: Any = None, sqs: Any = None, dynamodb: Any = None) -> Runtime:
     if personalize is None:
         personalize = boto3.client(
             "personalize-events",
@@ -61,18 +66,35 @@ def build_runtime(settings: Settings, *, personalize: Any = None, sqs: Any = Non
                 read_timeout=SQS_READ_TIMEOUT_S,
             ),
         )
+    state_worst_ms = worst_call_ms(STATE_ATTEMPTS, STATE_CONNECT_TIMEOUT_S, STATE_READ_TIMEOUT_S)
+    guard = None
+    if settings.state_table:
+        if dynamodb is None:
+            dynamodb = boto3.client(
+                "dynamodb",
+                config=Config(
+                    retries={"mode": "standard", "total_max_attempts": STATE_ATTEMPTS},
+                    connect_timeout=STATE_CONNECT_TIMEOUT_S,
+                    read_timeout=STATE_READ_TIMEOUT_S,
+                ),
+            )
+        guard = VersionGuard(dynamodb, settings.state_table, settings.dataset_arn, worst_ms=state_worst_ms)
     sink = PutItemsSink(
         personalize,
         settings.dataset_arn,
         pacer=Pacer(settings.max_calls_per_second),
+        # Before each call: that call's worst case, plus recording its items' versions after it.
         worst_call_ms=worst_call_ms(
             settings.put_items_max_attempts,
             CONNECT_TIMEOUT_S,
             settings.put_items_timeout_s,
             1 / settings.max_calls_per_second,
-        ),
+            adaptive=settings.put_items_retry_mode == "adaptive",
+        )
+        + (state_worst_ms if guard else 0),
     )
-    return Runtime(settings, sink, sqs, worst_call_ms(SQS_ATTEMPTS, SQS_CONNECT_TIMEOUT_S, SQS_READ_TIMEOUT_S))
+    sqs_worst_ms = worst_call_ms(SQS_ATTEMPTS, SQS_CONNECT_TIMEOUT_S, SQS_READ_TIMEOUT_S)
+    return Runtime(settings, sink, sqs, sqs_worst_ms, guard)
 
 
 def runtime() -> Runtime:
@@ -98,15 +120,20 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
     except ConfigError:
         logger.exception("The connector is misconfigured; every invocation fails until it is fixed")
         raise
+    deadline = Deadline.from_context(context, rt.settings.deadline_margin_ms)
     result = pipeline.run(
         event,
         settings=rt.settings,
         sink=rt.sink,
         sqs=rt.sqs,
         dlq_worst_ms=rt.dlq_worst_ms,
-        deadline=Deadline.from_context(context, rt.settings.deadline_margin_ms),
+        deadline=deadline,
+        guard=rt.guard,
     )
     counts, report = result.counts, result.report
+    # A dependency is broken (not just a near deadline): slow down instead of being invoked again at once.
+    failed = (report.stopped not in (None, "deadline")) or result.state_errors > 0
+    backoff_s = rt.backoff.after(failed, deadline)
     for outcome, name in (
         (Outcome.PUT, "RecordsPut"),
         (Outcome.POISON, "RecordsPoison"),
@@ -118,6 +145,10 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
     metrics.add_metric(name="PutItemsCalls", unit=MetricUnit.Count, value=report.calls)
     metrics.add_metric(name="ItemsSent", unit=MetricUnit.Count, value=report.items_sent)
     metrics.add_metric(name="Throttles", unit=MetricUnit.Count, value=report.throttles)
+    metrics.add_metric(name="PutItemsAttempts", unit=MetricUnit.Count, value=report.attempts)
+    metrics.add_metric(name="PutItemsRejected", unit=MetricUnit.Count, value=report.rejected_calls)
+    metrics.add_metric(name="SystemicErrors", unit=MetricUnit.Count, value=1 if report.systemic else 0)
+    metrics.add_metric(name="StaleSkipped", unit=MetricUnit.Count, value=result.stale)
     if report.calls:  # an average per invocation; across invocations use ItemsSent / PutItemsCalls
         metrics.add_metric(name="ItemsPerCall", unit=MetricUnit.Count, value=report.items_sent / report.calls)
     logger.info(
@@ -132,6 +163,10 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
             "throttles": report.throttles,
             "dead_lettered": result.dead_lettered,
             "stopped": report.stopped,
+            "systemic": report.systemic,
+            "stale_skipped": result.stale,
+            "state_errors": result.state_errors,
+            "backoff_s": round(backoff_s, 3),
         },
     )
     return result.response

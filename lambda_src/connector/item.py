@@ -41,7 +41,7 @@ except ImportError:  # pragma: no cover - the asset may be built without it
 from connector.change import Change, Kind, Poison
 from connector.config import ItemMapping, SchemaField
 
-CATEGORICAL_MAX = 1_000
+STRING_MAX = 1_000  # categorical and non-categorical string metadata alike (item dataset requirements)
 TEXTUAL_MAX = 20_000  # unstructured text fields ("textual": true); the emulator enforces the same
 _SEPARATORS = re.compile(r"[^0-9A-Za-z]+")
 _LEADING_CAPS = re.compile(r"^[A-Z]+")
@@ -189,11 +189,15 @@ def with_schema(
     skip: frozenset[str],
     overrides: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """Fill each schema field from ``image``; ``overrides`` are field names present in ``image`` as-is."""
-    by_camel: dict[str, str] = {}
+    """Fill each schema field from ``image``; ``overrides`` are field names present in ``image`` as-is.
+
+    Two attributes whose camelCase names both match a field (``genres`` and ``GENRES``) make the record poison,
+    as two attributes that become one property do without a schema: neither silently wins.
+    """
+    by_camel: dict[str, list[str]] = {}
     for name in image:
         if name not in skip or name in overrides:
-            by_camel.setdefault(camel_case(name), name)
+            by_camel.setdefault(camel_case(name), []).append(name)
     props: dict[str, Any] = {}
     assert mapping.schema is not None
     for field in mapping.schema:
@@ -205,8 +209,13 @@ def with_schema(
         elif field.name in mapping.fields:
             raw = _lookup(image, mapping.fields[field.name])
         else:
-            source = by_camel.get(key)
-            raw = image[source] if source is not None else None
+            sources = by_camel.get(key, ())
+            if len(sources) > 1:
+                raise Poison(
+                    f"field {field.name}: attributes {sources[0]!r} and {sources[1]!r} both match it; "
+                    "exclude one or name one in 'fields'"
+                )
+            raw = image[sources[0]] if sources else None
         if raw is None or raw == []:
             if not field.nullable:
                 raise Poison(f"field {field.name}: required, but the image has no value for it")
@@ -236,10 +245,12 @@ def coerce(field: SchemaField, value: Any) -> Any:
             text = _text(value)
         else:
             raise Poison(f"field {field.name}: a {kind} cannot fill a string field")
-        if field.categorical and len(text) > CATEGORICAL_MAX:
-            raise Poison(f"field {field.name}: categorical value over {CATEGORICAL_MAX} characters")
-        if field.textual and len(text) > TEXTUAL_MAX:
-            raise Poison(f"field {field.name}: textual value over {TEXTUAL_MAX} characters")
+        if field.textual:
+            if len(text) > TEXTUAL_MAX:
+                raise Poison(f"field {field.name}: textual value over {TEXTUAL_MAX} characters")
+        elif len(text) > STRING_MAX:
+            kind = "categorical" if field.categorical else "string"
+            raise Poison(f"field {field.name}: {kind} value over {STRING_MAX} characters")
         return text
     if field.type == "boolean":
         if isinstance(value, bool):
@@ -260,7 +271,10 @@ def coerce(field: SchemaField, value: Any) -> Any:
         if not -(2**63) <= number < 2**63:
             raise Poison(f"field {field.name}: out of range for long")
         return number
-    return float(_number(field, value))  # float, double
+    try:
+        return float(_number(field, value))  # float, double
+    except OverflowError:  # an integer beyond float's range
+        raise Poison(f"field {field.name}: out of range for {field.type}") from None
 
 
 def _number(field: SchemaField, value: Any) -> int | float:
@@ -293,7 +307,12 @@ def _epoch_seconds(field: SchemaField, value: Any) -> int:
             return int(parsed.timestamp())
     number = _number(field, value)
     if abs(number) >= _US_THRESHOLD:
-        number = number / 1_000_000
+        seconds = number // 1_000_000  # floor division: exact for integers of any size, no OverflowError
     elif abs(number) >= _MS_THRESHOLD:
-        number = number / 1_000
-    return int(number)
+        seconds = number // 1_000
+    else:
+        seconds = number
+    seconds = int(seconds)
+    if not -(2**63) <= seconds < 2**63:
+        raise Poison(f"field {field.name}: out of range for {field.type}")
+    return seconds

@@ -1,22 +1,42 @@
 """The pipeline: ``source → change → item → putitems → response``, with every client injected.
 
-:func:`run` is what the handler calls and what the tests drive directly with fakes and Stubbers.
+:func:`run` is what the handler calls and what the tests drive directly with fakes and Stubbers. It keeps the
+final-state promise (DESIGN.md): whatever the batch boundaries, partial failures and redeliveries, the dataset
+ends equal to the sources' final state minus the records in the DLQ. How:
+
+* **every change is validated**, superseded or not, so every record that can never land is dead-lettered
+  whatever the batch boundaries; only the newest change of each item is sent;
+* **the newest change that can land is written**: when the newest change of an item is poison (by the mapping,
+  or rejected by PutItems on its own), it goes to the DLQ and the next newest is written instead, exactly as if
+  the bad change had arrived in a batch of its own;
+* removes under ``onRemove: "ignore"`` (and TTL deletes under ``SKIP_TTL_DELETES``) take no part in coalescing:
+  they are skipped on their own and never hide an earlier upsert;
+* **redeliveries cannot resurrect an older change**: Lambda redelivers everything from the lowest retried
+  record. If an item's written change sits before that point but another change of the item sits after it
+  (possible for CDC over Kinesis, where the newest change need not arrive last), the redelivered batch would
+  hold the older change without the newer one. So the written change is retried too (:func:`_settle`);
+* across batches, CDC changes pass the version guard (``versions``) when ``STATE_TABLE`` is set;
+* any exception while handling one record or one item makes that record poison with a reason; it never fails
+  the invocation.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
 from connector import change, item, source
-from connector.change import Poison
+from connector.change import Change, Kind, Poison
 from connector.config import Settings
 from connector.deadline import Deadline
-from connector.putitems import Group, PendingItem, PutItemsSink, SendReport, coalesce
+from connector.putitems import Group, PendingItem, PutItemsSink, SendReport, check_limits, coalesce
 from connector.response import Ledger, Outcome, Verdict, dead_letter
 from connector.telemetry import logger, tracer
+from connector.versions import BATCH_GET_MAX, VersionGuard, VersionStoreError
+
+LOG_FIELD_MAX = 300
 
 
 @dataclass(slots=True)
@@ -26,52 +46,209 @@ class Result:
     counts: dict[Outcome, int]
     report: SendReport
     dead_lettered: int
+    stale: int = 0  # CDC changes the version guard refused
+    state_errors: int = 0  # version-guard reads or writes that failed (those records are retried)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One item's changes: what can be written (newest first), what cannot, and what happened."""
+
+    group: Group
+    candidates: list[PendingItem]  # changes that can be written, newest first
+    verdicts: dict[int, Verdict] = field(default_factory=dict)  # by record position, decided so far
+    written: PendingItem | None = None  # the candidate sent last (its outcome is put or retry)
 
 
 @tracer.capture_method(capture_response=False)
 def run(
-    event: Any, *, settings: Settings, sink: PutItemsSink, sqs: Any, deadline: Deadline, dlq_worst_ms: float = 0
+    event: Any,
+    *,
+    settings: Settings,
+    sink: PutItemsSink,
+    sqs: Any,
+    deadline: Deadline,
+    dlq_worst_ms: float = 0,
+    guard: VersionGuard | None = None,
 ) -> Result:
     """Run one batch; ``dlq_worst_ms`` is the worst case of one SendMessageBatch with the given ``sqs`` client."""
     records = source.parse_event(event)
     verdicts: list[Verdict] = []
-
-    changes = []
+    changes: list[Change] = []
     for record in records:
+        if record.ttl_delete and settings.skip_ttl_deletes:
+            verdicts.append(Verdict(record, Outcome.SKIPPED, "TTL delete skipped (SKIP_TTL_DELETES)"))
+            continue
         try:
-            changes.append(change.from_record(record, settings.mapping))
+            parsed = change.from_record(record, settings.mapping)
         except Poison as exc:
             verdicts.append(Verdict(record, Outcome.POISON, str(exc)))
-
-    pending: list[PendingItem] = []
-    for group in coalesce(changes):
-        try:
-            props = item.build(group.winner, settings.mapping)
-        except Poison as exc:
-            verdicts.append(_verdict(group, Outcome.POISON, str(exc)))
             continue
-        if props is None:
-            verdicts.append(_verdict(group, Outcome.SKIPPED, "remove ignored"))
+        if parsed.kind is Kind.REMOVE and settings.mapping.on_remove is None:
+            verdicts.append(Verdict(record, Outcome.SKIPPED, "remove ignored", parsed.item_id))
             continue
-        pending.append(PendingItem(group, item.serialize(props) if props else None))
+        changes.append(parsed)
 
-    report = sink.send(pending, deadline)
-    for outcome, items in ((Outcome.PUT, report.put), (Outcome.RETRY, report.retry)):
-        verdicts.extend(_verdict(p.group, outcome) for p in items)
-    verdicts.extend(_verdict(p.group, Outcome.POISON, reason) for p, reason in report.poison)
+    plans = [_plan(group, settings) for group in coalesce(changes)]
+    result = Result({"batchItemFailures": []}, len(records), {}, SendReport(), 0)
+    if guard is not None:
+        _guard(plans, guard, deadline, result)
+    _send(plans, sink, deadline, guard, result)
+    for plan in plans:
+        _decide(plan)
+        verdicts.extend(plan.verdicts.values())
 
-    sent = dead_letter(verdicts, sqs, settings.dlq_url, deadline=deadline, batch_worst_ms=dlq_worst_ms)
+    result.dead_lettered = dead_letter(verdicts, sqs, settings.dlq_url, deadline=deadline, batch_worst_ms=dlq_worst_ms)
     for v in verdicts:
         if v.outcome is Outcome.POISON:
             logger.warning(
                 "Poison record dead-lettered",
-                extra={"item_id": v.item_id, "sequence_number": v.record.sequence_number, "reason": v.reason},
+                extra={
+                    "item_id": (v.item_id or "")[:LOG_FIELD_MAX],
+                    "sequence_number": (v.record.sequence_number or "")[:LOG_FIELD_MAX],
+                    "reason": (v.log_reason or "")[:LOG_FIELD_MAX],
+                },
             )
-
+    _settle(plans, verdicts)
     ledger = Ledger(records)
     ledger.settle(verdicts)
-    return Result(ledger.response(), len(records), ledger.counts(), report, sent)
+    result.response, result.counts = ledger.response(), ledger.counts()
+    return result
 
 
-def _verdict(group: Group, outcome: Outcome, reason: str | None = None) -> Verdict:
-    return Verdict(group.winner.record, outcome, reason, group.item_id, group.superseded)
+def _plan(group: Group, settings: Settings) -> _Plan:
+    """Build every change of ``group``: the ones that can be written become candidates, the others poison."""
+    plan = _Plan(group, [])
+    for candidate in group.newest_first():
+        try:
+            props = item.build(candidate, settings.mapping)
+            assert props is not None  # removes under "ignore" never reach a group
+            pending = PendingItem(group, candidate, item.serialize(props) if props else None)
+            reason = check_limits(pending)
+        except Poison as exc:
+            reason = str(exc)
+        except Exception as exc:  # one malformed image must never fail the batch
+            reason = f"the item cannot be built: unexpected {type(exc).__name__}"
+        if reason is None:
+            plan.candidates.append(pending)
+        else:
+            plan.verdicts[candidate.position] = Verdict(candidate.record, Outcome.POISON, reason, group.item_id)
+    return plan
+
+
+def _guard(plans: list[_Plan], guard: VersionGuard, deadline: Deadline, result: Result) -> None:
+    """Drop CDC candidates that are not newer than the version already written (or retry them all)."""
+    versioned = [p for p in plans if p.candidates and p.candidates[0].change.version is not None]
+    if not versioned:
+        return
+    try:
+        if not deadline.allows(guard.worst_ms * -(-len(versioned) // BATCH_GET_MAX)):
+            raise VersionStoreError("the deadline is too near to read versions")
+        stored = guard.stored(p.group.item_id for p in versioned)
+    except VersionStoreError as exc:
+        logger.error("The state table cannot be read: CDC changes are retried", extra={"error": str(exc)})
+        result.state_errors += 1
+        for plan in versioned:
+            for candidate in plan.candidates:
+                plan.verdicts[candidate.change.position] = Verdict(
+                    candidate.change.record, Outcome.RETRY, "state table unavailable", plan.group.item_id
+                )
+            plan.candidates = []
+        return
+    for plan in versioned:
+        last = stored.get(plan.group.item_id)
+        if last is None:
+            continue
+        fresh = []
+        for candidate in plan.candidates:
+            assert candidate.change.version is not None
+            if candidate.change.version > last:
+                fresh.append(candidate)
+            else:
+                result.stale += 1
+                plan.verdicts[candidate.change.position] = Verdict(
+                    candidate.change.record, Outcome.SKIPPED, "stale: a newer change was already written"
+                )
+        plan.candidates = fresh
+
+
+def _send(
+    plans: list[_Plan], sink: PutItemsSink, deadline: Deadline, guard: VersionGuard | None, result: Result
+) -> None:
+    """Send each item's newest candidate; when PutItems rejects one on its own, send the next newest."""
+    by_item = {p.group.item_id: p for p in plans}
+    unrecorded: set[int] = set()
+
+    def record_versions(accepted: list[PendingItem]) -> None:
+        if guard is None:
+            return
+        versioned = [p for p in accepted if p.change.version is not None]
+        failed = set(guard.record([(p.item_id, p.change.version) for p in versioned if p.change.version]))
+        if failed:
+            result.state_errors += len(failed)
+            logger.error(
+                "Versions not recorded in the state table: those items are retried", extra={"items": len(failed)}
+            )
+        unrecorded.update(p.change.position for p in versioned if p.item_id in failed)
+
+    report = result.report
+    queue = [p.candidates[0] for p in plans if p.candidates]
+    while queue:
+        for pending in queue:
+            by_item[pending.item_id].written = pending
+        seen = len(report.poison)
+        sink.send(queue, deadline, report, on_accepted=record_versions)
+        queue = []
+        for pending, reason in report.poison[seen:]:
+            plan = by_item[pending.item_id]
+            plan.verdicts[pending.change.position] = Verdict(
+                pending.change.record,
+                Outcome.POISON,
+                reason,
+                pending.item_id,
+                log_reason="PutItems rejected the item (InvalidInputException)",
+            )
+            plan.written = None
+            rest = plan.candidates[plan.candidates.index(pending) + 1 :]
+            if rest:
+                queue.append(rest[0])
+    put = {id(p) for p in report.put}
+    for plan in plans:
+        written = plan.written
+        if written is not None:
+            ok = id(written) in put and written.change.position not in unrecorded
+            plan.verdicts[written.change.position] = Verdict(
+                written.change.record, Outcome.PUT if ok else Outcome.RETRY, None, plan.group.item_id
+            )
+
+
+def _decide(plan: _Plan) -> None:
+    """Candidates older than the written change share its outcome; without one, they were never sent (retry)."""
+    written = plan.verdicts.get(plan.written.change.position) if plan.written else None
+    for candidate in plan.candidates:
+        if candidate.change.position not in plan.verdicts:
+            outcome = written.outcome if written is not None else Outcome.RETRY
+            plan.verdicts[candidate.change.position] = Verdict(
+                candidate.change.record, outcome, None, plan.group.item_id
+            )
+
+
+def _settle(plans: list[_Plan], verdicts: list[Verdict]) -> None:
+    """Retry a written change when a later record of its item will be redelivered without it (see above)."""
+    retried = [v.record.position for v in verdicts if v.outcome is Outcome.RETRY]
+    if not retried:
+        return
+    lowest = min(retried)
+    moved = True
+    while moved:
+        moved = False
+        for plan in plans:
+            if plan.written is None:
+                continue
+            positions = [c.position for c in plan.group.changes]
+            if plan.written.change.position < lowest <= max(positions):
+                for v in plan.verdicts.values():
+                    if v.outcome is Outcome.PUT:
+                        v.outcome = Outcome.RETRY
+                        lowest = min(lowest, v.record.position)
+                        moved = True

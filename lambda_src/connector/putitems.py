@@ -3,23 +3,30 @@
 The quota is 10 PutItems calls per second per dataset group with at most 10 items each, so every call that
 carries fewer than 10 items, or that is sent only to be throttled, costs throughput. In order:
 
-1. :func:`coalesce`: changes to the same item collapse into one :class:`Group`; the last write wins (order
-   key: ``ApproximateCreationDateTime`` for CDC over Kinesis, else stream position). Only the winner's image
-   is ever converted.
+1. :func:`coalesce`: changes to the same item collapse into one :class:`Group`, whose :meth:`Group.newest_first`
+   orders them (stream position; for CDC over Kinesis the change's version, see ``change``). The pipeline
+   writes the newest change that can land and dead-letters the newer ones that cannot.
 2. :func:`check_limits`: itemId ≤ 256 and properties ≤ 32,000 characters. botocore checks only the
    minimums, so an over-limit item would otherwise fail the whole call it rides in.
 3. :class:`PutItemsSink` packs items in first-seen order, 10 per call, and sends them:
 
-   * **pacing**: :class:`Pacer` spaces HTTP attempts (botocore's own retries included, through its
-     ``before-send`` event) at ``MAX_CALLS_PER_SECOND``. It is kept per container, so back-to-back
-     invocations do not burst. Nothing in botocore or Powertools paces proactively (botocore's adaptive mode
-     only slows down after throttles), hence these few lines;
+   * **pacing**: every HTTP attempt (botocore's own retries included, through its ``before-send`` event)
+     waits for the pacer: the shared budget in ``STATE_TABLE`` (``budget``), or else :class:`Pacer`, which
+     spaces this container's attempts at ``MAX_CALLS_PER_SECOND``. Either is kept per container, so
+     back-to-back invocations do not burst. Nothing in botocore or Powertools paces proactively (botocore's
+     adaptive mode only slows down after throttles), hence these few lines;
    * **throttles and 5xx** are retried by botocore's ``standard`` retry mode with jittered backoff; the
      sink only counts throttles, through the ``needs-retry`` event. If a call still fails, that call and
      everything not yet sent are **retry**: Lambda redelivers from the lowest of them anyway, so sending
      more would spend quota on items that will come back;
    * ``InvalidInputException`` rejects the whole call without saying which item is bad, so the call is
      **bisected** until the bad item stands alone: it is **poison** with the service's message, the rest land;
+   * a **systemic rejection**: when :data:`SYSTEMIC_REJECTION_STREAK` items in a row are rejected on their
+     own with no call accepted in between (across the container's invocations), the rejection is not about
+     the items (a USERS dataset, a dataset schema that differs from the mapping): the sink stops, and the
+     rejected items of the current call and everything unsent are **retry**, not poison. A bad item among good
+     ones resets the streak with the next accepted call. At the onset of such a rejection up to
+     ``SYSTEMIC_REJECTION_STREAK - 1`` items rejected in earlier calls may already have been dead-lettered;
    * ``ResourceNotFoundException``, ``ResourceInUseException`` and authorization errors are **systemic**:
      logged once, and everything unsent is **retry**;
    * the **deadline**: before each call the sink checks that the worst case of that call (every attempt
@@ -31,19 +38,20 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from connector.change import Change
 from connector.deadline import Deadline
-from connector.source import SourceRecord
 from connector.telemetry import logger
 
 MAX_ITEMS_PER_CALL = 10
+# Items rejected on their own in a row, with no call accepted in between, that make a rejection systemic: a
+# whole call's worth, so one bad item (or a few) among good ones is never mistaken for it.
+SYSTEMIC_REJECTION_STREAK = 10
 ITEM_ID_MAX = 256
 PROPERTIES_MAX = 32_000
 SYSTEMIC_ERRORS = frozenset(
@@ -65,37 +73,37 @@ THROTTLE_ERRORS = frozenset({"ThrottlingException", "Throttling", "TooManyReques
 
 @dataclass(slots=True)
 class Group:
-    """All changes of the batch to one item; ``winner`` is the last write."""
+    """All changes of the batch to one item, in delivery order."""
 
     item_id: str
-    winner: Change
     changes: list[Change]
 
-    @property
-    def superseded(self) -> list[SourceRecord]:
-        """The records of the changes the winner replaced."""
-        return [c.record for c in self.changes if c is not self.winner]
+    def newest_first(self) -> list[Change]:
+        """The changes from the newest to the oldest: by version when every change has one (CDC over Kinesis,
+        where the arrival order is not the order of the changes), else by position in the stream."""
+        if all(c.version is not None for c in self.changes):
+            return sorted(self.changes, key=lambda c: (c.version, c.position), reverse=True)
+        return self.changes[::-1]
 
 
 def coalesce(changes: Iterable[Change]) -> list[Group]:
-    """Group changes by item id, in order of first appearance; the highest ``order_key`` wins."""
+    """Group changes by item id, in order of first appearance."""
     groups: dict[str, Group] = {}
     for change in changes:
         group = groups.get(change.item_id)
         if group is None:
-            groups[change.item_id] = Group(change.item_id, change, [change])
+            groups[change.item_id] = Group(change.item_id, [change])
         else:
             group.changes.append(change)
-            if change.order_key >= group.winner.order_key:
-                group.winner = change
     return list(groups.values())
 
 
 @dataclass(slots=True)
 class PendingItem:
-    """An item ready to send: its PutItems entry and the group of changes it settles."""
+    """An item ready to send: the change it writes, its group, and its ``properties`` JSON text."""
 
     group: Group
+    change: Change
     properties: str | None  # JSON text, or None for an item with no properties
 
     @property
@@ -115,6 +123,13 @@ def check_limits(item: PendingItem) -> str | None:
     if item.properties is not None and len(item.properties) > PROPERTIES_MAX:
         return f"properties are {len(item.properties)} characters; the limit is {PROPERTIES_MAX}"
     return None
+
+
+class PacerLike(Protocol):
+    """What paces PutItems attempts: :class:`Pacer`, or the shared budget (``budget``), which also has
+    ``throttled()`` (called on every throttled attempt)."""
+
+    def wait(self) -> float: ...
 
 
 class Pacer:
@@ -154,7 +169,7 @@ class CallCounters:
 _instrumented: weakref.WeakKeyDictionary[Any, CallCounters] = weakref.WeakKeyDictionary()
 
 
-def instrument(client: Any, pacer: Pacer) -> CallCounters:
+def instrument(client: Any, pacer: PacerLike) -> CallCounters:
     """Pace every PutItems HTTP attempt of ``client`` and count throttles; idempotent per client."""
     counters = _instrumented.get(client)
     if counters is not None:
@@ -165,9 +180,13 @@ def instrument(client: Any, pacer: Pacer) -> CallCounters:
         pacer.wait()
         counters.attempts += 1
 
+    on_throttle = getattr(pacer, "throttled", None)
+
     def needs_retry(response: Any = None, **_: Any) -> None:
         if response is not None and response[1].get("Error", {}).get("Code") in THROTTLE_ERRORS:
             counters.throttles += 1
+            if on_throttle is not None:
+                on_throttle()
 
     events = client.meta.events
     events.register("before-send.personalize-events.PutItems", before_send, unique_id="connector-pacer")
@@ -179,7 +198,7 @@ def instrument(client: Any, pacer: Pacer) -> CallCounters:
 @dataclass(slots=True)
 class SendReport:
     put: list[PendingItem] = field(default_factory=list)
-    poison: list[tuple[PendingItem, str]] = field(default_factory=list)
+    poison: list[tuple[PendingItem, str]] = field(default_factory=list)  # rejected alone, with the service's reason
     retry: list[PendingItem] = field(default_factory=list)
     calls: int = 0  # accepted PutItems calls
     items_sent: int = 0  # items in accepted calls
@@ -187,6 +206,7 @@ class SendReport:
     attempts: int = 0  # HTTP attempts, botocore retries included
     throttles: int = 0
     stopped: str | None = None  # why sending stopped early, if it did
+    systemic: str | None = None  # the systemic error or rejection that stopped it, if any
 
 
 class PutItemsSink:
@@ -196,67 +216,102 @@ class PutItemsSink:
         dataset_arn: str,
         *,
         worst_call_ms: float,
-        pacer: Pacer,
+        pacer: PacerLike,
     ) -> None:
         self._client = client
         self._dataset_arn = dataset_arn
         self._worst_call_ms = worst_call_ms
         self._counters = instrument(client, pacer)
+        self.rejection_streak = 0  # items rejected on their own since the last accepted call (container-wide)
+        self._on_accepted: Callable[[list[PendingItem]], None] | None = None
 
-    def send(self, items: list[PendingItem], deadline: Deadline) -> SendReport:
-        report = SendReport()
+    def send(
+        self,
+        items: list[PendingItem],
+        deadline: Deadline,
+        report: SendReport | None = None,
+        on_accepted: Callable[[list[PendingItem]], None] | None = None,
+    ) -> SendReport:
+        """Send ``items`` (already within :func:`check_limits`), 10 per call; add what happened to ``report``.
+
+        ``on_accepted`` is called with the items of each accepted call, right after it (the version guard
+        records versions there, while the pacer would have the next call wait anyway)."""
+        report = report if report is not None else SendReport()
+        self._on_accepted = on_accepted
         attempts0, throttles0 = self._counters.attempts, self._counters.throttles
-        sendable = []
-        for item in items:
-            reason = check_limits(item)
-            if reason is None:
-                sendable.append(item)
+        for start in range(0, len(items), MAX_ITEMS_PER_CALL):
+            chunk = items[start : start + MAX_ITEMS_PER_CALL]
+            if report.stopped is None:
+                self._send_call(chunk, report, deadline)
             else:
-                report.poison.append((item, reason))
-        queue = deque(sendable[i : i + MAX_ITEMS_PER_CALL] for i in range(0, len(sendable), MAX_ITEMS_PER_CALL))
-        while queue:
-            chunk = queue.popleft()
+                report.retry.extend(chunk)
+        report.attempts += self._counters.attempts - attempts0
+        report.throttles += self._counters.throttles - throttles0
+        return report
+
+    def _send_call(self, chunk: list[PendingItem], report: SendReport, deadline: Deadline) -> None:
+        """One call, bisected while the service rejects it; items rejected alone are poison unless systemic."""
+        parts, rejected = [chunk], []
+        while parts:
+            part = parts.pop()
             if report.stopped is None and not deadline.allows(self._worst_call_ms):
                 report.stopped = "deadline"
                 logger.warning("Deadline near: not sending more", extra={"remaining_ms": deadline.remaining_ms()})
             if report.stopped is not None:
-                report.retry.extend(chunk)
+                report.retry.extend(part)
                 continue
-            self._send_chunk(chunk, queue, report)
-        report.attempts = self._counters.attempts - attempts0
-        report.throttles = self._counters.throttles - throttles0
-        return report
+            error = self._put(part, report)
+            if error is None:
+                continue
+            code, message = error
+            if code != "InvalidInputException":
+                report.retry.extend(part)
+                report.stopped = code
+                if code in SYSTEMIC_ERRORS:
+                    report.systemic = code
+                continue
+            report.rejected_calls += 1
+            if len(part) > 1:
+                half = len(part) // 2
+                parts += [part[half:], part[:half]]  # the first half is sent first
+                continue
+            rejected.append((part[0], message))
+            self.rejection_streak += 1
+            if self.rejection_streak >= SYSTEMIC_REJECTION_STREAK:
+                report.stopped = report.systemic = "SystemicRejection"
+                logger.error(
+                    "PutItems rejects every item on its own: the dataset does not accept this mapping's items "
+                    "(wrong dataset type or schema?); every record of the batch is retried",
+                    extra={"dataset_arn": self._dataset_arn, "rejected_in_a_row": self.rejection_streak},
+                )
+        if report.systemic == "SystemicRejection":
+            report.retry.extend(item for item, _ in rejected)
+        else:
+            report.poison.extend((item, f"PutItems rejected the item: {message}") for item, message in rejected)
 
-    def _send_chunk(self, chunk: list[PendingItem], queue: deque[list[PendingItem]], report: SendReport) -> None:
+    def _put(self, part: list[PendingItem], report: SendReport) -> tuple[str, str] | None:
+        """One PutItems call; ``None`` when accepted, else ``(error code, message)``."""
         try:
-            self._client.put_items(datasetArn=self._dataset_arn, items=[i.entry() for i in chunk])
+            self._client.put_items(datasetArn=self._dataset_arn, items=[i.entry() for i in part])
         except ClientError as exc:
             error = exc.response.get("Error", {})
-            code, message = error.get("Code", "Unknown"), error.get("Message", "")
-            if code == "InvalidInputException":
-                report.rejected_calls += 1
-                if len(chunk) == 1:
-                    report.poison.append((chunk[0], f"PutItems rejected the item: {message}"))
-                    logger.warning("PutItems rejected an item", extra={"item_id": chunk[0].item_id})
-                else:
-                    half = len(chunk) // 2
-                    queue.appendleft(chunk[half:])
-                    queue.appendleft(chunk[:half])
-                return
-            report.retry.extend(chunk)
-            report.stopped = code
+            code, message = str(error.get("Code", "Unknown")), str(error.get("Message", ""))
             if code in SYSTEMIC_ERRORS:
+                # Logged once: the sink stops. The message names the resource or the permission, never an item.
                 logger.error(
                     "PutItems failed with a systemic error: every record of the batch is retried",
-                    extra={"error_code": code, "error_message": message, "dataset_arn": self._dataset_arn},
+                    extra={"error_code": code, "error_message": message[:500], "dataset_arn": self._dataset_arn},
                 )
-            else:
-                logger.warning("PutItems failed after retries", extra={"error_code": code, "items": len(chunk)})
+            elif code != "InvalidInputException":  # its message may quote property values: never logged
+                logger.warning("PutItems failed after retries", extra={"error_code": code, "items": len(part)})
+            return code, message
         except BotoCoreError as exc:
-            report.retry.extend(chunk)
-            report.stopped = type(exc).__name__
-            logger.warning("PutItems failed after retries", extra={"error": type(exc).__name__, "items": len(chunk)})
-        else:
-            report.calls += 1
-            report.items_sent += len(chunk)
-            report.put.extend(chunk)
+            logger.warning("PutItems failed after retries", extra={"error": type(exc).__name__, "items": len(part)})
+            return type(exc).__name__, ""
+        report.calls += 1
+        report.items_sent += len(part)
+        report.put.extend(part)
+        self.rejection_streak = 0
+        if self._on_accepted is not None:
+            self._on_accepted(part)
+        return None

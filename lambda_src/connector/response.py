@@ -9,12 +9,13 @@ built from a ledger that must account for every record.
 
 Outcomes (DESIGN.md, "Outcome of each record"):
 
-* ``put`` — landed, possibly coalesced with later changes to the same item;
+* ``put`` — landed, possibly coalesced with later changes to the same item (a superseded change shares the
+  outcome of the change written in its place);
 * ``poison`` — can never land; the original record is in the DLQ with the reason. If the DLQ is not
   configured or the send fails, the record becomes ``retry``: nothing is dropped silently;
 * ``retry`` — not landed yet; reported so that Lambda redelivers from the lowest such sequence number;
-* ``skipped`` — a deliberate no-op (a remove under ``"ignore"``, or a change superseded by a later change of
-  the same item that was dead-lettered).
+* ``skipped`` — a deliberate no-op: a remove under ``"ignore"``, a TTL delete under ``SKIP_TTL_DELETES``, or a
+  CDC change older than the version already written (the version guard).
 """
 
 from __future__ import annotations
@@ -46,13 +47,18 @@ class Outcome(StrEnum):
 
 @dataclass(slots=True)
 class Verdict:
-    """The outcome for ``record`` and for the earlier changes it superseded."""
+    """The outcome of one record. ``reason`` goes to the DLQ; ``log_reason`` (default: ``reason``) to the logs,
+    for reasons that may quote property values (the service's ``InvalidInputException`` message)."""
 
     record: SourceRecord
     outcome: Outcome
     reason: str | None = None
     item_id: str | None = None
-    superseded: list[SourceRecord] = field(default_factory=list)
+    log_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.log_reason is None:
+            self.log_reason = self.reason
 
 
 class UnreportableRecordError(RuntimeError):
@@ -102,29 +108,46 @@ def _keep_for_retry(poison: list[Verdict], why: str) -> None:
         v.outcome, v.reason = Outcome.RETRY, f"poison ({v.reason}), but {why}"
 
 
+# Caps on the fields of a DLQ message (the original lengths are kept beside them), so that every message fits.
+_FIELD_CAPS = {"reason": 4_000, "itemId": 1_024, "eventSourceARN": 2_048, "sequenceNumber": 256}
+
+
 def dlq_message(verdict: Verdict) -> str:
-    """The DLQ message: the original record, why it can never land, and where it came from."""
+    """The DLQ message: the original record, why it can never land, and where it came from; always < 256 KiB."""
     record = verdict.record
     body: dict[str, Any] = {
         "reason": verdict.reason,
-        "source": record.event_source,
+        "source": record.event_source[:100],
         "format": record.format.value if record.format else None,
         "eventSourceARN": record.event_source_arn,
         "sequenceNumber": record.sequence_number,
         "itemId": verdict.item_id,
-        "record": record.raw,
     }
+    for name, cap in _FIELD_CAPS.items():
+        value = body[name]
+        if isinstance(value, str) and len(value) > cap:
+            body[name] = value[:cap]
+            body[f"{name}Length"] = len(value)
+    body["record"] = record.raw
     # ASCII: SQS refuses some code points (and lone surrogates from JSON escapes cannot even be encoded).
-    text = json.dumps(body, default=str)
+    text = _dumps(body)
     if len(text) > SQS_MAX_BYTES - 1024:
         # Too big for SQS: keep the coordinates, which locate the record in the stream while it is retained.
+        event_id = record.raw.get("eventID")
         body["record"] = {
             "truncated": True,
-            "eventID": record.raw.get("eventID"),
+            "eventID": event_id[:256] if isinstance(event_id, str) else None,
             "bytes": len(text),
         }
-        text = json.dumps(body, default=str)
+        text = _dumps(body)
     return text
+
+
+def _dumps(body: dict[str, Any]) -> str:
+    try:
+        return json.dumps(body, default=str)
+    except (ValueError, RecursionError):  # a record nested too deeply to write back: keep the coordinates
+        return json.dumps({**body, "record": {"truncated": True, "why": "too deeply nested"}}, default=str)
 
 
 def _sqs_batches(poison: list[Verdict]) -> list[list[tuple[Verdict, str]]]:
@@ -154,8 +177,6 @@ class Ledger:
     def settle(self, verdicts: list[Verdict]) -> None:
         for v in verdicts:
             self._set(v.record, v.outcome)
-            for record in v.superseded:
-                self._set(record, Outcome.SKIPPED if v.outcome is Outcome.POISON else v.outcome)
         missing = [r.position for r, o in zip(self.records, self.outcomes, strict=True) if o is None]
         if missing:
             raise RuntimeError(f"records without an outcome at positions {missing[:10]}")

@@ -29,6 +29,8 @@ from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import Ki
 DYNAMODB = "aws:dynamodb"
 KINESIS = "aws:kinesis"
 EVENT_NAMES = frozenset({"INSERT", "MODIFY", "REMOVE"})
+# DynamoDB Time to Live deletes carry userIdentity {"type": "Service", "principalId": TTL_PRINCIPAL}.
+TTL_PRINCIPAL = "dynamodb.amazonaws.com"
 # ApproximateCreationDateTime above this is in microseconds (1e14 ms is the year 5138).
 _MICROS_THRESHOLD = 10**14
 
@@ -58,6 +60,7 @@ class SourceRecord:
     new_image: dict[str, Any] | None = None
     old_image: dict[str, Any] | None = None
     approximate_ts_us: int | None = None
+    ttl_delete: bool = False  # a REMOVE made by DynamoDB's Time to Live, not by a caller
     error: str | None = None
 
     @property
@@ -71,70 +74,97 @@ def parse_event(event: Any) -> list[SourceRecord]:
         raise EventError("not a DynamoDB Streams or Kinesis event: no 'Records' list")
     parsed = []
     for position, raw in enumerate(event["Records"]):
-        if not isinstance(raw, dict):
-            parsed.append(SourceRecord(position, {"record": raw}, "", None, None, error="record is not an object"))
-            continue
-        source = raw.get("eventSource") or (DYNAMODB if "dynamodb" in raw else KINESIS if "kinesis" in raw else "")
-        if source == DYNAMODB:
-            parsed.append(_dynamodb_record(position, raw))
-        elif source == KINESIS:
-            parsed.append(_kinesis_record(position, raw))
-        else:
-            parsed.append(
-                SourceRecord(
-                    position,
-                    raw,
-                    str(source),
-                    None,
-                    raw.get("eventSourceARN"),
-                    error=f"unknown event source {source!r}",
-                )
-            )
+        try:
+            parsed.append(_record(position, raw))
+        except Exception as exc:  # one malformed record must never fail the batch: it becomes poison
+            parsed.append(_unparseable(position, raw, f"record cannot be parsed ({type(exc).__name__})"))
     return parsed
+
+
+def _record(position: int, raw: Any) -> SourceRecord:
+    if not isinstance(raw, dict):
+        return SourceRecord(position, {"record": raw}, "", None, None, error="record is not an object")
+    source = raw.get("eventSource") or (DYNAMODB if "dynamodb" in raw else KINESIS if "kinesis" in raw else "")
+    if source == DYNAMODB:
+        return _dynamodb_record(position, raw)
+    if source == KINESIS:
+        return _kinesis_record(position, raw)
+    return SourceRecord(
+        position,
+        raw,
+        str(source)[:100],
+        None,
+        _text_or_none(raw.get("eventSourceARN")),
+        error=f"unknown event source {str(source)[:100]!r}",
+    )
+
+
+def _unparseable(position: int, raw: Any, error: str) -> SourceRecord:
+    """The coordinates that can still be read from a record that failed to parse, with ``error`` set."""
+    record = raw if isinstance(raw, dict) else {"record": raw}
+    body = record.get("dynamodb") if isinstance(record.get("dynamodb"), dict) else record.get("kinesis")
+    seq = body.get("SequenceNumber") or body.get("sequenceNumber") if isinstance(body, dict) else None
+    source = DYNAMODB if "dynamodb" in record else KINESIS if "kinesis" in record else ""
+    return SourceRecord(
+        position, record, source, _text_or_none(seq), _text_or_none(record.get("eventSourceARN")), error=error
+    )
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _dynamodb_record(position: int, raw: dict[str, Any]) -> SourceRecord:
     # Plain dict access: Powertools' StreamRecord builds a TypeDeserializer per record, which we never use.
     body = raw.get("dynamodb")
     seq = body.get("SequenceNumber") if isinstance(body, dict) else None
-    parsed = SourceRecord(position, raw, DYNAMODB, seq or None, raw.get("eventSourceARN"), Format.DYNAMODB_STREAM)
+    parsed = SourceRecord(
+        position, raw, DYNAMODB, _text_or_none(seq), _text_or_none(raw.get("eventSourceARN")), Format.DYNAMODB_STREAM
+    )
     if not isinstance(body, dict):
         parsed.error = "record has no 'dynamodb' object"
         return parsed
-    return _fill_cdc(parsed, raw.get("eventName"), body)
+    return _fill_cdc(parsed, raw.get("eventName"), body, raw.get("userIdentity"))
 
 
 def _kinesis_record(position: int, raw: dict[str, Any]) -> SourceRecord:
     record = KinesisStreamRecord(raw)
     body = raw.get("kinesis")
     seq = record.kinesis.get("sequenceNumber") if isinstance(body, dict) else None
-    parsed = SourceRecord(position, raw, KINESIS, seq or None, record.event_source_arn)
+    parsed = SourceRecord(position, raw, KINESIS, _text_or_none(seq), _text_or_none(record.event_source_arn))
     if not isinstance(body, dict) or not isinstance(body.get("data"), str):
         parsed.error = "record has no 'kinesis.data' string"
         return parsed
     try:
         # Strict base64: Powertools' data_as_bytes() silently skips characters outside the alphabet.
         payload = json.loads(base64.b64decode(body["data"], validate=True))
-    except (binascii.Error, ValueError) as exc:
-        kind = "base64" if isinstance(exc, binascii.Error) else "JSON"
-        parsed.error = f"data is not {kind}: {exc}"
+    except (binascii.Error, ValueError, RecursionError) as exc:
+        # The reason names the problem, never the data: it is logged.
+        kind = "base64" if isinstance(exc, binascii.Error) else "JSON" if isinstance(exc, ValueError) else None
+        parsed.error = f"data is not {kind}" if kind else "data is JSON nested too deeply to parse"
         return parsed
     if not isinstance(payload, dict):
         parsed.error = f"data is a JSON {type(payload).__name__}, not an object"
         return parsed
     if payload.get("eventSource") == DYNAMODB and isinstance(payload.get("dynamodb"), dict):
         parsed.format = Format.KINESIS_CDC
-        return _fill_cdc(parsed, payload.get("eventName"), payload["dynamodb"])
+        return _fill_cdc(parsed, payload.get("eventName"), payload["dynamodb"], payload.get("userIdentity"))
     parsed.format = Format.KINESIS_DOCUMENT
     parsed.new_image = payload
     return parsed
 
 
-def _fill_cdc(parsed: SourceRecord, event_name: Any, body: dict[str, Any]) -> SourceRecord:
+def _fill_cdc(parsed: SourceRecord, event_name: Any, body: dict[str, Any], identity: Any) -> SourceRecord:
     """Fill the DynamoDB fields shared by DynamoDB Streams and CDC over Kinesis."""
     if event_name not in EVENT_NAMES:
-        parsed.error = f"eventName {event_name!r} is not INSERT, MODIFY or REMOVE"
+        parsed.error = f"eventName {str(event_name)[:40]!r} is not INSERT, MODIFY or REMOVE"
         return parsed
+    parsed.ttl_delete = (
+        event_name == "REMOVE"
+        and isinstance(identity, dict)
+        and identity.get("type") == "Service"
+        and identity.get("principalId") == TTL_PRINCIPAL
+    )
     parsed.event_name = event_name
     for attr, key in (("keys", "Keys"), ("new_image", "NewImage"), ("old_image", "OldImage")):
         image = body.get(key)
@@ -146,6 +176,11 @@ def _fill_cdc(parsed: SourceRecord, event_name: Any, body: dict[str, Any]) -> So
         parsed.error = "no NewImage: the stream view type must be NEW_IMAGE or NEW_AND_OLD_IMAGES"
         return parsed
     ts = body.get("ApproximateCreationDateTime")
-    if parsed.format is Format.KINESIS_CDC and isinstance(ts, int | float) and not isinstance(ts, bool):
+    if (
+        parsed.format is Format.KINESIS_CDC
+        and isinstance(ts, int | float)
+        and not isinstance(ts, bool)
+        and 0 < ts < _MICROS_THRESHOLD * 10_000  # beyond that the value is garbage, not a time
+    ):
         parsed.approximate_ts_us = int(ts) if ts >= _MICROS_THRESHOLD else int(ts * 1000)
     return parsed

@@ -71,11 +71,33 @@ def test_parse_error_becomes_poison() -> None:
         _change(kinesis_record("***"))
 
 
-def test_order_keys() -> None:
-    late = kinesis_record(cdc_payload("MODIFY", {"sku": "a"}, {"sku": "a"}, ts=2_000))
-    early = kinesis_record(cdc_payload("MODIFY", {"sku": "a"}, {"sku": "a"}, ts=1_000))
+def test_versions_order_cdc_changes_and_fall_back_to_position() -> None:
+    late = kinesis_record(cdc_payload("MODIFY", {"sku": "a"}, {"sku": "a"}, ts=2_000), seq="5")
+    early = kinesis_record(cdc_payload("MODIFY", {"sku": "a"}, {"sku": "a"}, ts=1_000), seq="6")
     parsed = parse_event(event(late, early))
-    keys = [from_record(p, DEFAULT).order_key for p in parsed]
-    assert keys[0] > keys[1]  # ApproximateCreationDateTime beats position for CDC
+    versions = [from_record(p, DEFAULT).version for p in parsed]
+    assert versions == [(2_000_000, 5), (1_000_000, 6)]  # ms → µs, sequence number as the tie-breaker
     plain = parse_event(event(kinesis_record({"id": 1}), kinesis_record({"id": 1})))
-    assert [from_record(p, DEFAULT).order_key for p in plain] == [(0, 0), (0, 1)]
+    assert [from_record(p, DEFAULT).version for p in plain] == [None, None]
+    no_ts = cdc_payload("MODIFY", {"sku": "a"}, {"sku": "a"})
+    del no_ts["dynamodb"]["ApproximateCreationDateTime"]
+    (parsed_no_ts,) = parse_event(event(kinesis_record(no_ts)))
+    assert from_record(parsed_no_ts, DEFAULT).version is None  # falls back to its position, not to 0
+
+
+def test_number_keys_keep_their_exact_decimal_text() -> None:
+    """Defect 8: two N keys that differ beyond the 17th significant digit must stay two items."""
+    ids = {
+        _change(dynamodb_record("INSERT", {"pk": {"N": n}}, {"pk": {"N": n}}, raw_images=True)).item_id
+        for n in ("12345678901234567890", "12345678901234567891")
+    }
+    assert ids == {"12345678901234567890", "12345678901234567891"}
+
+
+def test_composite_ids_are_unambiguous() -> None:
+    """Defect 8: ("x#y", "z") and ("x", "y#z") must not both become "x#y#z"."""
+    a = _change(dynamodb_record("INSERT", {"pk": "x#y", "sk": "z"}, {"pk": "x#y", "sk": "z"}))
+    b = _change(dynamodb_record("INSERT", {"pk": "x", "sk": "y#z"}, {"pk": "x", "sk": "y#z"}))
+    c = _change(dynamodb_record("INSERT", {"pk": "x\\", "sk": "#z"}, {"pk": "x\\", "sk": "#z"}))
+    assert len({a.item_id, b.item_id, c.item_id}) == 3
+    assert a.item_id == "x\\#y#z"

@@ -36,7 +36,7 @@ def pending(*ids: str, props: str | None = '{"a":1}') -> list[PendingItem]:
     out = []
     for i in ids:
         (c,) = changes(kinesis_record({"id": i}))
-        out.append(PendingItem(Group(i, c, [c]), props))
+        out.append(PendingItem(Group(i, [c]), c, props))
     return out
 
 
@@ -61,8 +61,8 @@ def test_coalesce_last_write_wins_in_stream_order() -> None:
     recs.insert(1, dynamodb_record("INSERT", {"sku": "b"}, {"sku": "b"}))
     groups = coalesce(changes(*recs))
     assert [g.item_id for g in groups] == ["a", "b"]  # first-seen order
-    assert groups[0].winner.record.new_image == {"sku": {"S": "a"}, "v": {"N": "3"}}
-    assert len(groups[0].changes) == 3
+    assert groups[0].newest_first()[0].record.new_image == {"sku": {"S": "a"}, "v": {"N": "3"}}
+    assert [c.position for c in groups[0].newest_first()] == [3, 2, 0]
 
 
 def test_coalesce_cdc_by_creation_time_not_arrival() -> None:
@@ -70,8 +70,18 @@ def test_coalesce_cdc_by_creation_time_not_arrival() -> None:
     older = kinesis_record(cdc_payload("MODIFY", {"sku": "a"}, {"sku": "a", "v": 1}, ts=2_000))
     duplicate = kinesis_record(cdc_payload("MODIFY", {"sku": "a"}, {"sku": "a", "v": 2}, ts=3_000))
     (group,) = coalesce(changes(newest, older, duplicate))
-    assert (group.winner.record.new_image or {})["v"] == {"N": "2"}
-    assert group.winner.record.position == 2  # equal times: the later arrival wins
+    winner = group.newest_first()[0]
+    assert (winner.record.new_image or {})["v"] == {"N": "2"}
+    assert winner.record.position == 2  # equal times: the later sequence number wins
+    assert [c.position for c in group.newest_first()] == [2, 0, 1]
+
+
+def test_coalesce_falls_back_to_position_when_a_cdc_change_has_no_time() -> None:
+    no_ts = cdc_payload("MODIFY", {"sku": "a"}, {"sku": "a", "v": 1})
+    del no_ts["dynamodb"]["ApproximateCreationDateTime"]
+    timed = kinesis_record(cdc_payload("MODIFY", {"sku": "a"}, {"sku": "a", "v": 2}, ts=3_000))
+    (group,) = coalesce(changes(timed, kinesis_record(no_ts)))
+    assert [c.position for c in group.newest_first()] == [1, 0]
 
 
 # --- packing and limits -----------------------------------------------------------------------------------
@@ -102,12 +112,8 @@ def test_item_without_properties_sends_no_properties_field() -> None:
         ),
     ],
 )
-def test_limits_are_enforced_before_sending(item_id: str, props: str, reason: str) -> None:
-    fake = FakePersonalize()
-    items = pending(item_id, props=props) + pending("fine")
-    report = send(fake, items)
-    assert [(p.item_id, r) for p, r in report.poison] == [(item_id, reason)]
-    assert fake.calls == [[{"itemId": "fine", "properties": '{"a":1}'}]]
+def test_limits(item_id: str, props: str, reason: str) -> None:
+    assert check_limits(pending(item_id, props=props)[0]) == reason
 
 
 def test_limits_at_the_maximum_pass() -> None:
@@ -176,8 +182,10 @@ def test_deadline_stops_sending_and_retries_the_rest() -> None:
 
 
 def test_worst_call_covers_every_attempt_and_backoff() -> None:
-    # 3 attempts × (2 s connect + 5 s read + 0.1 s pacing) + backoff 1 s + 2 s
-    assert worst_call_ms(3, 2, 5, 0.1) == pytest.approx(24_300)
+    # 3 attempts × (2 s connect + 5 s read + 0.1 s pacing) + backoff (1 s + 5 s retry-after) + (2 s + 5 s)
+    assert worst_call_ms(3, 2, 5, 0.1) == pytest.approx(34_300)
+    # adaptive mode: each attempt may also wait 2 s for the client's token bucket (0.5 tokens/s at least)
+    assert worst_call_ms(3, 2, 5, 0.1, adaptive=True) == pytest.approx(40_300)
 
 
 # --- pacing -----------------------------------------------------------------------------------------------
