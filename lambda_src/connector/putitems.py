@@ -21,12 +21,15 @@ carries fewer than 10 items, or that is sent only to be throttled, costs through
      more would spend quota on items that will come back;
    * ``InvalidInputException`` rejects the whole call without saying which item is bad, so the call is
      **bisected** until the bad item stands alone: it is **poison** with the service's message, the rest land;
-   * a **systemic rejection**: when :data:`SYSTEMIC_REJECTION_STREAK` items in a row are rejected on their
-     own with no call accepted in between (across the container's invocations), the rejection is not about
-     the items (a USERS dataset, a dataset schema that differs from the mapping): the sink stops, and the
-     rejected items of the current call and everything unsent are **retry**, not poison. A bad item among good
-     ones resets the streak with the next accepted call. At the onset of such a rejection up to
-     ``SYSTEMIC_REJECTION_STREAK - 1`` items rejected in earlier calls may already have been dead-lettered;
+   * a **systemic rejection**: when every item of a call is rejected on its own, and
+     :data:`SYSTEMIC_REJECTION_STREAK` distinct changes in a row have been (across the container's
+     invocations, with no call accepted in between), the rejection is not about the items (a USERS dataset, a
+     dataset schema that differs from the mapping): the sink stops, and that call's items and everything
+     unsent are **retry**, not poison. A call is always bisected to the end first, so a call holding one good
+     item lands it and resets the streak, and a bad item among good ones is dead-lettered as usual. At the
+     onset of a systemic rejection, up to ``SYSTEMIC_REJECTION_STREAK - 1`` items rejected in earlier calls may
+     already be in the DLQ; and ten or more distinct bad items in a row with no good one between them look the
+     same as a systemic rejection, so they stop the stream (and raise the alarm) instead of filling the DLQ;
    * ``ResourceNotFoundException``, ``ResourceInUseException`` and authorization errors are **systemic**:
      logged once, and everything unsent is **retry**;
    * the **deadline**: before each call the sink checks that the worst case of that call (every attempt
@@ -222,7 +225,9 @@ class PutItemsSink:
         self._dataset_arn = dataset_arn
         self._worst_call_ms = worst_call_ms
         self._counters = instrument(client, pacer)
-        self.rejection_streak = 0  # items rejected on their own since the last accepted call (container-wide)
+        # Distinct changes rejected on their own since the last accepted call, across the container's invocations
+        # (a redelivered change is counted once): the evidence for a systemic rejection.
+        self._rejected: set[tuple[str | None, str | None, str]] = set()
         self._on_accepted: Callable[[list[PendingItem]], None] | None = None
 
     def send(
@@ -251,7 +256,7 @@ class PutItemsSink:
 
     def _send_call(self, chunk: list[PendingItem], report: SendReport, deadline: Deadline) -> None:
         """One call, bisected while the service rejects it; items rejected alone are poison unless systemic."""
-        parts, rejected = [chunk], []
+        parts, rejected, accepted = [chunk], [], 0
         while parts:
             part = parts.pop()
             if report.stopped is None and not deadline.allows(self._worst_call_ms):
@@ -262,6 +267,7 @@ class PutItemsSink:
                 continue
             error = self._put(part, report)
             if error is None:
+                accepted += len(part)
                 continue
             code, message = error
             if code != "InvalidInputException":
@@ -276,18 +282,20 @@ class PutItemsSink:
                 parts += [part[half:], part[:half]]  # the first half is sent first
                 continue
             rejected.append((part[0], message))
-            self.rejection_streak += 1
-            if self.rejection_streak >= SYSTEMIC_REJECTION_STREAK:
-                report.stopped = report.systemic = "SystemicRejection"
-                logger.error(
-                    "PutItems rejects every item on its own: the dataset does not accept this mapping's items "
-                    "(wrong dataset type or schema?); every record of the batch is retried",
-                    extra={"dataset_arn": self._dataset_arn, "rejected_in_a_row": self.rejection_streak},
-                )
-        if report.systemic == "SystemicRejection":
+            if len(self._rejected) < SYSTEMIC_REJECTION_STREAK:
+                record = part[0].change.record
+                self._rejected.add((record.event_source_arn, record.sequence_number, part[0].item_id))
+        if rejected and not accepted and len(self._rejected) >= SYSTEMIC_REJECTION_STREAK:
+            # Every item of this call was rejected on its own, and so were the items before it.
+            report.stopped = report.systemic = "SystemicRejection"
             report.retry.extend(item for item, _ in rejected)
-        else:
-            report.poison.extend((item, f"PutItems rejected the item: {message}") for item, message in rejected)
+            logger.error(
+                "PutItems rejects every item on its own: the dataset does not accept this mapping's items "
+                "(wrong dataset type or schema?); every record of the batch is retried",
+                extra={"dataset_arn": self._dataset_arn, "rejected_in_a_row": len(self._rejected)},
+            )
+            return
+        report.poison.extend((item, f"PutItems rejected the item: {message}") for item, message in rejected)
 
     def _put(self, part: list[PendingItem], report: SendReport) -> tuple[str, str] | None:
         """One PutItems call; ``None`` when accepted, else ``(error code, message)``."""
@@ -311,7 +319,7 @@ class PutItemsSink:
         report.calls += 1
         report.items_sent += len(part)
         report.put.extend(part)
-        self.rejection_streak = 0
+        self._rejected.clear()
         if self._on_accepted is not None:
             self._on_accepted(part)
         return None

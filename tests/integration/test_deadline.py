@@ -39,9 +39,10 @@ def throttling_emulator() -> Iterator[PersonalizeEmulator]:
         yield emu
 
 
-# The worst case of one call here is 3 × (2 s connect + 0.5 s read + 0.1 s pacing) + 1 s + 2 s backoff = 10.8 s:
-# with 1.5 s or 9 s left nothing is sent; with 12 s, one call is tried (three throttled attempts) and then stops.
-@pytest.mark.parametrize(("remaining_s", "attempts"), [(1.5, 0), (9.0, 0), (12.0, 3)])
+# The worst case of one call here is 3 × (2 s connect + 0.5 s read + 0.1 s pacing) + backoffs of up to 1 s and
+# 2 s, each raised by up to 5 s by x-amz-retry-after (botocore 1.44) = 20.8 s: with 1.5 s or 20 s left nothing is
+# sent; with 22 s, one call is tried (three throttled attempts) and then stops (and the handler backs off ≤ 1 s).
+@pytest.mark.parametrize(("remaining_s", "attempts"), [(1.5, 0), (20.0, 0), (22.0, 3)])
 def test_returns_before_the_deadline_and_reports_every_unsent_record(
     throttling_emulator: PersonalizeEmulator, monkeypatch: pytest.MonkeyPatch, remaining_s: float, attempts: int
 ) -> None:

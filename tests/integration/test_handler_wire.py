@@ -148,6 +148,11 @@ def test_handler_over_the_wire(moto_url: str, endpoint: Endpoint) -> None:
 
     emf = next(json.loads(x) for x in done.stdout.splitlines() if '"_aws"' in x)
     assert emf["Throttles"] == [1.0] and emf["RecordsPut"] == [19.0] and emf["RecordsPoison"] == [2.0]
+    # Every attempt is counted, the throttled one and the rejected ones included (issue 8, defect 4).
+    rejected = sum(any(i["itemId"] == "bad" for i in r["body"]["items"]) for r in endpoint.requests)
+    assert emf["PutItemsAttempts"] == [float(len(endpoint.requests))]
+    assert emf["PutItemsRejected"] == [float(rejected)] and rejected >= 2
+    assert emf["PutItemsCalls"] == [float(len(endpoint.requests) - 1 - rejected)]
 
     messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
     reasons = sorted(json.loads(m["Body"])["reason"] for m in messages)
