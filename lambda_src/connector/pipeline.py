@@ -161,13 +161,16 @@ def _guard(plans: list[_Plan], guard: VersionGuard, deadline: Deadline, result: 
             continue
         fresh = []
         for candidate in plan.candidates:
-            assert candidate.change.version is not None
-            if candidate.change.version > last:
+            version = candidate.change.version
+            if version is None or version > last:  # a CDC change without a timestamp cannot be guarded
                 fresh.append(candidate)
             else:
                 result.stale += 1
                 plan.verdicts[candidate.change.position] = Verdict(
-                    candidate.change.record, Outcome.SKIPPED, "stale: a newer change was already written"
+                    candidate.change.record,
+                    Outcome.SKIPPED,
+                    "stale: a newer change was already written",
+                    plan.group.item_id,
                 )
         plan.candidates = fresh
 
