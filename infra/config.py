@@ -17,6 +17,12 @@ Context keys (all but ``datasetArn``/``createDataset`` optional; see docs/deploy
 ``esm``               event source mapping defaults for both sources (see :class:`EsmSettings`).
 ``lambda``            function sizing and pacing (see :class:`LambdaConfig`).
 ``monitoring``        alarm thresholds and notifications (see :class:`MonitoringConfig`).
+``stateTable``        the connector's state table (shared PutItems budget, CDC version guard; see
+                      :class:`StateTableConfig`): created by default, ``{"enabled": false}`` to opt out.
+``filterPatternQuota`` Lambda filter patterns allowed per event source mapping (default 5, Lambda's default
+                      quota); raise it only after raising the quota in Service Quotas.
+``allowExampleDatasetArn`` ``true`` lets the documentation's example dataset ARN (account 111122223333)
+                      deploy; otherwise the template refuses it at deploy time (synth still works).
 ``account``/``region`` the deployment environment; default: the CLI's (``CDK_DEFAULT_*``) or agnostic.
 """
 
@@ -39,6 +45,8 @@ __all__ = [
     "KinesisSourceConfig",
     "LambdaConfig",
     "MonitoringConfig",
+    "StateTableConfig",
+    "is_example_dataset_arn",
     "load_config",
 ]
 
@@ -72,6 +80,9 @@ CONTEXT_KEYS = (
     "esm",
     "lambda",
     "monitoring",
+    "stateTable",
+    "filterPatternQuota",
+    "allowExampleDatasetArn",
     "account",
     "region",
 )
@@ -90,8 +101,10 @@ class ConfigError(ValueError):
 class EsmSettings:
     """Event source mapping settings, shared by the DynamoDB and Kinesis sources.
 
-    The defaults favour "nothing lost, nothing stuck": start at the oldest record, bisect a failing batch,
-    retry a bounded number of times, then hand the batch coordinates to the on-failure queue.
+    The defaults favour "nothing lost": start at the oldest record, bisect a failing batch, retry without a
+    count limit (``retry_attempts = -1``) until the records are ``max_record_age_seconds`` old, and only then
+    hand the batch coordinates to the on-failure queue. The record age is the single knob: a Personalize or IAM
+    outage shorter than it loses nothing.
     """
 
     batch_size: int = 1000
@@ -99,10 +112,12 @@ class EsmSettings:
     max_batching_window_seconds: int = 5
     """How long Lambda gathers records before invoking (0-300). Fuller batches mean fuller PutItems calls."""
     starting_position: Literal["TRIM_HORIZON", "LATEST"] = "TRIM_HORIZON"
-    retry_attempts: int = 10
-    """Retries of a failing batch before it goes to the on-failure destination (0-10000; never infinite)."""
+    retry_attempts: int = -1
+    """Retries of a failing batch before it goes to the on-failure destination: -1 (default) retries until the
+    records reach ``max_record_age_seconds``; 0-10000 also stops after that many retries."""
     max_record_age_seconds: int = 86400
-    """Records older than this are discarded to the on-failure destination (60-604800; never infinite)."""
+    """Records older than this go to the on-failure destination (60-604800). Must not exceed the stream's
+    retention (DynamoDB Streams: 24 h; a new Kinesis stream: ``kinesis.retentionHours``)."""
     bisect_batch_on_error: bool = True
     parallelization_factor: int = 1
     """Concurrent batches per shard (1-10). Item order per id is only kept with 1."""
@@ -122,7 +137,7 @@ class DynamoDbSourceConfig:
     time_to_live_attribute: str | None = None
     stream_arn: str | None = None
     skip_ttl_deletes: bool = False
-    """Add the filter that drops REMOVE events made by DynamoDB TTL (``userIdentity.principalId``)."""
+    """Skip the REMOVE events made by DynamoDB TTL in the handler (``SKIP_TTL_DELETES=true``; counted as skipped)."""
     filters: tuple[Mapping[str, Any], ...] = ()
     """Lambda event filter patterns (ORed), exactly as Lambda expects them (values are lists)."""
     esm: EsmSettings = field(default_factory=EsmSettings)
@@ -178,13 +193,17 @@ class LambdaConfig:
 
     memory_mb: int = 1024
     timeout_seconds: int = 300
-    reserved_concurrency: int | None = 1
+    reserved_concurrency: int | None = None
+    """Unset by default: an account can reserve at most its concurrency limit minus 100 (a new account with a
+    limit of 10 cannot reserve any, and the deploy would fail). The state table's shared budget paces instead."""
     max_calls_per_second: float | None = None
     put_items_quota_per_second: float = 10.0
     deadline_margin_ms: int = 5000
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     service_name: str = "stream-to-personalize"
     log_retention_days: int = 30
+    powertools_layer_arn: str | None = None
+    """Overrides the Powertools layer resolved from the public SSM parameter (not published in every region)."""
 
     @property
     def effective_max_calls_per_second(self) -> float:
@@ -200,13 +219,29 @@ class MonitoringConfig:
 
     iterator_age_seconds: int = 600
     errors: int = 1
-    throttles: int = 5
-    put_items_throttles: int = 10
+    throttled_percent: float = 3.0
+    """Alarm when more than this share of PutItems attempts is throttled (once at least ``throttled_min_attempts``
+    attempts were made in the period, so a handful of calls can't page anyone)."""
+    throttled_min_attempts: int = 100
+    systemic_errors: int = 1
     dlq_depth: int = 1
     period_minutes: int = 5
     alarm_topic_arn: str | None = None
     alarm_email: str | None = None
+    notify_on_ok: bool = False
+    """Also notify when an alarm returns to OK. Off by default: every flap would send two messages."""
     dashboard: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateTableConfig:
+    """The connector's state table (``STATE_TABLE``): the shared PutItems budget and the CDC version guard."""
+
+    enabled: bool = True
+    table_name: str | None = None
+    removal_policy: Literal["destroy", "retain"] = "destroy"
+    """``destroy`` (default): the table holds only state the connector rebuilds (budget tokens, and the last
+    version written per item, which the guard re-learns); ``retain`` keeps it when the stack is deleted."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -230,8 +265,16 @@ class ConnectorConfig:
     kinesis: KinesisSourceConfig
     lambda_: LambdaConfig
     monitoring: MonitoringConfig
+    state_table: StateTableConfig = field(default_factory=StateTableConfig)
+    allow_example_dataset_arn: bool = False
+    filter_pattern_quota: int = 5
     account: str | None = None
     region: str | None = None
+
+    @property
+    def uses_example_dataset_arn(self) -> bool:
+        """True when ``datasetArn`` is the documentation's placeholder (it deploys, then fails every record)."""
+        return self.dataset_arn is not None and is_example_dataset_arn(self.dataset_arn)
 
     @property
     def mapping_json(self) -> str:
@@ -239,9 +282,28 @@ class ConnectorConfig:
         return compact_json(self.mapping)
 
 
+EXAMPLE_ACCOUNT = "111122223333"
+"""The account AWS documentation uses in examples; cdk.json ships a dataset ARN in it as a placeholder."""
+
+
+def is_example_dataset_arn(arn: str) -> bool:
+    """True for a dataset ARN in the documentation's example account."""
+    parts = arn.split(":")
+    return len(parts) > 4 and parts[4] == EXAMPLE_ACCOUNT
+
+
 def compact_json(document: Mapping[str, Any]) -> str:
     """Serialise a mapping document the way the connector receives it: compact, keys in order."""
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+
+
+PERSONALIZE_SCHEMA_MAX_CHARS = 10_000
+"""``CreateSchema``'s ``schema`` is at most 10,000 characters."""
+
+
+def schema_json(schema: Mapping[str, Any]) -> str:
+    """The Avro schema exactly as the stack sends it to Personalize (compact JSON)."""
+    return compact_json(schema)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -365,7 +427,7 @@ def _esm(key: str, value: Any, base: EsmSettings) -> EsmSettings:
             f"{key}.startingPosition", raw["startingPosition"], ("TRIM_HORIZON", "LATEST")
         )
     if "retryAttempts" in raw:
-        parsed["retry_attempts"] = _int(f"{key}.retryAttempts", raw["retryAttempts"], low=0, high=10000)
+        parsed["retry_attempts"] = _int(f"{key}.retryAttempts", raw["retryAttempts"], low=-1, high=10000)
     if "maxRecordAgeSeconds" in raw:
         parsed["max_record_age_seconds"] = _int(
             f"{key}.maxRecordAgeSeconds", raw["maxRecordAgeSeconds"], low=60, high=604800
@@ -381,12 +443,21 @@ def _esm(key: str, value: Any, base: EsmSettings) -> EsmSettings:
     return replace(base, **parsed)
 
 
-def _filters(key: str, value: Any) -> tuple[Mapping[str, Any], ...]:
+DEFAULT_FILTER_PATTERN_QUOTA = 5
+"""Lambda's default quota of filter patterns per event source mapping (adjustable in Service Quotas)."""
+
+
+def _filters(key: str, value: Any, quota: int) -> tuple[Mapping[str, Any], ...]:
     value = _maybe_json(key, value, "list")
     if not isinstance(value, list) or not value:
         raise _fail(key, "expected a non-empty list of Lambda filter patterns (objects)")
-    if len(value) > 10:
-        raise _fail(key, f"at most 10 filter patterns per event source mapping, got {len(value)}")
+    if len(value) > quota:
+        raise _fail(
+            key,
+            f"{len(value)} filter patterns exceed the quota of {quota} per event source mapping "
+            f"(Lambda's default is {DEFAULT_FILTER_PATTERN_QUOTA}); if your account's quota was raised, "
+            "set context key 'filterPatternQuota'",
+        )
     for i, pattern in enumerate(value):
         if not isinstance(pattern, dict) or not pattern:
             raise _fail(f"{key}[{i}]", f"expected a non-empty filter pattern object, got {pattern!r}")
@@ -410,7 +481,7 @@ _DYNAMODB_KEYS = (
 )
 
 
-def _dynamodb(value: Any, esm: EsmSettings) -> DynamoDbSourceConfig:
+def _dynamodb(value: Any, esm: EsmSettings, filter_quota: int) -> DynamoDbSourceConfig:
     key = "dynamodb"
     raw = _object(key, value)
     _check_keys(key, raw, _DYNAMODB_KEYS)
@@ -456,15 +527,21 @@ def _dynamodb(value: Any, esm: EsmSettings) -> DynamoDbSourceConfig:
     if "skipTtlDeletes" in raw:
         kwargs["skip_ttl_deletes"] = _bool(f"{key}.skipTtlDeletes", raw["skipTtlDeletes"])
     if "filters" in raw:
-        if kwargs.get("skip_ttl_deletes"):
-            raise _fail(
-                f"{key}.filters",
-                "cannot be combined with dynamodb.skipTtlDeletes (filters are ORed); "
-                "add the TTL condition to your own patterns instead",
-            )
-        kwargs["filters"] = _filters(f"{key}.filters", raw["filters"])
+        kwargs["filters"] = _filters(f"{key}.filters", raw["filters"], filter_quota)
     kwargs["esm"] = _esm(f"{key}.esm", raw["esm"], esm) if "esm" in raw else esm
-    return DynamoDbSourceConfig(**kwargs)
+    cfg = DynamoDbSourceConfig(**kwargs)
+    if cfg.esm.max_record_age_seconds > DYNAMODB_STREAM_RETENTION_S:
+        own = "esm" in raw and "maxRecordAgeSeconds" in _object(f"{key}.esm", raw["esm"])
+        raise _fail(
+            f"{key}.esm.maxRecordAgeSeconds" if own else "esm.maxRecordAgeSeconds",
+            f"{cfg.esm.max_record_age_seconds} s exceeds the DynamoDB stream's fixed 24 h retention "
+            f"({DYNAMODB_STREAM_RETENTION_S} s): records would expire before Lambda stops retrying them",
+        )
+    return cfg
+
+
+DYNAMODB_STREAM_RETENTION_S = 86400
+"""DynamoDB Streams keep records for 24 hours (fixed)."""
 
 
 _KINESIS_KEYS = ("source", "capacity", "shards", "streamName", "retentionHours", "streamArn", "filters", "esm")
@@ -482,7 +559,7 @@ def _existing_stream_arn(
     return _str(f"{key}.streamArn", raw["streamArn"], pattern=pattern, hint=hint)
 
 
-def _kinesis(value: Any, esm: EsmSettings) -> KinesisSourceConfig:
+def _kinesis(value: Any, esm: EsmSettings, filter_quota: int) -> KinesisSourceConfig:
     key = "kinesis"
     raw = _object(key, value)
     _check_keys(key, raw, _KINESIS_KEYS)
@@ -520,9 +597,18 @@ def _kinesis(value: Any, esm: EsmSettings) -> KinesisSourceConfig:
             "arn:aws:kinesis:<region>:<account>:stream/<name>",
         )
     if "filters" in raw:
-        kwargs["filters"] = _filters(f"{key}.filters", raw["filters"])
+        kwargs["filters"] = _filters(f"{key}.filters", raw["filters"], filter_quota)
     kwargs["esm"] = _esm(f"{key}.esm", raw["esm"], esm) if "esm" in raw else esm
-    return KinesisSourceConfig(**kwargs)
+    cfg = KinesisSourceConfig(**kwargs)
+    retention_s = cfg.retention_hours * 3600
+    if cfg.source == "new" and cfg.esm.max_record_age_seconds > retention_s:
+        raise _fail(
+            f"{key}.retentionHours",
+            f"the new stream keeps records {cfg.retention_hours} h ({retention_s} s) but the Kinesis mapping's "
+            f"esm.maxRecordAgeSeconds is {cfg.esm.max_record_age_seconds} s: records would expire from the stream "
+            "before Lambda stops retrying them; raise kinesis.retentionHours or lower maxRecordAgeSeconds",
+        )
+    return cfg
 
 
 _LAMBDA_KEYS = (
@@ -535,7 +621,9 @@ _LAMBDA_KEYS = (
     "logLevel",
     "serviceName",
     "logRetentionDays",
+    "powertoolsLayerArn",
 )
+LAYER_ARN_PATTERN = re.compile(r"arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:layer:[A-Za-z0-9_-]{1,140}:\d+")
 _LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1827, 3653)
 
 
@@ -575,6 +663,13 @@ def _lambda(value: Any) -> LambdaConfig:
         if isinstance(days, str) and days.isdigit():
             days = int(days)
         kwargs["log_retention_days"] = _choice(f"{key}.logRetentionDays", days, _LOG_RETENTION_DAYS)
+    if "powertoolsLayerArn" in raw:
+        kwargs["powertools_layer_arn"] = _str(
+            f"{key}.powertoolsLayerArn",
+            raw["powertoolsLayerArn"],
+            pattern=LAYER_ARN_PATTERN,
+            hint="arn:aws:lambda:<region>:<account>:layer:<name>:<version>",
+        )
     cfg = LambdaConfig(**kwargs)
     window_ms = cfg.timeout_seconds * 1000 - cfg.deadline_margin_ms - PUT_ITEMS_WORST_CALL_MS
     if window_ms < MIN_SENDING_WINDOW_MS:
@@ -591,12 +686,14 @@ def _lambda(value: Any) -> LambdaConfig:
 _MONITORING_KEYS = (
     "iteratorAgeSeconds",
     "errors",
-    "throttles",
-    "putItemsThrottles",
+    "throttledPercent",
+    "throttledMinAttempts",
+    "systemicErrors",
     "dlqDepth",
     "periodMinutes",
     "alarmTopicArn",
     "alarmEmail",
+    "notifyOnOk",
     "dashboard",
 )
 
@@ -609,8 +706,8 @@ def _monitoring(value: Any) -> MonitoringConfig:
     for name, attr, high in (
         ("iteratorAgeSeconds", "iterator_age_seconds", 604800),
         ("errors", "errors", 1_000_000),
-        ("throttles", "throttles", 1_000_000),
-        ("putItemsThrottles", "put_items_throttles", 1_000_000),
+        ("throttledMinAttempts", "throttled_min_attempts", 1_000_000),
+        ("systemicErrors", "systemic_errors", 1_000_000),
         ("dlqDepth", "dlq_depth", 1_000_000),
         ("periodMinutes", "period_minutes", 1440),
     ):
@@ -629,9 +726,35 @@ def _monitoring(value: Any) -> MonitoringConfig:
         kwargs["alarm_email"] = _str(
             f"{key}.alarmEmail", raw["alarmEmail"], pattern=re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+"), hint="an email"
         )
+    if "throttledPercent" in raw:
+        kwargs["throttled_percent"] = _float(f"{key}.throttledPercent", raw["throttledPercent"], low=0, high=100)
+    if "notifyOnOk" in raw:
+        kwargs["notify_on_ok"] = _bool(f"{key}.notifyOnOk", raw["notifyOnOk"])
     if "dashboard" in raw:
         kwargs["dashboard"] = _bool(f"{key}.dashboard", raw["dashboard"])
     return MonitoringConfig(**kwargs)
+
+
+def _state_table(value: Any) -> StateTableConfig:
+    key = "stateTable"
+    raw = _object(key, value)
+    _check_keys(key, raw, ("enabled", "tableName", "removalPolicy"))
+    kwargs: dict[str, Any] = {}
+    if "enabled" in raw:
+        kwargs["enabled"] = _bool(f"{key}.enabled", raw["enabled"])
+    if "tableName" in raw:
+        kwargs["table_name"] = _str(
+            f"{key}.tableName",
+            raw["tableName"],
+            pattern=re.compile(r"[A-Za-z0-9_.-]{3,255}"),
+            hint="3-255 characters of A-Z a-z 0-9 _ . -",
+        )
+    if "removalPolicy" in raw:
+        kwargs["removal_policy"] = _choice(f"{key}.removalPolicy", raw["removalPolicy"], ("destroy", "retain"))
+    if not kwargs.get("enabled", True) and len(kwargs) > 1:
+        extra = sorted(set(raw) - {"enabled"})
+        raise _fail(f"{key}.{extra[0]}", "not allowed when stateTable.enabled is false")
+    return StateTableConfig(**kwargs)
 
 
 def _mapping(context: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
@@ -705,6 +828,13 @@ def _check_schema(key: str, schema: Any) -> None:
         names.add(f["name"])
     if "ITEM_ID" not in names:
         raise _fail(key, "an Items schema needs an ITEM_ID field")
+    size = len(schema_json(schema))
+    if size > PERSONALIZE_SCHEMA_MAX_CHARS:
+        raise _fail(
+            key,
+            f"the schema is {size} characters as compact JSON; Personalize accepts at most "
+            f"{PERSONALIZE_SCHEMA_MAX_CHARS}",
+        )
 
 
 def _create_dataset(value: Any, mapping: Mapping[str, Any]) -> CreateDatasetConfig:
@@ -736,11 +866,24 @@ def load_config(context: Mapping[str, Any], *, base_dir: Path) -> ConnectorConfi
     ``mappingFile``/``schemaFile`` paths (the directory of cdk.json).
     """
     ctx = {k: context[k] for k in CONTEXT_KEYS if k in context and context[k] is not None}
+    if ctx.get("datasetArn") in ("", "none", "null"):
+        del ctx["datasetArn"]  # `-c datasetArn=none` unsets the cdk.json value
+    if ctx.get("createDataset") in ("", "none", "null", False, "false"):
+        del ctx["createDataset"]
 
     mapping = _mapping(ctx, base_dir)
 
     dataset_arn: str | None = None
     create: CreateDatasetConfig | None = None
+    if (
+        "datasetArn" in ctx
+        and "createDataset" in ctx
+        and isinstance(ctx["datasetArn"], str)
+        and is_example_dataset_arn(ctx["datasetArn"])
+    ):
+        # `cdk deploy -c createDataset='{"datasetGroupName": "catalog"}'` with the shipped cdk.json: the example
+        # placeholder ARN gives way to the dataset the stack creates.
+        del ctx["datasetArn"]
     if "datasetArn" in ctx and "createDataset" in ctx:
         raise _fail("createDataset", "give either 'datasetArn' or 'createDataset', not both")
     if "datasetArn" in ctx:
@@ -773,9 +916,14 @@ def load_config(context: Mapping[str, Any], *, base_dir: Path) -> ConnectorConfi
             "use 'auto' or 'file'",
         )
 
+    filter_quota = (
+        _int("filterPatternQuota", ctx["filterPatternQuota"], low=1, high=1000)
+        if "filterPatternQuota" in ctx
+        else DEFAULT_FILTER_PATTERN_QUOTA
+    )
     esm = _esm("esm", ctx["esm"], EsmSettings()) if "esm" in ctx else EsmSettings()
-    dynamodb = _dynamodb(ctx["dynamodb"], esm) if "dynamodb" in ctx else DynamoDbSourceConfig()
-    kinesis = _kinesis(ctx["kinesis"], esm) if "kinesis" in ctx else KinesisSourceConfig()
+    dynamodb = _dynamodb(ctx["dynamodb"], esm, filter_quota) if "dynamodb" in ctx else DynamoDbSourceConfig()
+    kinesis = _kinesis(ctx["kinesis"], esm, filter_quota) if "kinesis" in ctx else KinesisSourceConfig()
     if not dynamodb.enabled and not kinesis.enabled:
         raise _fail(
             "dynamodb",
@@ -783,6 +931,10 @@ def load_config(context: Mapping[str, Any], *, base_dir: Path) -> ConnectorConfi
         )
     lambda_cfg = _lambda(ctx["lambda"]) if "lambda" in ctx else LambdaConfig()
     monitoring = _monitoring(ctx["monitoring"]) if "monitoring" in ctx else MonitoringConfig()
+    state_table = _state_table(ctx["stateTable"]) if "stateTable" in ctx else StateTableConfig()
+    allow_example = (
+        _bool("allowExampleDatasetArn", ctx["allowExampleDatasetArn"]) if "allowExampleDatasetArn" in ctx else False
+    )
 
     account = _str("account", ctx["account"], pattern=ACCOUNT_PATTERN, hint="12 digits") if "account" in ctx else None
     region = (
@@ -808,6 +960,9 @@ def load_config(context: Mapping[str, Any], *, base_dir: Path) -> ConnectorConfi
         kinesis=kinesis,
         lambda_=lambda_cfg,
         monitoring=monitoring,
+        state_table=state_table,
+        allow_example_dataset_arn=allow_example,
+        filter_pattern_quota=filter_quota,
         account=account,
         region=region,
     )

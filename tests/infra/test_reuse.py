@@ -21,7 +21,7 @@ OTHER_DATASET = "arn:aws:personalize:eu-west-1:444455556666:dataset/shop/ITEMS"
 
 
 def test_outside_user_composes_the_construct() -> None:
-    from infra import EsmSettings, StreamToPersonalize
+    from infra import EsmSettings, StateTable, StreamToPersonalize
 
     app = cdk.App()
     stack = cdk.Stack(app, "TheirStack", env=cdk.Environment(account="444455556666", region="eu-west-1"))
@@ -35,6 +35,7 @@ def test_outside_user_composes_the_construct() -> None:
     connector = StreamToPersonalize(
         stack, "Sync", dataset_arn=OTHER_DATASET, mapping={"itemId": "productId"}, reserved_concurrency=None
     )
+    connector.use_state_table(StateTable(stack, "State"))
     connector.add_dynamodb_source(table, settings=EsmSettings(batch_size=100), skip_ttl_deletes=True)
     connector.add_kinesis_source(stream, filters=[{"data": {"kind": ["product"]}}])
 
@@ -42,13 +43,7 @@ def test_outside_user_composes_the_construct() -> None:
     template.resource_count_is("AWS::Lambda::EventSourceMapping", 2)
     template.has_resource_properties(
         "AWS::Lambda::EventSourceMapping",
-        {
-            "BatchSize": 100,
-            "FunctionResponseTypes": ["ReportBatchItemFailures"],
-            "FilterCriteria": {
-                "Filters": Match.array_with([Match.object_like({"Pattern": Match.string_like_regexp("principalId")})])
-            },
-        },
+        {"BatchSize": 100, "FunctionResponseTypes": ["ReportBatchItemFailures"], "MaximumRetryAttempts": -1},
     )
     template.has_resource_properties(
         "AWS::Lambda::Function",
@@ -59,6 +54,8 @@ def test_outside_user_composes_the_construct() -> None:
                     {
                         "DATASET_ARN": OTHER_DATASET,
                         "CONNECTOR_CONFIG": json.dumps({"itemId": "productId"}, separators=(",", ":")),
+                        "SKIP_TTL_DELETES": "true",
+                        "STATE_TABLE": {"Ref": Match.string_like_regexp("^State")},
                     }
                 )
             },
