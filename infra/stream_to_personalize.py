@@ -416,7 +416,8 @@ class StreamToPersonalize(Construct):
         if missing:
             cdk.Annotations.of(self).add_warning_v2(
                 "stream-to-personalize:asset-wheels",
-                f"could not fetch the arm64 wheels {missing}; the function falls back to the standard json module",
+                f"arm64 wheels not in the asset ({'; '.join(missing)}); the function falls back to the standard "
+                "json module",
             )
         if delivery == "env":
             config_env = {"CONNECTOR_CONFIG": document}
