@@ -443,6 +443,21 @@ def test_example_dataset_arn_is_refused_at_deploy(default_app: Synthesized) -> N
     assert default_app.raw["Parameters"]["ExampleDatasetArnAcknowledged"]["Default"] == "no"
 
 
+def test_what_cdk_destroy_removes_and_keeps(default_app: Synthesized) -> None:
+    """docs/deploy.md's table: the source table, the stream and the logs are kept; queues and state go."""
+    policies = {(r["Type"], k): r.get("DeletionPolicy", "Delete") for k, r in default_app.raw["Resources"].items()}
+    source_id, _ = _source_table(default_app)
+    state_id, _ = _state_table(default_app)
+    assert policies[("AWS::DynamoDB::Table", source_id)] == "Retain"
+    assert policies[("AWS::DynamoDB::Table", state_id)] == "Delete"
+    by_type: dict[str, set[str]] = {}
+    for (kind, _), policy in policies.items():
+        by_type.setdefault(kind, set()).add(policy)
+    assert by_type["AWS::Kinesis::Stream"] == {"Retain"}
+    assert by_type["AWS::Logs::LogGroup"] == {"Retain"}
+    assert by_type["AWS::SQS::Queue"] == {"Delete"}
+
+
 def test_outputs_a_user_needs(default_app: Synthesized) -> None:
     assert set(default_app.raw["Outputs"]) >= {
         "FunctionName",

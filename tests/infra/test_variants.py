@@ -228,6 +228,15 @@ def test_schema_named_from_its_content(variant_app: Variant) -> None:
     assert len(document) <= 10_000
 
 
+def test_created_dataset_is_deleted_with_the_stack_and_the_key_kept(variant_app: Variant) -> None:
+    # docs/deploy.md, "what cdk destroy removes and keeps".
+    for kind in ("AWS::Personalize::Dataset", "AWS::Personalize::DatasetGroup", "AWS::Personalize::Schema"):
+        for resource in variant_app("existing_stream_new_dataset").template.find_resources(kind).values():
+            assert resource.get("DeletionPolicy", "Delete") == "Delete"
+    (key,) = variant_app("existing_table").template.find_resources("AWS::KMS::Key").values()
+    assert key["DeletionPolicy"] == "Retain"
+
+
 def test_schema_name_changes_with_the_schema_and_fits() -> None:
     a = {"type": "record", "fields": [{"name": "ITEM_ID", "type": "string"}]}
     b = {"type": "record", "fields": [{"name": "ITEM_ID", "type": "string"}, {"name": "X", "type": "int"}]}
