@@ -53,6 +53,10 @@ __all__ = [
 #: The PutItems ``datasetArn`` constraint (service model), plus its 256-character maximum.
 DATASET_ARN_PATTERN = re.compile(r"arn:([a-z\d-]+):personalize:.*:.*:.+")
 DATASET_ARN_MAX = 256
+#: PutItems writes to an Items dataset only: ``arn:<partition>:personalize:<region>:<account>:dataset/<group>/ITEMS``.
+ITEMS_DATASET_ARN_PATTERN = re.compile(
+    r"arn:aws[a-z-]*:personalize:[a-z0-9-]+:\d{12}:dataset/[A-Za-z0-9_-]{1,63}/ITEMS"
+)
 DYNAMODB_STREAM_ARN_PATTERN = re.compile(
     r"arn:aws[a-z-]*:dynamodb:[a-z0-9-]+:\d{12}:table/[A-Za-z0-9_.-]{3,255}/stream/.+"
 )
@@ -894,6 +898,12 @@ def load_config(context: Mapping[str, Any], *, base_dir: Path) -> ConnectorConfi
                 f"{dataset_arn!r} is not a Personalize dataset ARN (pattern {DATASET_ARN_PATTERN.pattern}, "
                 f"at most {DATASET_ARN_MAX} characters), e.g. arn:aws:personalize:us-east-1:111122223333:"
                 "dataset/<group>/ITEMS",
+            )
+        if not ITEMS_DATASET_ARN_PATTERN.fullmatch(dataset_arn):
+            raise _fail(
+                "datasetArn",
+                f"{dataset_arn!r} is not an Items dataset ARN (arn:aws:personalize:<region>:<account>:dataset/"
+                "<group>/ITEMS): PutItems writes only to a dataset group's Items dataset",
             )
     elif "createDataset" in ctx:
         create = _create_dataset(ctx["createDataset"], mapping)

@@ -108,6 +108,11 @@ ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("missing dataset", {"datasetArn": None}, r"'datasetArn': required"),
     ("bad dataset arn", {"datasetArn": "arn:aws:s3:::bucket"}, r"'datasetArn': .*not a Personalize dataset ARN"),
     ("dataset arn too long", {"datasetArn": "arn:aws:personalize:us-east-1:1:" + "x" * 250}, r"'datasetArn': .*256"),
+    (
+        "users dataset",
+        {"datasetArn": "arn:aws:personalize:us-east-1:111122223333:dataset/catalog/USERS"},
+        r"'datasetArn': .*is not an Items dataset ARN",
+    ),
     ("dataset region", {"region": "eu-west-1"}, r"'datasetArn': the dataset is in us-east-1 but .* eu-west-1"),
     (
         "both dataset keys",
