@@ -2,7 +2,8 @@
 
 Modules, one concern each:
 
-* :mod:`infra.config`: cdk.json context -> validated :class:`ConnectorConfig` (:class:`ConfigError` otherwise);
+* :mod:`infra.config`: cdk.json context -> validated :class:`ConnectorConfig` (:class:`ConfigError` otherwise),
+  pydantic models per context object; :mod:`infra.context_schema` publishes their JSON Schema;
 * :mod:`infra.stream_to_personalize`: the connector construct (function, queues, IAM, event sources);
 * :mod:`infra.sources`: new or imported DynamoDB table / Kinesis stream;
 * :mod:`infra.state_table`: the connector's state table (shared PutItems budget, CDC version guard);
