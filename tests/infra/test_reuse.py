@@ -76,14 +76,30 @@ def test_outside_user_composes_the_construct() -> None:
         connector.metric("Nope")
 
 
-def test_app_py_reports_a_config_error_in_one_line() -> None:
-    env = {**os.environ, "CDK_CONTEXT_JSON": json.dumps({"esm": {"batchSize": 0}}), "CDK_OUTDIR": "/nonexistent"}
+SIX_FILTERS = [{"dynamodb": {"NewImage": {"kind": {"S": [str(i)]}}}} for i in range(6)]
+
+
+@pytest.mark.parametrize(
+    ("context", "line"),
+    [
+        (
+            {"esm": {"batchSize": 0}},
+            "context key 'esm.batchSize': expected an integer from 1 to 10000, got 0",
+        ),
+        (
+            {"dynamodb": {"source": "new", "partitionKey": "sku", "filters": SIX_FILTERS}},
+            "context key 'dynamodb.filters': 6 filter patterns exceed the quota of 5 per event source mapping "
+            "(Lambda's default is 5); if your account's quota was raised, set context key 'filterPatternQuota'",
+        ),
+    ],
+    ids=["batch size", "six filters"],
+)
+def test_app_py_reports_a_config_error_in_one_line(context: dict[str, object], line: str) -> None:
+    env = {**os.environ, "CDK_CONTEXT_JSON": json.dumps(context), "CDK_OUTDIR": "/nonexistent"}
     result = subprocess.run(
         [sys.executable, "app.py"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == [
-        "stream-to-personalize: config error: context key 'esm.batchSize': expected an integer from 1 to 10000, got 0"
-    ]
+    assert lines == [f"stream-to-personalize: config error: {line}"]
