@@ -1,7 +1,21 @@
-"""Monitoring: alarms on iterator age, errors, throttles and queue depth, an alarm topic, and a dashboard.
+"""Monitoring: alarms that mean something, an alarm topic CloudWatch can publish to, and a dashboard.
 
-The dashboard puts the connector's EMF metrics (records in / put / poison / retry / skipped, PutItems calls,
-items per call, Personalize throttles) beside the Lambda metrics and the source streams' metrics.
+Alarms (none fires in normal operation; each one means a person has something to do):
+
+* iterator age: the function's ``IteratorAge`` (every source; the only lag metric a DynamoDB stream has) and,
+  per Kinesis stream, ``GetRecords.IteratorAgeMilliseconds``;
+* the share of PutItems attempts throttled (``Throttles / PutItemsAttempts``, EMF), above 3 % once enough
+  attempts were made in the period: the shared budget is meant to stay under it;
+* ``SystemicErrors`` (EMF): an invocation stopped on an error that is not about one record (dataset missing,
+  access denied, every item rejected); the records wait in the stream for the fix;
+* function errors (raised or timed out), and the depth of both queues (poison records, failed batches).
+
+Lambda's ``Throttles`` is on the dashboard, not an alarm: with reserved concurrency, busy periods produce
+throttled stream invocations by design, retried by the poller.
+
+The dashboard puts the connector's EMF metrics (records in / put / poison / retry / skipped, PutItems calls and
+attempts, items per call, throttles, the shared budget) beside the Lambda metrics, the event source mappings'
+event counts and the source streams' metrics.
 """
 
 from __future__ import annotations
@@ -40,15 +54,30 @@ class AlarmTopic(Construct):
             description="Encrypts the stream-to-personalize alarm topic",
             enable_key_rotation=True,
         )
-        # CloudWatch alarms publish to encrypted topics only when the key lets the service use it.
+        account = cdk.Stack.of(self).account
+        # CloudWatch alarms publish to encrypted topics only when the key lets the service use it; only alarms
+        # of this account (confused-deputy guard).
         self.key.add_to_resource_policy(
             iam.PolicyStatement(
+                sid="AllowCloudWatchAlarmsOfThisAccount",
                 actions=["kms:Decrypt", "kms:GenerateDataKey*"],
                 principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
                 resources=["*"],
+                conditions={"StringEquals": {"aws:SourceAccount": account}},
             )
         )
         self.topic = sns.Topic(self, "Topic", master_key=self.key, enforce_ssl=True)
+        # enforce_ssl writes a topic policy (a deny on plain HTTP) that replaces SNS's default policy, so nothing
+        # would allow CloudWatch to publish and alarm emails would never arrive: allow it explicitly.
+        self.topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="AllowCloudWatchAlarmsToPublish",
+                actions=["sns:Publish"],
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                resources=[self.topic.topic_arn],
+                conditions={"StringEquals": {"aws:SourceAccount": account}},
+            )
+        )
         if email:
             self.topic.add_subscription(subscriptions.EmailSubscription(email))
 
@@ -67,8 +96,12 @@ class ConnectorMonitoring(Construct):
         settings: MonitoringConfig | None = None,
         alarm_topic: sns.ITopic | None = None,
         dashboard_name: str | None = None,
+        notify_on_ok: bool = False,
     ) -> None:
-        """Create the alarms (notifying ``alarm_topic`` when given) and, unless disabled, the dashboard."""
+        """Create the alarms (notifying ``alarm_topic`` when given) and, unless disabled, the dashboard.
+
+        :param notify_on_ok: also notify when an alarm returns to OK (off: each flap would send two messages).
+        """
         super().__init__(scope, construct_id)
         cfg = settings or MonitoringConfig()
         period = cdk.Duration.minutes(cfg.period_minutes)
@@ -82,6 +115,9 @@ class ConnectorMonitoring(Construct):
             threshold: float,
             description: str,
             evaluation_periods: int = 1,
+            comparison: cloudwatch.ComparisonOperator = (
+                cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
+            ),
         ) -> cloudwatch.Alarm:
             created = cloudwatch.Alarm(
                 self,
@@ -89,13 +125,14 @@ class ConnectorMonitoring(Construct):
                 metric=metric,
                 threshold=threshold,
                 evaluation_periods=evaluation_periods,
-                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                comparison_operator=comparison,
                 treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
                 alarm_description=description,
             )
             if alarm_topic is not None:
                 created.add_alarm_action(cw_actions.SnsAction(alarm_topic))
-                created.add_ok_action(cw_actions.SnsAction(alarm_topic))
+                if notify_on_ok:
+                    created.add_ok_action(cw_actions.SnsAction(alarm_topic))
             self.alarms.append(created)
             return created
 
@@ -105,29 +142,52 @@ class ConnectorMonitoring(Construct):
             threshold=cfg.iterator_age_seconds * 1000,
             evaluation_periods=2,
             description=(
-                f"The connector is more than {cfg.iterator_age_seconds} s behind its stream(s): the PutItems "
-                "quota (100 items/s) or retries cannot keep up. Check Throttles and RecordsRetry."
+                f"The connector is more than {cfg.iterator_age_seconds} s behind one of its streams (the function's "
+                "IteratorAge covers every source, including the DynamoDB stream): the PutItems quota (100 items/s) "
+                "or retries cannot keep up. Check Throttles, SystemicErrors and RecordsRetry."
             ),
         )
+        self.stream_iterator_age_alarms: list[cloudwatch.Alarm] = []
+        for index, stream in enumerate(streams):
+            self.stream_iterator_age_alarms.append(
+                alarm(
+                    "KinesisIteratorAge" if index == 0 else f"KinesisIteratorAge{index + 1}",
+                    stream.metric_get_records_iterator_age_milliseconds(period=period, statistic="Maximum"),
+                    threshold=cfg.iterator_age_seconds * 1000,
+                    evaluation_periods=2,
+                    description=(
+                        f"The oldest unread record of a Kinesis source is more than {cfg.iterator_age_seconds} s old "
+                        "(GetRecords.IteratorAgeMilliseconds; another consumer of an existing stream counts too)."
+                    ),
+                )
+            )
         self.errors_alarm = alarm(
             "Errors",
             fn.metric_errors(period=period, statistic="Sum"),
             threshold=cfg.errors,
             description="The connector function failed (raised or timed out); Lambda retries and bisects the batch.",
         )
-        self.throttles_alarm = alarm(
-            "Throttles",
-            fn.metric_throttles(period=period, statistic="Sum"),
-            threshold=cfg.throttles,
-            description="Lambda throttled the connector (reserved concurrency reached); batches wait and age.",
-        )
-        self.put_items_throttles_alarm = alarm(
-            "PutItemsThrottles",
-            connector.metric("Throttles", period=period),
-            threshold=cfg.put_items_throttles,
+        self.throttled_share_alarm = alarm(
+            "PutItemsThrottledShare",
+            connector.metric_throttled_percent(period=period, min_attempts=cfg.throttled_min_attempts),
+            threshold=cfg.throttled_percent,
+            evaluation_periods=2,
+            comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
             description=(
-                "Personalize throttled PutItems: reserved concurrency x MAX_CALLS_PER_SECOND exceeds the "
-                "dataset group's 10 calls/s."
+                f"More than {cfg.throttled_percent:g} % of PutItems attempts were throttled (Throttles / "
+                "PutItemsAttempts, with at least "
+                f"{cfg.throttled_min_attempts} attempts per period): another writer uses the dataset group's quota, "
+                "the quota is lower than QUOTA_CALLS_PER_SECOND, or invocations pace alone (no state table)."
+            ),
+        )
+        self.systemic_errors_alarm = alarm(
+            "SystemicErrors",
+            connector.metric("SystemicErrors", period=period),
+            threshold=cfg.systemic_errors,
+            description=(
+                "The connector stopped on a systemic error (dataset missing, access denied, or every item rejected: "
+                "the dataset's schema differs from the mapping). Nothing is lost: the records wait in the stream "
+                "until their maximum age. Read the function's ERROR log line and fix the cause."
             ),
         )
         self.dlq_alarm = alarm(
@@ -152,6 +212,7 @@ class ConnectorMonitoring(Construct):
                 period=period,
                 name=dashboard_name,
                 iterator_age_threshold_ms=cfg.iterator_age_seconds * 1000,
+                throttled_percent=cfg.throttled_percent,
             )
 
     def _dashboard(
@@ -163,6 +224,7 @@ class ConnectorMonitoring(Construct):
         period: cdk.Duration,
         name: str | None,
         iterator_age_threshold_ms: float,
+        throttled_percent: float,
     ) -> cloudwatch.Dashboard:
         fn = connector.function
         m = connector.metric
@@ -187,21 +249,28 @@ class ConnectorMonitoring(Construct):
                 width=8,
             ),
             cloudwatch.GraphWidget(
-                title="PutItems calls, items sent, throttles",
-                left=[m("PutItemsCalls", period=period), m("ItemsSent", period=period)],
-                right=[m("Throttles", period=period)],
+                title="PutItems calls, attempts, items sent, throttles",
+                left=[
+                    m("PutItemsCalls", period=period),
+                    m("PutItemsAttempts", period=period),
+                    m("ItemsSent", period=period),
+                ],
+                right=[m("Throttles", period=period), m("PutItemsRejected", period=period)],
                 width=8,
             ),
             cloudwatch.GraphWidget(
                 title="Items per PutItems call (max 10)",
-                left=[connector.metric_items_per_call(period=period)],
+                left=[
+                    connector.metric_items_per_call(period=period),
+                    m("ItemsPerCall", statistic="Average", period=period),
+                ],
                 left_y_axis=cloudwatch.YAxisProps(min=0, max=10),
                 width=8,
             ),
         )
         dashboard.add_widgets(
             cloudwatch.GraphWidget(
-                title="Lambda invocations, errors, throttles",
+                title="Lambda invocations, errors, throttles (not an alarm: see the module doc)",
                 left=[
                     fn.metric_invocations(period=period, statistic="Sum"),
                     fn.metric_errors(period=period, statistic="Sum"),
@@ -221,6 +290,33 @@ class ConnectorMonitoring(Construct):
                 title="Iterator age (ms)",
                 left=[connector.metric_iterator_age(period=period)],
                 left_annotations=[cloudwatch.HorizontalAnnotation(value=iterator_age_threshold_ms, label="alarm")],
+                width=8,
+            ),
+        )
+        dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="PutItems attempts throttled (%)",
+                left=[connector.metric_throttled_percent(period=period, min_attempts=1)],
+                left_annotations=[cloudwatch.HorizontalAnnotation(value=throttled_percent, label="alarm")],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Shared budget, version guard, systemic errors",
+                left=[m("BudgetWaitMs", period=period)],
+                right=[
+                    m("BudgetFallbacks", period=period),
+                    m("StaleSkipped", period=period),
+                    m("SystemicErrors", period=period),
+                ],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Event source mappings: events polled, filtered out, dropped",
+                left=[
+                    connector.metric_event_count(source, name, period=period)
+                    for source in connector.event_sources
+                    for name in ("PolledEventCount", "FilteredOutEventCount", "DroppedEventCount")
+                ],
                 width=8,
             ),
         )

@@ -11,10 +11,11 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from infra.config import ConnectorConfig
+from infra.config import EXAMPLE_ACCOUNT, ConnectorConfig, LambdaConfig
 from infra.monitoring import AlarmTopic, ConnectorMonitoring
 from infra.personalize import PersonalizeItemsDataset
 from infra.sources import DynamoDbSource, KinesisSource
+from infra.state_table import StateTable
 from infra.stream_to_personalize import DEFAULT_CODE_PATH, StreamToPersonalize
 
 __all__ = ["STACK_NAME", "StreamToPersonalizeStack"]
@@ -26,7 +27,7 @@ class StreamToPersonalizeStack(cdk.Stack):
     """Composes the connector with its sources (new or imported), optional dataset, alarms and dashboard.
 
     Attributes for callers and tests: ``connector``, ``dynamodb_source``, ``kinesis_source``, ``monitoring``,
-    ``dataset`` (only with ``createDataset``).
+    ``state_table`` (unless ``stateTable.enabled`` is false), ``dataset`` (only with ``createDataset``).
     """
 
     def __init__(
@@ -57,21 +58,9 @@ class StreamToPersonalizeStack(cdk.Stack):
             )
             dataset_arn = self.dataset.dataset_arn
 
-        if lam.reserved_concurrency is not None:
-            budget = lam.reserved_concurrency * lam.effective_max_calls_per_second
-            if budget > lam.put_items_quota_per_second:
-                cdk.Annotations.of(self).add_warning_v2(
-                    "stream-to-personalize:pacing",
-                    f"lambda.reservedConcurrency ({lam.reserved_concurrency}) x lambda.maxCallsPerSecond "
-                    f"({lam.effective_max_calls_per_second:g}) = {budget:g} PutItems calls/s exceeds the dataset "
-                    f"group quota ({lam.put_items_quota_per_second:g}/s): expect throttling and retries.",
-                )
-        else:
-            cdk.Annotations.of(self).add_warning_v2(
-                "stream-to-personalize:unreserved",
-                "lambda.reservedConcurrency is unset: concurrent invocations (shards x parallelization factor) "
-                "share the 10 PutItems calls/s and may be throttled.",
-            )
+        if config.uses_example_dataset_arn and not config.allow_example_dataset_arn:
+            self._refuse_example_dataset_arn(dataset_arn)
+        self._concurrency_warnings(lam, shared_budget=config.state_table.enabled)
 
         self.connector = StreamToPersonalize(
             self,
@@ -84,6 +73,9 @@ class StreamToPersonalizeStack(cdk.Stack):
             timeout=cdk.Duration.seconds(lam.timeout_seconds),
             reserved_concurrency=lam.reserved_concurrency,
             max_calls_per_second=lam.effective_max_calls_per_second,
+            quota_calls_per_second=lam.put_items_quota_per_second,
+            skip_ttl_deletes=config.dynamodb.enabled and config.dynamodb.skip_ttl_deletes,
+            powertools_layer_arn=lam.powertools_layer_arn,
             deadline_margin_ms=lam.deadline_margin_ms,
             log_level=lam.log_level,
             service_name=lam.service_name,
@@ -94,10 +86,7 @@ class StreamToPersonalizeStack(cdk.Stack):
         if config.dynamodb.enabled:
             self.dynamodb_source = DynamoDbSource(self, "DynamoDbSource", config=config.dynamodb)
             self.connector.add_dynamodb_source(
-                self.dynamodb_source.table,
-                settings=config.dynamodb.esm,
-                filters=config.dynamodb.filters,
-                skip_ttl_deletes=config.dynamodb.skip_ttl_deletes,
+                self.dynamodb_source.table, settings=config.dynamodb.esm, filters=config.dynamodb.filters
             )
             cdk.CfnOutput(self, "DynamoDbTableName", value=self.dynamodb_source.table_name)
             cdk.CfnOutput(self, "DynamoDbStreamArn", value=self.dynamodb_source.stream_arn)
@@ -109,6 +98,23 @@ class StreamToPersonalizeStack(cdk.Stack):
                 self.kinesis_source.stream, settings=config.kinesis.esm, filters=config.kinesis.filters
             )
             cdk.CfnOutput(self, "KinesisStreamName", value=self.kinesis_source.stream.stream_name)
+            cdk.CfnOutput(self, "KinesisStreamArn", value=self.kinesis_source.stream.stream_arn)
+
+        # After the sources, so the source table stays the template's first AWS::DynamoDB::Table.
+        self.state_table: StateTable | None = None
+        if config.state_table.enabled:
+            self.state_table = StateTable(
+                self,
+                "State",
+                table_name=config.state_table.table_name,
+                removal_policy=(
+                    cdk.RemovalPolicy.RETAIN
+                    if config.state_table.removal_policy == "retain"
+                    else cdk.RemovalPolicy.DESTROY
+                ),
+            )
+            self.connector.use_state_table(self.state_table)
+            cdk.CfnOutput(self, "StateTableName", value=self.state_table.table_name)
 
         mon = config.monitoring
         topic: sns.ITopic | None = None
@@ -125,6 +131,7 @@ class StreamToPersonalizeStack(cdk.Stack):
             streams=streams,
             settings=mon,
             alarm_topic=topic,
+            notify_on_ok=mon.notify_on_ok,
         )
 
         cdk.CfnOutput(self, "FunctionName", value=self.connector.function.function_name)
@@ -132,7 +139,77 @@ class StreamToPersonalizeStack(cdk.Stack):
         cdk.CfnOutput(self, "FailedBatchesQueueUrl", value=self.connector.failure_queue.queue_url)
         cdk.CfnOutput(self, "DatasetArn", value=dataset_arn)
         if self.monitoring.dashboard is not None:
-            cdk.CfnOutput(self, "DashboardName", value=self.monitoring.dashboard.dashboard_name)
+            name = self.monitoring.dashboard.dashboard_name
+            cdk.CfnOutput(self, "DashboardName", value=name)
+            cdk.CfnOutput(
+                self,
+                "DashboardUrl",
+                value=f"https://{self.region}.console.aws.amazon.com/cloudwatch/home?region={self.region}"
+                f"#dashboards:name={name}",
+            )
+
+    def _refuse_example_dataset_arn(self, dataset_arn: str) -> None:
+        """Let the example ARN synthesize (tests, the local cloud) but make CloudFormation refuse to deploy it.
+
+        A template rule is evaluated by CloudFormation when a stack or change set is created or updated, before
+        any resource is touched; the synth itself, and anything that only reads the template, is unaffected. The
+        rule passes only with the parameter ``ExampleDatasetArnAcknowledged=yes`` (``cdk deploy --parameters``).
+        """
+        cdk.Annotations.of(self).add_warning_v2(
+            "stream-to-personalize:example-dataset",
+            f"datasetArn is the example placeholder ({dataset_arn}, account {EXAMPLE_ACCOUNT}): the deploy will be "
+            "refused; set your Items dataset ARN, or -c createDataset=..., or -c allowExampleDatasetArn=true.",
+        )
+        acknowledged = cdk.CfnParameter(
+            self,
+            "ExampleDatasetArnAcknowledged",
+            type="String",
+            default="no",
+            allowed_values=["no", "yes"],
+            description="'yes' deploys although datasetArn is the documentation's example placeholder.",
+        )
+        cdk.CfnRule(
+            self,
+            "RefuseExampleDatasetArn",
+            assertions=[
+                cdk.CfnRuleAssertion(
+                    assert_=cdk.Fn.condition_equals(acknowledged.value_as_string, "yes"),
+                    assert_description=(
+                        f"datasetArn is the example placeholder {dataset_arn}: set context key 'datasetArn' to your "
+                        "Items dataset ARN (or 'createDataset'); -c allowExampleDatasetArn=true skips this check."
+                    ),
+                )
+            ],
+        )
+
+    def _concurrency_warnings(self, lam: LambdaConfig, *, shared_budget: bool) -> None:
+        """Synth-time warnings: the real reserved-concurrency rule, and pacing without the shared budget."""
+        warn = cdk.Annotations.of(self).add_warning_v2
+        if lam.reserved_concurrency is not None:
+            warn(
+                "stream-to-personalize:reserved-concurrency",
+                f"lambda.reservedConcurrency is {lam.reserved_concurrency}: an account can reserve at most its "
+                "concurrency limit minus 100 (a new account with a limit of 10 cannot reserve any), else the "
+                "deploy fails and rolls back; stream invocations refused for lack of concurrency are Lambda "
+                "Throttles, retried until the records reach their maximum age.",
+            )
+        if shared_budget:
+            return  # the shared budget in the state table paces every invocation together
+        if lam.reserved_concurrency is not None:
+            budget = lam.reserved_concurrency * lam.effective_max_calls_per_second
+            if budget > lam.put_items_quota_per_second:
+                warn(
+                    "stream-to-personalize:pacing",
+                    f"lambda.reservedConcurrency ({lam.reserved_concurrency}) x lambda.maxCallsPerSecond "
+                    f"({lam.effective_max_calls_per_second:g}) = {budget:g} PutItems calls/s exceeds the dataset "
+                    f"group quota ({lam.put_items_quota_per_second:g}/s): expect throttling and retries.",
+                )
+        else:
+            warn(
+                "stream-to-personalize:unreserved",
+                "stateTable is disabled and lambda.reservedConcurrency is unset: concurrent invocations (shards x "
+                "parallelization factor) each pace alone and share the PutItems quota, so expect throttling.",
+            )
 
 
 def _retention(days: int) -> logs.RetentionDays:

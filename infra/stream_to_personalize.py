@@ -5,6 +5,7 @@ Import it into any CDK app::
     from infra import EsmSettings, StreamToPersonalize
 
     connector = StreamToPersonalize(self, "Catalog", dataset_arn=dataset_arn, mapping={"itemId": "sku"})
+    connector.use_state_table(StateTable(self, "State"))   # shared PutItems budget + CDC version guard
     connector.add_dynamodb_source(table, settings=EsmSettings(batch_size=500), skip_ttl_deletes=True)
     connector.add_kinesis_source(stream)
 
@@ -16,7 +17,13 @@ It owns:
   sequenceNumber, itemId, record}`` written by the connector;
 * ``failure_queue``: the event source mappings' on-failure destination (batch coordinates, written by Lambda);
 * a role with ``personalize:PutItems`` on the dataset ARN only, send on its own queues, and stream read as
-  the L2 grants give it.
+  the L2 grants give it; with :meth:`StreamToPersonalize.use_state_table`, GetItem/BatchGetItem/PutItem/
+  UpdateItem on that table only.
+
+Event source mappings retry a failing batch without a count limit (``retry_attempts=-1``) until its records
+reach the maximum age, the single knob; they publish Lambda's event-count metrics (``MetricsConfig``
+``EventCount``: polled, filtered out, invoked, failed, dropped), so records a filter or an expiry removes are
+visible.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from infra import asset_wheels
 from infra.config import INLINE_CONFIG_MAX_BYTES, EsmSettings, compact_json
 from infra.nag import acknowledge
 from infra.powertools import REPO_ROOT, layer_parameter_name, powertools_version
+from infra.state_table import StateTable
 
 __all__ = [
     "CONFIG_FILE_NAME",
@@ -52,7 +60,6 @@ __all__ = [
     "HANDLER",
     "METRICS_NAMESPACE",
     "StreamToPersonalize",
-    "skip_ttl_deletes_filters",
 ]
 
 DEFAULT_CODE_PATH = REPO_ROOT / "lambda_src"
@@ -69,23 +76,15 @@ EMF_METRICS = (
     "PutItemsCalls",
     "ItemsSent",
     "Throttles",
+    "ItemsPerCall",
+    "PutItemsAttempts",
+    "PutItemsRejected",
+    "SystemicErrors",
+    "StaleSkipped",
+    "BudgetWaitMs",
+    "BudgetFallbacks",
 )
 _ASSET_EXCLUDES = ["**/__pycache__", "__pycache__", "**/*.pyc", "**/.pytest_cache", "**/.mypy_cache"]
-
-
-def skip_ttl_deletes_filters() -> list[Mapping[str, Any]]:
-    """Lambda filter criteria that drop the REMOVE events DynamoDB TTL makes, and keep everything else.
-
-    TTL deletes are the only records whose ``userIdentity.principalId`` is ``dynamodb.amazonaws.com``.
-    Filters are ORed: a record passes when it has no principal (every write made by a caller) or when its
-    principal is anything but the DynamoDB service.
-    """
-    return [
-        lambda_.FilterCriteria.filter({"userIdentity": {"principalId": lambda_.FilterRule.not_exists()}}),
-        lambda_.FilterCriteria.filter(
-            {"userIdentity": {"principalId": lambda_.FilterRule.not_equals("dynamodb.amazonaws.com")}}
-        ),
-    ]
 
 
 class StreamToPersonalize(Construct):
@@ -106,13 +105,16 @@ class StreamToPersonalize(Construct):
         code_path: str | Path = DEFAULT_CODE_PATH,
         memory_mb: int = 1024,
         timeout: cdk.Duration | None = None,
-        reserved_concurrency: int | None = 1,
+        reserved_concurrency: int | None = None,
         max_calls_per_second: float = 9.7,
+        quota_calls_per_second: float = 10.0,
+        skip_ttl_deletes: bool = False,
         deadline_margin_ms: int = 5000,
         log_level: str = "INFO",
         service_name: str = "stream-to-personalize",
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
         powertools_layer_version: str | None = None,
+        powertools_layer_arn: str | None = None,
         queue_retention: cdk.Duration | None = None,
     ) -> None:
         """Create the function, its queues and its role.
@@ -124,11 +126,19 @@ class StreamToPersonalize(Construct):
             compact JSON exceeds the inline limit (Lambda's whole environment is limited to 4 KB).
         :param code_path: the runtime source directory (the asset root; holds the ``connector`` package).
         :param timeout: default 300 s, enough for a 10,000-record batch at the 100 items/s quota.
-        :param reserved_concurrency: caps concurrent invocations; ``None`` leaves it unreserved.
-        :param max_calls_per_second: PutItems pacing per invocation. All invocations share the dataset
-            group's 10 calls/s, so keep ``reserved_concurrency * max_calls_per_second <= 9.7`` (a little under
-            the quota absorbs network jitter).
+        :param reserved_concurrency: caps concurrent invocations; ``None`` (default) leaves it unreserved. An
+            account can reserve at most its concurrency limit minus 100, so a new account (limit 10) can't
+            reserve any: the deploy fails.
+        :param max_calls_per_second: ``MAX_CALLS_PER_SECOND``, PutItems pacing per invocation when there is no
+            state table (or the runtime falls back from it). Without a state table all invocations share the
+            dataset group's 10 calls/s, so keep ``concurrency * max_calls_per_second <= 9.7``.
+        :param quota_calls_per_second: ``QUOTA_CALLS_PER_SECOND``, the dataset group's PutItems quota: the
+            shared budget's ceiling (see :meth:`use_state_table`).
+        :param skip_ttl_deletes: ``SKIP_TTL_DELETES=true``: the handler counts REMOVE records made by DynamoDB
+            TTL (``userIdentity.principalId == dynamodb.amazonaws.com``) as skipped.
         :param powertools_layer_version: default: the ``aws-lambda-powertools`` pin in requirements.txt.
+        :param powertools_layer_arn: use this layer ARN instead of the public SSM parameter (which AWS does not
+            publish in every region).
         :param queue_retention: retention of both queues; default 14 days (the SQS maximum).
         """
         super().__init__(scope, construct_id)
@@ -177,10 +187,13 @@ class StreamToPersonalize(Construct):
         self.dlq.grant_send_messages(self.role)
 
         code, config_env = self._code(code_dir, config_delivery)
-        layer_version = powertools_layer_version or powertools_version()
-        layer_arn = ssm.StringParameter.value_for_string_parameter(
-            self, layer_parameter_name(version=layer_version, architecture="arm64", runtime="python3.13")
-        )
+        if powertools_layer_arn is not None:
+            layer_arn = powertools_layer_arn
+        else:
+            layer_version = powertools_layer_version or powertools_version()
+            layer_arn = ssm.StringParameter.value_for_string_parameter(
+                self, layer_parameter_name(version=layer_version, architecture="arm64", runtime="python3.13")
+            )
         self.powertools_layer = lambda_.LayerVersion.from_layer_version_arn(self, "PowertoolsLayer", layer_arn)
 
         self.function = lambda_.Function(
@@ -203,13 +216,16 @@ class StreamToPersonalize(Construct):
                 "DLQ_URL": self.dlq.queue_url,
                 **config_env,
                 "MAX_CALLS_PER_SECOND": f"{max_calls_per_second:g}",
+                "QUOTA_CALLS_PER_SECOND": f"{quota_calls_per_second:g}",
+                "SKIP_TTL_DELETES": "true" if skip_ttl_deletes else "false",
                 "DEADLINE_MARGIN_MS": str(deadline_margin_ms),
                 "POWERTOOLS_SERVICE_NAME": service_name,
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
                 "POWERTOOLS_LOG_LEVEL": log_level,
             },
         )
-        self.event_sources: list[sources.StreamEventSource] = []
+        self.event_sources: list[sources.DynamoEventSource | sources.KinesisEventSource] = []
+        self.state_table: StateTable | None = None
 
         acknowledge(
             self.function,
@@ -224,6 +240,21 @@ class StreamToPersonalize(Construct):
             "X-Ray PutTraceSegments/PutTelemetryRecords (active tracing) and dynamodb:ListStreams (stream "
             "read) do not support resource-level permissions.",
         )
+
+    # ------------------------------------------------------------------------------------------------
+    # State
+    # ------------------------------------------------------------------------------------------------
+
+    def use_state_table(self, state_table: StateTable) -> None:
+        """Share the PutItems budget (and, for CDC over Kinesis, the version guard) through ``state_table``.
+
+        Sets ``STATE_TABLE`` and grants exactly GetItem, BatchGetItem, PutItem and UpdateItem on the table ARN.
+        """
+        if self.state_table is not None:
+            raise ValueError("the connector already has a state table")
+        self.state_table = state_table
+        self.function.add_environment("STATE_TABLE", state_table.table_name)
+        state_table.grant_connector(self.role)
 
     # ------------------------------------------------------------------------------------------------
     # Sources
@@ -241,17 +272,16 @@ class StreamToPersonalize(Construct):
 
         :param filters: Lambda filter patterns (ORed), as plain dicts; each goes through
             ``FilterCriteria.filter`` (a raw dict would synthesize ``{}``).
-        :param skip_ttl_deletes: add :func:`skip_ttl_deletes_filters` (not combinable with ``filters``).
+        :param skip_ttl_deletes: set ``SKIP_TTL_DELETES=true`` on the function: the handler skips TTL deletes
+            (from ``userIdentity``) and counts them. No event filter: Lambda's DynamoDB filtering only looks at
+            the ``dynamodb`` key, and a filter that drops everything raises no alarm.
         """
-        if skip_ttl_deletes and filters:
-            raise ValueError("skip_ttl_deletes cannot be combined with filters (filters are ORed)")
-        criteria = (
-            skip_ttl_deletes_filters() if skip_ttl_deletes else [lambda_.FilterCriteria.filter(f) for f in filters]
-        )
+        if skip_ttl_deletes:
+            self.function.add_environment("SKIP_TTL_DELETES", "true")
+        criteria = [lambda_.FilterCriteria.filter(f) for f in filters]
         s = settings or EsmSettings()
         source = sources.DynamoEventSource(table, **self._esm_kwargs(s, criteria))
-        self.function.add_event_source(source)
-        self.event_sources.append(source)
+        self._add_event_source(source, s)
         return source
 
     def add_kinesis_source(
@@ -268,22 +298,33 @@ class StreamToPersonalize(Construct):
         s = settings or EsmSettings()
         criteria = [lambda_.FilterCriteria.filter(f) for f in filters]
         source = sources.KinesisEventSource(stream, **self._esm_kwargs(s, criteria))
+        self._add_event_source(source, s)
+        return source
+
+    def _add_event_source(self, source: sources.DynamoEventSource | sources.KinesisEventSource, s: EsmSettings) -> None:
+        before = {c.node.id for c in self.function.node.children}
         self.function.add_event_source(source)
         self.event_sources.append(source)
-        return source
+        if s.retry_attempts < 0:
+            # The L2 only takes 0-10000 (leaving it out means -1); say -1 explicitly so the template states it.
+            (mapping,) = (c for c in self.function.node.children if c.node.id not in before)
+            cfn = mapping.node.default_child
+            assert isinstance(cfn, lambda_.CfnEventSourceMapping)
+            cfn.add_property_override("MaximumRetryAttempts", -1)
 
     def _esm_kwargs(self, s: EsmSettings, criteria: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return {
             "starting_position": lambda_.StartingPosition[s.starting_position],
             "batch_size": s.batch_size,
             "max_batching_window": cdk.Duration.seconds(s.max_batching_window_seconds),
-            "retry_attempts": s.retry_attempts,
+            "retry_attempts": s.retry_attempts if s.retry_attempts >= 0 else None,
             "max_record_age": cdk.Duration.seconds(s.max_record_age_seconds),
             "bisect_batch_on_error": s.bisect_batch_on_error,
             "parallelization_factor": s.parallelization_factor,
             "report_batch_item_failures": True,
             "on_failure": sources.SqsDlq(self.failure_queue),
             "filters": list(criteria) or None,
+            "metrics_config": lambda_.MetricsConfig(metrics=[lambda_.MetricType.EVENT_COUNT]),
             "enabled": s.enabled,
         }
 
@@ -317,6 +358,39 @@ class StreamToPersonalize(Construct):
             period=period or cdk.Duration.minutes(5),
         )
 
+    def metric_throttled_percent(
+        self, *, period: cdk.Duration | None = None, min_attempts: int = 100
+    ) -> cloudwatch.MathExpression:
+        """Percentage of PutItems attempts throttled (100 x Throttles / PutItemsAttempts); 0 below ``min_attempts``
+        attempts in the period, so a single throttled call among a few can't look like 10 %."""
+        return cloudwatch.MathExpression(
+            expression=f"IF(attempts >= {min_attempts}, 100 * throttles / attempts, 0)",
+            using_metrics={
+                "throttles": self.metric("Throttles", period=period),
+                "attempts": self.metric("PutItemsAttempts", period=period),
+            },
+            label="PutItems attempts throttled (%)",
+            period=period or cdk.Duration.minutes(5),
+        )
+
+    def metric_event_count(
+        self,
+        source: sources.DynamoEventSource | sources.KinesisEventSource,
+        metric_name: str,
+        *,
+        period: cdk.Duration | None = None,
+    ) -> cloudwatch.Metric:
+        """One of an event source mapping's event-count metrics (``MetricsConfig`` ``EventCount``): e.g.
+        ``PolledEventCount``, ``FilteredOutEventCount``, ``InvokedEventCount``, ``FailedInvokeEventCount``,
+        ``DroppedEventCount``, ``OnFailureDestinationDeliveredEventCount``."""
+        return cloudwatch.Metric(
+            namespace="AWS/Lambda",
+            metric_name=metric_name,
+            dimensions_map={"EventSourceMappingUUID": source.event_source_mapping_id},
+            statistic="Sum",
+            period=period or cdk.Duration.minutes(5),
+        )
+
     def metric_iterator_age(self, *, period: cdk.Duration | None = None) -> cloudwatch.Metric:
         """The age of the last record of each batch when it reached the function (ms, Maximum)."""
         return self.function.metric("IteratorAge", statistic="Maximum", period=period or cdk.Duration.minutes(5))
@@ -342,7 +416,8 @@ class StreamToPersonalize(Construct):
         if missing:
             cdk.Annotations.of(self).add_warning_v2(
                 "stream-to-personalize:asset-wheels",
-                f"could not fetch the arm64 wheels {missing}; the function falls back to the standard json module",
+                f"arm64 wheels not in the asset ({'; '.join(missing)}); the function falls back to the standard "
+                "json module",
             )
         if delivery == "env":
             config_env = {"CONNECTOR_CONFIG": document}

@@ -19,15 +19,20 @@ from infra import synth
 EXISTING_TABLE_STREAM_ARN = "arn:aws:dynamodb:us-east-1:111122223333:table/catalog/stream/2024-01-01T00:00:00.000"
 EXISTING_KINESIS_ARN = "arn:aws:kinesis:us-east-1:111122223333:stream/catalog-events"
 EXISTING_TOPIC_ARN = "arn:aws:sns:us-east-1:111122223333:ops-alarms"
+POWERTOOLS_LAYER_ARN = "arn:aws:lambda:us-east-1:017000801446:layer:AWSLambdaPowertoolsPythonV3-python313-arm64:7"
 
 #: A few variants beside the example cdk.json, chosen to cover every source mode in three synths.
 VARIANTS: dict[str, dict[str, Any]] = {
-    # Existing DynamoDB stream only; the mapping shipped as a file in the asset; an alarm email topic.
+    # Existing DynamoDB stream only; the mapping shipped as a file in the asset; an alarm email topic; no state
+    # table but reserved concurrency (the old serial design); the example dataset ARN explicitly allowed.
     "existing_table": {
         "dynamodb": {"source": "existing", "streamArn": EXISTING_TABLE_STREAM_ARN},
         "kinesis": {"source": "none"},
         "configDelivery": "file",
         "monitoring": {"alarmEmail": "ops@example.com"},
+        "stateTable": {"enabled": False},
+        "lambda": {"reservedConcurrency": 1},
+        "allowExampleDatasetArn": True,
     },
     # Existing Kinesis stream only, with a filter; the Personalize dataset created from the schema.
     "existing_stream_new_dataset": {
@@ -40,7 +45,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "filters": [{"data": {"type": ["product"]}}],
             "esm": {"startingPosition": "LATEST", "parallelizationFactor": 2},
         },
-        "monitoring": {"alarmTopicArn": EXISTING_TOPIC_ARN, "dashboard": False},
+        "monitoring": {"alarmTopicArn": EXISTING_TOPIC_ARN, "dashboard": False, "notifyOnOk": True},
+        "lambda": {"powertoolsLayerArn": POWERTOOLS_LAYER_ARN},
     },
     # New composite-key table with its own filter, new on-demand stream, unreserved concurrency.
     "new_on_demand": {

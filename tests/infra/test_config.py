@@ -38,8 +38,10 @@ def test_example_cdk_json_is_valid_and_runs_both_sources() -> None:
     assert config.mapping["itemId"] == "sku"
     assert config.mapping["schema"]["fields"][0]["name"] == "ITEM_ID"
     assert config.config_delivery == "env"
-    assert config.lambda_.reserved_concurrency is not None
-    assert config.lambda_.reserved_concurrency * config.lambda_.effective_max_calls_per_second <= 10
+    assert config.lambda_.reserved_concurrency is None  # a new account (limit 10) can't reserve any
+    assert config.state_table.enabled  # the shared budget paces every invocation together
+    assert config.dynamodb.esm.retry_attempts == -1 and config.kinesis.esm.retry_attempts == -1
+    assert config.uses_example_dataset_arn and not config.allow_example_dataset_arn
 
 
 def test_safe_defaults() -> None:
@@ -47,8 +49,11 @@ def test_safe_defaults() -> None:
     assert config.dynamodb.esm == EsmSettings()
     assert config.kinesis.source == "none"
     esm = config.dynamodb.esm
-    assert (esm.starting_position, esm.bisect_batch_on_error, esm.retry_attempts) == ("TRIM_HORIZON", True, 10)
-    assert esm.max_record_age_seconds == 86400
+    assert (esm.starting_position, esm.bisect_batch_on_error, esm.retry_attempts) == ("TRIM_HORIZON", True, -1)
+    assert esm.max_record_age_seconds == 86400  # the single knob: retries end when records are this old
+    assert config.state_table.enabled and config.state_table.removal_policy == "destroy"
+    assert config.lambda_.reserved_concurrency is None
+    assert config.filter_pattern_quota == 5
     assert config.lambda_ == LambdaConfig()
     assert config.lambda_.timeout_seconds == 300 and config.lambda_.memory_mb == 1024
     assert config.lambda_.effective_max_calls_per_second == 9.7  # 3 % under the quota, for network jitter
@@ -103,8 +108,20 @@ ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("missing dataset", {"datasetArn": None}, r"'datasetArn': required"),
     ("bad dataset arn", {"datasetArn": "arn:aws:s3:::bucket"}, r"'datasetArn': .*not a Personalize dataset ARN"),
     ("dataset arn too long", {"datasetArn": "arn:aws:personalize:us-east-1:1:" + "x" * 250}, r"'datasetArn': .*256"),
+    (
+        "users dataset",
+        {"datasetArn": "arn:aws:personalize:us-east-1:111122223333:dataset/catalog/USERS"},
+        r"'datasetArn': .*is not an Items dataset ARN",
+    ),
     ("dataset region", {"region": "eu-west-1"}, r"'datasetArn': the dataset is in us-east-1 but .* eu-west-1"),
-    ("both dataset keys", {"createDataset": {"datasetGroupName": "g"}}, r"'createDataset': give either"),
+    (
+        "both dataset keys",
+        {
+            "datasetArn": "arn:aws:personalize:us-east-1:444455556666:dataset/g/ITEMS",
+            "createDataset": {"datasetGroupName": "g"},
+        },
+        r"'createDataset': give either",
+    ),
     (
         "createDataset without schema",
         {"datasetArn": None, "createDataset": {"datasetGroupName": "g"}},
@@ -148,10 +165,57 @@ ERRORS: list[tuple[str, dict[str, Any], str]] = [
         r"'dynamodb.partitionKey': only allowed when dynamodb.source is 'new'",
     ),
     (
-        "ttl and filters",
-        {"dynamodb": {"source": "new", "partitionKey": "id", "skipTtlDeletes": True, "filters": [{"a": ["b"]}]}},
-        r"'dynamodb.filters': cannot be combined with dynamodb.skipTtlDeletes",
+        "six filters",
+        {"dynamodb": {"source": "new", "partitionKey": "id", "filters": [{"a": [str(i)]} for i in range(6)]}},
+        r"'dynamodb.filters': 6 filter patterns exceed the quota of 5 .*set context key 'filterPatternQuota'",
     ),
+    (
+        "filters over a raised quota",
+        {
+            "filterPatternQuota": 7,
+            "kinesis": {"source": "new", "filters": [{"a": [str(i)]} for i in range(8)]},
+        },
+        r"'kinesis.filters': 8 filter patterns exceed the quota of 7",
+    ),
+    ("filter quota", {"filterPatternQuota": 0}, r"'filterPatternQuota': expected an integer from 1"),
+    (
+        "record age beyond kinesis retention",
+        {"kinesis": {"source": "new", "esm": {"maxRecordAgeSeconds": 172800}}},
+        r"'kinesis.retentionHours': the new stream keeps records 24 h \(86400 s\) but .*172800 s",
+    ),
+    (
+        "record age beyond dynamodb retention",
+        {"esm": {"maxRecordAgeSeconds": 90000}},
+        r"'esm.maxRecordAgeSeconds': 90000 s exceeds the DynamoDB stream's fixed 24 h retention",
+    ),
+    (
+        "record age beyond dynamodb retention, per source",
+        {"dynamodb": {"source": "new", "partitionKey": "id", "esm": {"maxRecordAgeSeconds": 90000}}},
+        r"'dynamodb.esm.maxRecordAgeSeconds': 90000 s exceeds",
+    ),
+    (
+        "layer arn",
+        {"lambda": {"powertoolsLayerArn": "AWSLambdaPowertoolsPythonV3"}},
+        r"'lambda.powertoolsLayerArn': .*arn:aws:lambda:<region>:<account>:layer:<name>:<version>",
+    ),
+    ("state table key", {"stateTable": {"enable": False}}, r"'stateTable.enable': unknown key"),
+    (
+        "state table removal",
+        {"stateTable": {"removalPolicy": "snapshot"}},
+        r"'stateTable.removalPolicy': got 'snapshot'; allowed values: 'destroy', 'retain'",
+    ),
+    (
+        "state table disabled with a name",
+        {"stateTable": {"enabled": False, "tableName": "state"}},
+        r"'stateTable.tableName': not allowed when stateTable.enabled is false",
+    ),
+    (
+        "old throttles key",
+        {"monitoring": {"throttles": 5}},
+        r"'monitoring.throttles': unknown key",
+    ),
+    ("throttled percent", {"monitoring": {"throttledPercent": 0}}, r"'monitoring.throttledPercent': expected a number"),
+    ("allow example", {"allowExampleDatasetArn": "maybe"}, r"'allowExampleDatasetArn': expected true or false"),
     (
         "filters not a list",
         {"dynamodb": {"source": "new", "partitionKey": "id", "filters": {"a": ["b"]}}},
@@ -200,7 +264,7 @@ ERRORS: list[tuple[str, dict[str, Any], str]] = [
         {"esm": {"startingPosition": "AT_TIMESTAMP"}},
         r"'esm.startingPosition': got 'AT_TIMESTAMP'; allowed values: 'TRIM_HORIZON', 'LATEST'",
     ),
-    ("infinite retries", {"esm": {"retryAttempts": -1}}, r"'esm.retryAttempts': expected an integer from 0 to 10000"),
+    ("retries", {"esm": {"retryAttempts": -2}}, r"'esm.retryAttempts': expected an integer from -1 to 10000"),
     (
         "record age",
         {"esm": {"maxRecordAgeSeconds": -1}},
@@ -329,3 +393,45 @@ def test_schema_file_relative_to_base_dir(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match=r"'schemaFile': .*bad.json is not valid JSON \(line 1"):
         load({"schemaFile": "bad.json"}, base_dir=tmp_path)
+
+
+def test_schema_over_personalizes_limit(tmp_path: Path) -> None:
+    fields = [{"name": "ITEM_ID", "type": "string"}] + [
+        {"name": f"FIELD_{i:04d}_WITH_A_LONG_NAME", "type": ["null", "string"], "categorical": True} for i in range(160)
+    ]
+    (tmp_path / "schema.json").write_text(json.dumps({"type": "record", "name": "Items", "fields": fields}))
+    with pytest.raises(ConfigError, match=r"^context key 'schemaFile': the schema is \d+ characters .*at most 10000$"):
+        load({"schemaFile": "schema.json"}, base_dir=tmp_path)
+
+
+def test_skip_ttl_deletes_combines_with_filters() -> None:
+    config = load(
+        {"dynamodb": {"source": "new", "partitionKey": "id", "skipTtlDeletes": True, "filters": [{"a": ["b"]}]}}
+    )
+    assert config.dynamodb.skip_ttl_deletes and config.dynamodb.filters == ({"a": ["b"]},)
+
+
+def test_retries_bounded_by_record_age() -> None:
+    assert load({"esm": {"retryAttempts": "-1"}}).dynamodb.esm.retry_attempts == -1
+    assert load({"esm": {"retryAttempts": 3}}).dynamodb.esm.retry_attempts == 3
+    # A longer-lived stream may keep records longer.
+    config = load({"kinesis": {"source": "new", "retentionHours": 168, "esm": {"maxRecordAgeSeconds": 604800}}})
+    assert config.kinesis.esm.max_record_age_seconds == 604800
+
+
+def test_create_dataset_from_the_command_line() -> None:
+    # `cdk deploy -c createDataset='{"datasetGroupName":"catalog"}'` with the shipped cdk.json (example datasetArn).
+    context = {**cdk_json_context(), "createDataset": json.dumps({"datasetGroupName": "catalog"})}
+    config = load_config(context, base_dir=REPO)
+    assert config.dataset_arn is None and config.create_dataset is not None
+    assert config.create_dataset.dataset_group_name == "catalog"
+    # `-c datasetArn=none` unsets cdk.json's value too.
+    config = load_config({**context, "datasetArn": "none"}, base_dir=REPO)
+    assert config.create_dataset is not None
+
+
+def test_example_dataset_arn_flags() -> None:
+    assert load({}).uses_example_dataset_arn
+    assert load({"allowExampleDatasetArn": "true"}).allow_example_dataset_arn
+    other = load({"datasetArn": "arn:aws:personalize:us-east-1:444455556666:dataset/g/ITEMS"})
+    assert not other.uses_example_dataset_arn

@@ -21,7 +21,7 @@ OTHER_DATASET = "arn:aws:personalize:eu-west-1:444455556666:dataset/shop/ITEMS"
 
 
 def test_outside_user_composes_the_construct() -> None:
-    from infra import EsmSettings, StreamToPersonalize
+    from infra import EsmSettings, StateTable, StreamToPersonalize
 
     app = cdk.App()
     stack = cdk.Stack(app, "TheirStack", env=cdk.Environment(account="444455556666", region="eu-west-1"))
@@ -35,6 +35,7 @@ def test_outside_user_composes_the_construct() -> None:
     connector = StreamToPersonalize(
         stack, "Sync", dataset_arn=OTHER_DATASET, mapping={"itemId": "productId"}, reserved_concurrency=None
     )
+    connector.use_state_table(StateTable(stack, "State"))
     connector.add_dynamodb_source(table, settings=EsmSettings(batch_size=100), skip_ttl_deletes=True)
     connector.add_kinesis_source(stream, filters=[{"data": {"kind": ["product"]}}])
 
@@ -42,13 +43,7 @@ def test_outside_user_composes_the_construct() -> None:
     template.resource_count_is("AWS::Lambda::EventSourceMapping", 2)
     template.has_resource_properties(
         "AWS::Lambda::EventSourceMapping",
-        {
-            "BatchSize": 100,
-            "FunctionResponseTypes": ["ReportBatchItemFailures"],
-            "FilterCriteria": {
-                "Filters": Match.array_with([Match.object_like({"Pattern": Match.string_like_regexp("principalId")})])
-            },
-        },
+        {"BatchSize": 100, "FunctionResponseTypes": ["ReportBatchItemFailures"], "MaximumRetryAttempts": -1},
     )
     template.has_resource_properties(
         "AWS::Lambda::Function",
@@ -59,6 +54,8 @@ def test_outside_user_composes_the_construct() -> None:
                     {
                         "DATASET_ARN": OTHER_DATASET,
                         "CONNECTOR_CONFIG": json.dumps({"itemId": "productId"}, separators=(",", ":")),
+                        "SKIP_TTL_DELETES": "true",
+                        "STATE_TABLE": {"Ref": Match.string_like_regexp("^State")},
                     }
                 )
             },
@@ -79,14 +76,30 @@ def test_outside_user_composes_the_construct() -> None:
         connector.metric("Nope")
 
 
-def test_app_py_reports_a_config_error_in_one_line() -> None:
-    env = {**os.environ, "CDK_CONTEXT_JSON": json.dumps({"esm": {"batchSize": 0}}), "CDK_OUTDIR": "/nonexistent"}
+SIX_FILTERS = [{"dynamodb": {"NewImage": {"kind": {"S": [str(i)]}}}} for i in range(6)]
+
+
+@pytest.mark.parametrize(
+    ("context", "line"),
+    [
+        (
+            {"esm": {"batchSize": 0}},
+            "context key 'esm.batchSize': expected an integer from 1 to 10000, got 0",
+        ),
+        (
+            {"dynamodb": {"source": "new", "partitionKey": "sku", "filters": SIX_FILTERS}},
+            "context key 'dynamodb.filters': 6 filter patterns exceed the quota of 5 per event source mapping "
+            "(Lambda's default is 5); if your account's quota was raised, set context key 'filterPatternQuota'",
+        ),
+    ],
+    ids=["batch size", "six filters"],
+)
+def test_app_py_reports_a_config_error_in_one_line(context: dict[str, object], line: str) -> None:
+    env = {**os.environ, "CDK_CONTEXT_JSON": json.dumps(context), "CDK_OUTDIR": "/nonexistent"}
     result = subprocess.run(
         [sys.executable, "app.py"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == [
-        "stream-to-personalize: config error: context key 'esm.batchSize': expected an integer from 1 to 10000, got 0"
-    ]
+    assert lines == [f"stream-to-personalize: config error: {line}"]

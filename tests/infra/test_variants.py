@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -9,7 +10,14 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Match
 
-from tests.infra.conftest import EXISTING_KINESIS_ARN, EXISTING_TABLE_STREAM_ARN, EXISTING_TOPIC_ARN, Synthesized
+from infra.personalize import schema_resource_name
+from tests.infra.conftest import (
+    EXISTING_KINESIS_ARN,
+    EXISTING_TABLE_STREAM_ARN,
+    EXISTING_TOPIC_ARN,
+    POWERTOOLS_LAYER_ARN,
+    Synthesized,
+)
 
 pytestmark = pytest.mark.infra
 
@@ -26,7 +34,7 @@ def _statements(app: Synthesized) -> list[dict[str, Any]]:
 
 def test_existing_table_stream(variant_app: Variant) -> None:
     app = variant_app("existing_table")
-    app.template.resource_count_is("AWS::DynamoDB::Table", 0)
+    app.template.resource_count_is("AWS::DynamoDB::Table", 0)  # no source table, and the state table is off
     app.template.resource_count_is("AWS::Kinesis::Stream", 0)
     app.template.resource_count_is("AWS::Lambda::EventSourceMapping", 1)
     app.template.has_resource_properties(
@@ -137,3 +145,105 @@ def test_unreserved_concurrency(variant_app: Variant) -> None:
     (fn,) = app.template.find_resources("AWS::Lambda::Function").values()
     assert "ReservedConcurrentExecutions" not in fn["Properties"]
     assert fn["Properties"]["Environment"]["Variables"]["MAX_CALLS_PER_SECOND"] == "10"
+
+
+def _warnings(app: Synthesized) -> list[str]:
+    metadata = json.loads((app.outdir / "StreamToPersonalize.metadata.json").read_text())
+    return [
+        str(entry["data"]) for entries in metadata.values() for entry in entries if entry["type"] == "aws:cdk:warning"
+    ]
+
+
+def test_reserved_concurrency_without_state_table(variant_app: Variant) -> None:
+    app = variant_app("existing_table")
+    (fn,) = app.template.find_resources("AWS::Lambda::Function").values()
+    assert fn["Properties"]["ReservedConcurrentExecutions"] == 1
+    variables = fn["Properties"]["Environment"]["Variables"]
+    assert "STATE_TABLE" not in variables
+    assert variables["MAX_CALLS_PER_SECOND"] == "9.7"  # one invocation at a time paces alone
+    assert variables["SKIP_TTL_DELETES"] == "false"
+    assert not [s for s in _statements(app) if "dynamodb:UpdateItem" in s["Action"]]
+    (warning,) = [w for w in _warnings(app) if "reservedConcurrency" in w]
+    assert "concurrency limit minus 100" in warning and "limit of 10 cannot reserve any" in warning
+
+
+def test_allowed_example_dataset_arn_has_no_rule(variant_app: Variant) -> None:
+    app = variant_app("existing_table")
+    assert "Rules" not in app.raw or "RefuseExampleDatasetArn" not in app.raw["Rules"]
+    assert "ExampleDatasetArnAcknowledged" not in app.raw.get("Parameters", {})
+
+
+def test_alarm_topic_lets_cloudwatch_publish(variant_app: Variant) -> None:
+    app = variant_app("existing_table")
+    (topic_id,) = app.template.find_resources("AWS::SNS::Topic")
+    (policy,) = app.template.find_resources("AWS::SNS::TopicPolicy").values()
+    assert policy["Properties"]["Topics"] == [{"Ref": topic_id}]
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    allow = [s for s in statements if s["Effect"] == "Allow"]
+    assert allow == [
+        {
+            "Sid": "AllowCloudWatchAlarmsToPublish",
+            "Effect": "Allow",
+            "Action": "sns:Publish",
+            "Principal": {"Service": "cloudwatch.amazonaws.com"},
+            "Resource": {"Ref": topic_id},
+            "Condition": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}},
+        }
+    ]
+    # enforce_ssl's deny stays.
+    assert any(
+        s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in statements
+    )
+    (key,) = app.template.find_resources("AWS::KMS::Key").values()
+    (cloudwatch,) = [
+        s
+        for s in key["Properties"]["KeyPolicy"]["Statement"]
+        if s.get("Principal") == {"Service": "cloudwatch.amazonaws.com"}
+    ]
+    assert cloudwatch["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    assert sorted(cloudwatch["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey*"]
+
+
+def test_no_ok_notifications_by_default(variant_app: Variant) -> None:
+    for alarm in variant_app("existing_table").template.find_resources("AWS::CloudWatch::Alarm").values():
+        assert "OKActions" not in alarm["Properties"]  # each flap would otherwise send two emails
+    for alarm in variant_app("existing_stream_new_dataset").template.find_resources("AWS::CloudWatch::Alarm").values():
+        assert alarm["Properties"]["OKActions"] == [EXISTING_TOPIC_ARN]  # monitoring.notifyOnOk
+
+
+def test_powertools_layer_arn_override(variant_app: Variant) -> None:
+    app = variant_app("existing_stream_new_dataset")
+    (fn,) = app.template.find_resources("AWS::Lambda::Function").values()
+    assert fn["Properties"]["Layers"] == [POWERTOOLS_LAYER_ARN]
+    assert not [p for p in app.raw.get("Parameters", {}).values() if "powertools" in str(p.get("Default"))]
+
+
+def test_schema_named_from_its_content(variant_app: Variant) -> None:
+    app = variant_app("existing_stream_new_dataset")
+    (schema,) = app.template.find_resources("AWS::Personalize::Schema").values()
+    document = schema["Properties"]["Schema"]
+    digest = hashlib.sha256(document.encode()).hexdigest()[:12]
+    assert schema["Properties"]["Name"] == f"catalog-items-schema-{digest}"
+    assert document == json.dumps(json.loads(document), separators=(",", ":"), ensure_ascii=False)
+    assert len(document) <= 10_000
+
+
+def test_created_dataset_is_deleted_with_the_stack_and_the_key_kept(variant_app: Variant) -> None:
+    # docs/deploy.md, "what cdk destroy removes and keeps".
+    for kind in ("AWS::Personalize::Dataset", "AWS::Personalize::DatasetGroup", "AWS::Personalize::Schema"):
+        for resource in variant_app("existing_stream_new_dataset").template.find_resources(kind).values():
+            assert resource.get("DeletionPolicy", "Delete") == "Delete"
+    (key,) = variant_app("existing_table").template.find_resources("AWS::KMS::Key").values()
+    assert key["DeletionPolicy"] == "Retain"
+
+
+def test_schema_name_changes_with_the_schema_and_fits() -> None:
+    a = {"type": "record", "fields": [{"name": "ITEM_ID", "type": "string"}]}
+    b = {"type": "record", "fields": [{"name": "ITEM_ID", "type": "string"}, {"name": "X", "type": "int"}]}
+    assert schema_resource_name("s", a) != schema_resource_name("s", b)
+    assert len(schema_resource_name("x" * 63, a)) == 63
+
+
+def test_state_table_and_no_reservation_need_no_warning(variant_app: Variant) -> None:
+    app = variant_app("new_on_demand")
+    assert not [w for w in _warnings(app) if "reservedConcurrency" in w or "pace alone" in w]
