@@ -28,7 +28,7 @@ import boto3
 from rich.console import Console
 
 from localcloud import chaos, demo
-from localcloud.personalize_emulator import EmulatorClient
+from localcloud.personalize_emulator import EmulatorClient, add_quota_arguments, quota_kwargs
 
 STATE_FILE = demo.STATE_DIR / "state.json"
 DEFAULT_MOTO_PORT = 4566
@@ -101,6 +101,7 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
         personalize_port=args.port_personalize,
         tps=args.tps,
         latency_ms=args.latency_ms,
+        emulator_options=quota_kwargs(args),
         batching_window_s=0.2 if args.fast else None,
         log_dir=demo.STATE_DIR / "logs" / "up",
     )
@@ -242,6 +243,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
         write_seconds=args.write_seconds,
         chaos=args.chaos,
         console=console,
+        emulator_options=quota_kwargs(args),
     )
 
 
@@ -286,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--tps", type=float, default=10, help="PutItems calls per second per dataset group (default 10)")
     up.add_argument("--latency-ms", type=float, default=50, help="emulated PutItems latency (default 50)")
     up.add_argument("--fast", action="store_true", help="0.2 s batching window instead of the template's")
+    add_quota_arguments(up)
     up.set_defaults(func=cmd_up)
 
     status = sub.add_parser("status", help="show what the running local cloud has done", description="Read "
@@ -323,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--timeout", type=float, default=180, help="seconds to wait for convergence after the last write (default 180)"
     )
+    add_quota_arguments(run)
     run.set_defaults(func=cmd_demo)
 
     ch = sub.add_parser(

@@ -131,12 +131,15 @@ class LocalCloud:
         function_overrides: Mapping[str, Any] | None = None,
         mapping_overrides: Mapping[str, Any] | None = None,
         runner_options: Mapping[str, Any] | None = None,
+        emulator_options: Mapping[str, Any] | None = None,
         seed: int | None = None,
     ) -> None:
         """``throttle_rate`` ... ``slow_ms``: the emulator's injected faults. ``env_overrides``,
         ``function_overrides``, ``mapping_overrides`` and ``runner_options`` (``kill_worker_probability``,
-        ``hang_worker_probability`` ...) go to :class:`EsmRunner`; ``seed`` seeds the emulator's and the
-        runner's fault draws."""
+        ``hang_worker_probability`` ...) go to :class:`EsmRunner`; ``emulator_options`` (``quota_model``,
+        ``quota_burst``, ``foreign_share``, ``request_jitter_ms`` ...) go to :class:`PersonalizeEmulator`;
+        ``seed`` seeds the emulator's and the runner's fault draws."""
+        self.emulator_options = dict(emulator_options or {})
         self.template = template
         self.throttle_rate, self.error_rate = throttle_rate, error_rate
         self.slow_rate, self.slow_ms = slow_rate, slow_ms
@@ -181,6 +184,7 @@ class LocalCloud:
                 slow_rate=self.slow_rate,
                 slow_ms=self.slow_ms,
                 seed=self.seed,
+                **self.emulator_options,
             ).start()
             self.resources = provision(self.template, endpoint_url=self.moto_url)
             overrides = dict(self.mapping_overrides)
@@ -707,7 +711,8 @@ def run_demo(
         )
         console.print(
             f"[green]✓[/] local cloud up: moto {cloud.moto_url}, Personalize {cloud.personalize_url} "
-            f"({cloud.tps:g} calls/s, {cloud.latency_ms:g} ms{faults}); batching window {windows}"
+            f"({cloud.tps:g} calls/s {cloud.emulator_options.get('quota_model', 'sliding-window')}, "
+            f"{cloud.latency_ms:g} ms{faults}); batching window {windows}"
         )
         stream = cloud.stream
         table_name = cloud.table_name
@@ -945,11 +950,16 @@ def main(
     write_seconds: float,
     chaos: bool = False,
     console: Console | None = None,
+    emulator_options: Mapping[str, Any] | None = None,
 ) -> int:
-    """The ``demo`` command: 0 when converged and every check passed, 1 otherwise, 2 on setup errors."""
+    """The ``demo`` command: 0 when converged and every check passed, 1 otherwise, 2 on setup errors.
+
+    ``emulator_options``: quota model and the like, passed to :class:`PersonalizeEmulator`."""
     console = console or Console()
     spec = WorkloadSpec(items=items, seed=seed, write_seconds=write_seconds)
-    faults = {"throttle_rate": 0.2, "error_rate": 0.05} if chaos else {}
+    faults: dict[str, Any] = {"throttle_rate": 0.2, "error_rate": 0.05} if chaos else {}
+    if emulator_options:
+        faults["emulator_options"] = dict(emulator_options)
     return run_command(
         lambda: run_demo(spec, fast=fast, timeout=timeout, console=console, cloud_options=faults),
         lambda result: report(result, console),

@@ -55,9 +55,12 @@ string over 1,000 characters (the whole ``|``-joined value) and a textual string
 Numbers sent as numeric strings (``{"numberOfRatings": "12"}``, the form used in the API reference's own
 example) are accepted unless ``strict_types=True``. Without a schema, any JSON object is accepted.
 
-Quota: a **sliding one-second window** per (operation, dataset group). A call is admitted when fewer
-than ``tps`` calls were admitted for that key in the last 1.0 s (measured on arrival); throttled calls do
-not consume quota, calls that fail validation later do. The dataset group is derived from the ARN
+Quota: per (operation, dataset group), counted by a pluggable model (:mod:`localcloud.emulator.quota`):
+``sliding-window`` (the default: a call is admitted when fewer than ``tps`` calls were admitted for that key in
+the last 1.0 s, measured on arrival), ``token-bucket`` (``quotaBurst``), ``fixed-window`` or ``strict-spacing``;
+throttled calls do not consume quota, calls that fail validation later do. ``requestJitterMs`` delays each
+call by a random network delay before it reaches the quota; ``foreignShare`` adds another writer that uses
+that share of the dataset group's quota. The dataset group is derived from the ARN
 (``arn:aws:personalize:<region>:<acct>:dataset/<group>/ITEMS`` belongs to
 ``arn:aws:personalize:<region>:<acct>:dataset-group/<group>``), so all datasets of one group share it.
 PutEvents has no quota here.
@@ -69,7 +72,9 @@ GET      /_emulator/health                          ``{"status": "ok", "endpoint
 GET      /_emulator/config                          current knobs
 POST     /_emulator/config                          patch knobs (``tps``, ``latencyMs``, ``jitterMs``,
                                                     ``throttleRate``, ``errorRate``, ``errorStatus``,
-                                                    ``slowRate``, ``slowMs``, ``strictTypes``, ``autoCreate``)
+                                                    ``slowRate``, ``slowMs``, ``strictTypes``, ``autoCreate``,
+                                                    ``quotaModel``, ``quotaBurst``, ``foreignShare``,
+                                                    ``requestJitterMs``)
 GET      /_emulator/datasets                        registered datasets
 POST     /_emulator/datasets                        ``{"datasetArn", "schema"?, "status"?, "accessDenied"?}``
 GET      /_emulator/items?datasetArn=ARN            ``{"datasetArn", "items": {id: properties}}``
@@ -116,6 +121,8 @@ from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from localcloud.emulator.quota import DEFAULT_MODEL, QUOTA_MODELS, Quotas, QuotaSettings
 
 __all__ = [
     "ADMIN_PREFIX",
@@ -420,6 +427,10 @@ class Config:
     slow_ms: float = 0.0
     strict_types: bool = False
     auto_create: bool = False
+    quota_model: str = DEFAULT_MODEL  # see localcloud.emulator.quota
+    quota_burst: float | None = None  # token bucket's burst; None: tps
+    foreign_share: float = 0.0  # share of the quota another writer to the dataset group attempts
+    request_jitter_ms: float = 0.0  # network delay before a call reaches the quota: uniform in [0, this]
 
     _CAMEL = {
         "tps": "tps",
@@ -432,7 +443,14 @@ class Config:
         "slowMs": "slow_ms",
         "strictTypes": "strict_types",
         "autoCreate": "auto_create",
+        "quotaModel": "quota_model",
+        "quotaBurst": "quota_burst",
+        "foreignShare": "foreign_share",
+        "requestJitterMs": "request_jitter_ms",
     }
+
+    def quota_settings(self) -> QuotaSettings:
+        return QuotaSettings(self.tps, self.quota_model, self.quota_burst, self.foreign_share)
 
     def to_json(self) -> dict[str, Any]:
         return {camel: getattr(self, snake) for camel, snake in self._CAMEL.items()}
@@ -461,28 +479,6 @@ class Response:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
-
-
-class _SlidingWindow:
-    """At most ``limit`` admissions per key in any window of ``window_s`` seconds (arrival times)."""
-
-    def __init__(self, window_s: float = QUOTA_WINDOW_S) -> None:
-        self.window_s = window_s
-        self._admitted: dict[Any, collections.deque[float]] = {}
-
-    def try_acquire(self, key: Any, limit: float | None, now: float) -> bool:
-        if not limit:
-            return True
-        q = self._admitted.setdefault(key, collections.deque())
-        while q and q[0] <= now - self.window_s:
-            q.popleft()
-        if len(q) >= limit:
-            return False
-        q.append(now)
-        return True
-
-    def clear(self) -> None:
-        self._admitted.clear()
 
 
 _COUNTERS = (
@@ -528,7 +524,7 @@ class EmulatorState:
         self._validate_config(self.config)
         self._rng = random.Random(seed)
         self._datasets: dict[str, Dataset] = {}
-        self._quota = _SlidingWindow()
+        self._quota = Quotas(self.config.quota_settings(), random.Random(self._rng.random()))
         self._scripted: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
         self._call_log: collections.deque[CallRecord] = collections.deque(maxlen=call_log_limit)
         self._seq = 0
@@ -578,6 +574,8 @@ class EmulatorState:
                 setattr(new, snake, value)
             self._validate_config(new)
             self.config = new
+            if new.quota_settings() != self._quota.settings:  # a new model starts from a fresh count
+                self._quota = Quotas(new.quota_settings(), random.Random(self._rng.random()))
             return new.to_json()
 
     @staticmethod
@@ -586,12 +584,18 @@ class EmulatorState:
             v = getattr(c, name)
             if not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
-        for name in ("latency_ms", "jitter_ms", "slow_ms"):
+        for name in ("latency_ms", "jitter_ms", "slow_ms", "request_jitter_ms"):
             v = getattr(c, name)
             if not isinstance(v, int | float) or v < 0:
                 raise ValueError(f"{name} must be >= 0")
         if c.tps is not None and (not isinstance(c.tps, int | float) or c.tps < 0):
             raise ValueError("tps must be >= 0 (0 or None: unlimited)")
+        if c.quota_model not in QUOTA_MODELS:
+            raise ValueError(f"quota_model must be one of {', '.join(QUOTA_MODELS)}")
+        if c.quota_burst is not None and (not isinstance(c.quota_burst, int | float) or c.quota_burst < 1):
+            raise ValueError("quota_burst must be >= 1 (None: tps)")
+        if not isinstance(c.foreign_share, int | float) or not 0.0 <= c.foreign_share < 1.0:
+            raise ValueError("foreign_share must be in [0, 1)")
         if c.error_status is not None and c.error_status not in _FAULT_CODE_BY_STATUS:
             raise ValueError(f"error_status must be one of {sorted(_FAULT_CODE_BY_STATUS)} or None")
 
@@ -673,12 +677,18 @@ class EmulatorState:
             out["by_operation"] = {op: dict(c) for op, c in self._counters.items()}
             out["calls_per_second"] = _rate_stats(log)
             out["datasets"] = {arn: len(ds.records) for arn, ds in self._datasets.items()}
+            out["quota"] = self._quota.describe()
             out["call_log_size"] = len(self._call_log)
             return out
 
     # ---- the API -------------------------------------------------------------------------------------
     def handle_api(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Response:
         """Answer one real-API request (everything outside ``/_emulator``)."""
+        jitter_ms = self.config.request_jitter_ms
+        if jitter_ms:  # the network between the client and the service: the call reaches the quota later
+            with self._lock:
+                wait = self._rng.uniform(0.0, jitter_ms) / 1000.0
+            time.sleep(wait)
         arrival_wall, arrival = time.time(), time.monotonic()
         route = path.split("?", 1)[0].rstrip("/") or "/"
         op = _OPS.get(route)
@@ -723,7 +733,7 @@ class EmulatorState:
         ctx.dataset_group = group
         self._maybe_fault(ctx)
         with self._lock:
-            if not self._quota.try_acquire((op.name, group), self.config.tps, arrival):
+            if not self._quota.try_acquire((op.name, group), arrival):
                 ctx.quota_throttled = True
                 raise EmulatorError("ThrottlingException", "Rate exceeded")
             ds = self._datasets.get(arn)
@@ -1175,6 +1185,20 @@ class _Knobs:
     def set_tps(self, tps: float | None) -> dict[str, Any]:
         return self.configure(tps=tps)
 
+    def set_quota(
+        self,
+        *,
+        model: str | None = None,
+        burst: float | None = None,
+        foreign_share: float | None = None,
+        request_jitter_ms: float | None = None,
+    ) -> dict[str, Any]:
+        """Pick the quota model (see :mod:`localcloud.emulator.quota`); None leaves a knob unchanged."""
+        changes = _given({"quota_model": model, "foreign_share": foreign_share, "request_jitter_ms": request_jitter_ms})
+        if burst is not None:
+            changes["quota_burst"] = burst
+        return self.configure(**changes)
+
 
 class PersonalizeEmulator(_Knobs):
     """The emulator's HTTP server in a background thread; also the in-process read/admin API.
@@ -1199,6 +1223,10 @@ class PersonalizeEmulator(_Knobs):
         slow_ms: float = 0.0,
         strict_types: bool = False,
         auto_create: bool = False,
+        quota_model: str = DEFAULT_MODEL,
+        quota_burst: float | None = None,
+        foreign_share: float = 0.0,
+        request_jitter_ms: float = 0.0,
         seed: int | None = None,
         call_log_limit: int = 1_000_000,
         log_items: bool = False,
@@ -1216,6 +1244,10 @@ class PersonalizeEmulator(_Knobs):
                 slow_ms=slow_ms,
                 strict_types=strict_types,
                 auto_create=auto_create,
+                quota_model=quota_model,
+                quota_burst=quota_burst,
+                foreign_share=foreign_share,
+                request_jitter_ms=request_jitter_ms,
             ),
             seed=seed,
             call_log_limit=call_log_limit,
@@ -1413,6 +1445,32 @@ class EmulatorClient(_Knobs):
 # ------------------------------------------------------------------------------------------------ CLI
 
 
+def add_quota_arguments(parser: argparse.ArgumentParser) -> None:
+    """The quota-model options, shared by this module's command line and ``python -m localcloud up``."""
+    parser.add_argument(
+        "--quota-model",
+        choices=QUOTA_MODELS,
+        default=DEFAULT_MODEL,
+        help=f"how the per-second quota counts (default {DEFAULT_MODEL}, the most pessimistic per-second count)",
+    )
+    parser.add_argument("--quota-burst", type=float, default=None, help="token-bucket burst (default: --tps)")
+    parser.add_argument(
+        "--foreign-share", type=float, default=0.0, help="share of the quota another writer uses (0..1)"
+    )
+    parser.add_argument(
+        "--request-jitter-ms", type=float, default=0.0, help="network delay before a call reaches the quota"
+    )
+
+
+def quota_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "quota_model": args.quota_model,
+        "quota_burst": args.quota_burst,
+        "foreign_share": args.foreign_share,
+        "request_jitter_ms": args.request_jitter_ms,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m localcloud.personalize_emulator",
@@ -1437,6 +1495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slow-ms", type=float, default=0.0)
     parser.add_argument("--strict-types", action="store_true", help="reject numbers sent as numeric strings")
     parser.add_argument("--auto-create", action="store_true", help="unknown dataset ARNs are created on first use")
+    add_quota_arguments(parser)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--log-items", action="store_true", help="keep the accepted-items log (/_emulator/accepted)")
     parser.add_argument("--ready-file", type=Path, help="write the endpoint URL here once listening")
@@ -1456,6 +1515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         slow_ms=args.slow_ms,
         strict_types=args.strict_types,
         auto_create=args.auto_create,
+        **quota_kwargs(args),
         seed=args.seed,
         log_items=args.log_items,
     )
@@ -1471,7 +1531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     emu.start()
     print(
         f"Personalize Events emulator listening on {emu.endpoint_url} "
-        f"(admin: {emu.endpoint_url}{ADMIN_PREFIX}/stats, tps={args.tps}, latency={args.latency_ms} ms)",
+        f"(admin: {emu.endpoint_url}{ADMIN_PREFIX}/stats, tps={args.tps} {args.quota_model}, "
+        f"latency={args.latency_ms} ms)",
         flush=True,
     )
     if args.ready_file:
