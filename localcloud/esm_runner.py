@@ -28,9 +28,27 @@ What it does, per mapping and per shard (one thread each, so one batch in flight
   ``MaximumRetryAttempts`` retries, or once records are older than ``MaximumRecordAgeInSeconds``, sends the
   on-failure message -- batch *coordinates* only -- to the SQS ``DestinationConfig.OnFailure`` queue and moves on.
 
+* polls each shard at Lambda's documented base rate -- Kinesis once a second, DynamoDB Streams four times a
+  second -- with jitter (``poll_interval``, ``poll_jitter``) whenever the last read found nothing new; with a
+  backlog it reads again as soon as a batch is done;
+* **reserved concurrency** (``ReservedConcurrentExecutions``): an invoke that finds every slot busy is *rejected*,
+  as Lambda does: it counts as a Lambda ``Throttles`` data point (``RunnerStats.throttles``) and the shard's
+  poller retries it after a jittered exponential backoff (``throttle_backoff_s`` doubling up to
+  ``max_throttle_backoff_s``, times a factor drawn in ``[1, 1 + throttle_jitter]``). Throttled attempts do not
+  count against ``MaximumRetryAttempts``; the records keep ageing, so they do count against
+  ``MaximumRecordAgeInSeconds``. The backoff Lambda really uses is not documented: the default (1 s doubling to
+  30 s) is a pessimistic guess, modelled on the documented backoff of throttled asynchronous invokes;
+* optional, for tests: ``dynamodb_shards=n`` spreads one DynamoDB stream shard over ``n`` shards by key hash
+  (like a table with ``n`` partitions: per-key order kept, shards invoked in parallel), and
+  :meth:`EsmRunner.ttl_delete` deletes an item as DynamoDB's TTL would, so its ``REMOVE`` record carries
+  ``userIdentity {type: Service, principalId: dynamodb.amazonaws.com}``.
+
+Undocumented choices, pessimistic by default and switchable: ``partial_counts_as_retry`` (a partial response
+that moved the checkpoint still counts against ``MaximumRetryAttempts``; default True).
+
 Known gaps (documented, not emulated): ``ParallelizationFactor`` above 1 is treated as 1; tumbling windows,
-KPL de-aggregation, enhanced fan-out, SNS/S3 on-failure destinations and concurrency limits are not modelled;
-checkpoints live in memory only.
+KPL de-aggregation, enhanced fan-out, SNS/S3 on-failure destinations and the account-level (unreserved)
+concurrency limit are not modelled; checkpoints live in memory only.
 
 Usage::
 
@@ -47,6 +65,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -99,6 +118,8 @@ WORKER_SCRIPT = str(Path(__file__).with_name("lambda_worker.py"))
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024 - 64 * 1024  # 6 MB synchronous invoke payload, minus envelope headroom
 INIT_TIMEOUT_S = 10.0  # Lambda's init phase limit
 GET_RECORDS_LIMIT = {"dynamodb": 1000, "kinesis": 10000}
+#: Lambda's documented base poll rate per shard: Kinesis once a second, DynamoDB Streams four times a second.
+POLL_INTERVAL_S = {"kinesis": 1.0, "dynamodb": 0.25}
 
 Outcome = Literal["success", "partial", "invalid_response", "error", "timeout", "killed"]
 
@@ -345,7 +366,7 @@ def evaluate_batch_response(response: Any, sequence_numbers: list[str]) -> tuple
     Returns ``("success", None, None)``, ``("partial", index_of_lowest_failure, None)`` or
     ``("invalid", None, reason)``; an invalid response fails the whole batch.
     """
-    if response is None:
+    if response is None or response in ("", []):  # a bare falsy answer: nothing failed
         return "success", None, None
     if not isinstance(response, dict):
         return "invalid", None, f"response is a {type(response).__name__}, not a JSON object"
@@ -392,17 +413,20 @@ def build_on_failure_message(
 ) -> dict[str, Any]:
     """The JSON document Lambda sends to a stream ESM's on-failure destination: coordinates, not records."""
     kinesis = mapping.source == "kinesis"
-    response_context: dict[str, Any] = {"statusCode": 200, "executedVersion": "$LATEST"}
-    if function_error:
-        response_context["functionError"] = function_error
-    return {
+    message: dict[str, Any] = {
         "requestContext": {
             "requestId": request_id,
             "functionArn": mapping.function.arn,
             "condition": condition,
             "approximateInvokeCount": invoke_count,
         },
-        "responseContext": response_context,
+    }
+    if invoke_count:  # a batch that expired before any invoke (throttled, or behind a stuck one) has no response
+        response_context: dict[str, Any] = {"statusCode": 200, "executedVersion": "$LATEST"}
+        if function_error:
+            response_context["functionError"] = function_error
+        message["responseContext"] = response_context
+    return message | {
         "version": "1.0",
         "timestamp": _iso(time.time() if now is None else now, millis=True),
         ("KinesisBatchInfo" if kinesis else "DDBStreamBatchInfo"): {
@@ -472,6 +496,7 @@ _COUNTERS = (
     "records_to_on_failure",
     "records_expired",
     "poll_errors",
+    "throttles",
 )
 
 
@@ -496,6 +521,7 @@ class RunnerStats:
     records_to_on_failure: int = 0
     records_expired: int = 0  # of records_to_on_failure: past MaximumRecordAgeInSeconds
     poll_errors: int = 0
+    throttles: int = 0  # invokes rejected at the reserved concurrency (Lambda's Throttles metric)
     records_pending: int = 0  # read from the shards but not yet checkpointed: the lag, in records
     iterator_age_ms: float = 0.0  # the highest current iterator age over the shards
     max_iterator_age_ms: float = 0.0
@@ -518,6 +544,10 @@ class _WorkerGone(Exception):
 
 class _WorkerTimeout(Exception):
     pass
+
+
+class _Throttled(Exception):
+    """The invoke found every reserved-concurrency slot busy and was rejected."""
 
 
 class _WorkerInitError(Exception):
@@ -710,29 +740,30 @@ class _FunctionPool:
         self._lock = threading.Lock()
         self._closed = False
         self._busy = 0
-        self._slots = threading.Condition()
+        self._slots = threading.Lock()
 
     @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one of the function's reserved-concurrency slots for an invocation.
+    def slot(self) -> Iterator[bool]:
+        """Try to take one of the function's reserved-concurrency slots for an invocation; never waits.
 
-        Lambda throttles an invoke beyond ``ReservedConcurrentExecutions`` and the event source mapping retries
-        it until a slot frees; here the shard's poller simply waits for the slot. Raises ``_WorkerGone`` when
-        the pool closes while waiting.
+        Yields False when every slot is busy: Lambda rejects such an invoke (a throttle) and the caller, the
+        shard's poller, backs off and tries again. Raises ``_WorkerGone`` when the pool is closed.
         """
         limit = self.function.reserved_concurrency
         with self._slots:
-            while limit is not None and self._busy >= limit:
-                if self._closed:
-                    raise _WorkerGone
-                self._slots.wait(0.1)
-            self._busy += 1
+            if self._closed:
+                raise _WorkerGone
+            free = limit is None or self._busy < limit
+            if free:
+                self._busy += 1
+        if not free:
+            yield False
+            return
         try:
-            yield
+            yield True
         finally:
             with self._slots:
                 self._busy -= 1
-                self._slots.notify()
 
     def acquire(self) -> tuple[_Worker, bool]:
         with self._lock:
@@ -791,6 +822,8 @@ class _Segment:
     records: list[_Record]
     attempts: int = 0  # failed attempts counted against MaximumRetryAttempts
     invokes: int = 0
+    throttles: int = 0  # consecutive invokes rejected at the reserved concurrency (drives the backoff)
+    retry_waited: bool = False  # the retry delay before the next attempt is already served
     last_request_id: str | None = None
     last_function_error: str | None = None
 
@@ -804,6 +837,14 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
     return value
+
+
+def _key_hash(keys: Mapping[str, Any]) -> int:
+    return int(hashlib.md5(_canonical_keys(keys).encode(), usedforsecurity=False).hexdigest()[:8], 16)
+
+
+def _canonical_keys(keys: Mapping[str, Any]) -> str:
+    return json.dumps(_jsonable(dict(keys)), sort_keys=True)
 
 
 def _epoch(value: Any) -> float:
@@ -820,11 +861,19 @@ class _ShardPoller(threading.Thread):
         shard_id: str,
         iterator: str | None,
         parent: _ShardPoller | None,
+        *,
+        split: tuple[int, int] | None = None,
     ) -> None:
+        """``split=(i, n)``: one of ``n`` shards carved out of the source shard ``shard_id`` by key hash."""
+        self.source_shard_id = shard_id
+        self.split = split
+        if split is not None:
+            shard_id = f"{shard_id}#{split[0]}"
         super().__init__(name=f"esm-{mapping.logical_id}-{shard_id}", daemon=True)
         self.runner = runner
         self.mapping = mapping
         self.shard_id = shard_id
+        self.poll_interval = runner.poll_interval_for(mapping.source)
         self.iterator = iterator
         self.parent = parent
         self.buffer: deque[_Record] = deque()
@@ -854,7 +903,7 @@ class _ShardPoller(threading.Thread):
         stop = self.runner._stop
         while not stop.is_set():
             if self.parent is not None and not (self.parent.shard_ended and self.parent.drained):
-                stop.wait(self.runner.poll_interval)
+                stop.wait(self._poll_wait())
                 continue
             if self.shard_ended and self.drained:
                 return
@@ -867,7 +916,15 @@ class _ShardPoller(threading.Thread):
                 self.runner._count(self.mapping, "poll_errors")
                 worked = False
             if not worked:
-                stop.wait(self.runner.poll_interval)
+                stop.wait(self._poll_wait())
+
+    def _poll_wait(self) -> float:
+        """The next poll's delay: the source's base interval with jitter, cut short when a batching window ends."""
+        wait = self.poll_interval * self.runner.poll_jitter_factor()
+        if self.buffer:
+            remaining = self.mapping.batching_window_s - (time.monotonic() - self.buffer[0].read_at)
+            wait = min(wait, max(0.0, remaining))
+        return wait
 
     def _step(self) -> bool:
         if not self.segments:
@@ -896,6 +953,9 @@ class _ShardPoller(threading.Thread):
                 self.shard_ended = True
             raw = page.get("Records") or []
             for item in raw:
+                if self.split is not None and _key_hash(item["dynamodb"]["Keys"]) % self.split[1] != self.split[0]:
+                    self.last_sequence_number = str(item["dynamodb"]["SequenceNumber"])
+                    continue  # another of the split shards owns this key
                 record = self._to_record(item)
                 self.last_sequence_number = record.sequence_number
                 if self._filters and not self._matches(record.event):
@@ -908,7 +968,7 @@ class _ShardPoller(threading.Thread):
                 return
 
     def _renew_iterator(self) -> str:
-        args: dict[str, Any] = {"ShardId": self.shard_id}
+        args: dict[str, Any] = {"ShardId": self.source_shard_id}
         if self.mapping.source == "kinesis":
             args["StreamName"] = self.mapping.stream_name
         else:
@@ -956,7 +1016,7 @@ class _ShardPoller(threading.Thread):
             event = {
                 "eventID": item["eventID"],
                 "eventName": item["eventName"],
-                "eventVersion": item.get("eventVersion", "1.1"),
+                "eventVersion": "1.1",  # what Lambda delivers for DynamoDB Streams (moto says 1.0)
                 "eventSource": "aws:dynamodb",
                 "awsRegion": item.get("awsRegion", region),
                 "dynamodb": body,
@@ -967,6 +1027,8 @@ class _ShardPoller(threading.Thread):
                     "type": item["userIdentity"].get("Type", "Service"),
                     "principalId": item["userIdentity"].get("PrincipalId", "dynamodb.amazonaws.com"),
                 }
+            elif item["eventName"] == "REMOVE" and self.runner._take_ttl_key(mapping.source_arn, change["Keys"]):
+                event["userIdentity"] = {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
             sequence_number = str(change["SequenceNumber"])
         return _Record(sequence_number, arrival, event, len(json.dumps(event)))
 
@@ -1014,15 +1076,24 @@ class _ShardPoller(threading.Thread):
                 if not segment.records:
                     self.segments.popleft()
                 return
-        if segment.attempts:
+        if segment.attempts and not segment.retry_waited:
             delay = min(self.runner.retry_backoff_s * 2 ** (segment.attempts - 1), self.runner.max_retry_backoff_s)
             if self.runner._stop.wait(delay):
                 return
             self.runner._count(mapping, "retries")
+            segment.retry_waited = True
         records = segment.records
-        invocation = self.runner._invoke(self, records, attempt=segment.attempts)
+        try:
+            invocation = self.runner._invoke(self, records, attempt=segment.attempts)
+        except _Throttled:
+            # Rejected at the reserved concurrency: not a retry attempt; back off, and the records keep ageing.
+            segment.throttles += 1
+            self.runner._stop.wait(self.runner.throttle_delay(segment.throttles))
+            return
         if invocation is None:  # stopping
             return
+        segment.throttles = 0
+        segment.retry_waited = False
         segment.invokes += 1
         segment.last_request_id = invocation.request_id
         segment.last_function_error = None
@@ -1034,7 +1105,10 @@ class _ShardPoller(threading.Thread):
             index = records.index(next(r for r in records if r.sequence_number == invocation.detail))
             self._succeeded(index)
             segment.records = records[index:]
-            segment.attempts += 1
+            if index and not self.runner.partial_counts_as_retry:
+                segment.attempts = 0  # the checkpoint moved: the rest is taken as a new batch
+            else:
+                segment.attempts += 1
         else:
             segment.last_function_error = "Unhandled"
             if mapping.bisect_on_error and len(records) > 1:
@@ -1096,6 +1170,11 @@ class EsmRunner:
     ``set_faults(kill_next=n, hang_next=n)`` forces the hook on the next ``n`` invocations.
     ``mapping_overrides`` replaces :class:`MappingConfig` fields on every mapping (``batching_window_s`` ...);
     ``on_invocation`` is called with each ledger entry as it is recorded (from the shard's thread).
+    Polling: ``poll_interval`` (seconds, one number or ``{"kinesis": s, "dynamodb": s}``; default Lambda's
+    documented 1 s and 0.25 s) with ``poll_jitter`` (each wait is drawn in ``interval x [1 - j, 1 + j]``).
+    Reserved concurrency: ``throttle_backoff_s``, ``max_throttle_backoff_s``, ``throttle_jitter`` (see the module
+    docstring). ``partial_counts_as_retry``: whether a partial response that moved the checkpoint still counts
+    against ``MaximumRetryAttempts``. ``dynamodb_shards``: split each DynamoDB stream shard into this many.
     """
 
     def __init__(
@@ -1112,7 +1191,13 @@ class EsmRunner:
         stack_name: str | None = None,
         template_dir: str | Path | None = None,
         log_dir: str | Path | None = None,
-        poll_interval: float = 0.05,
+        poll_interval: float | Mapping[str, float] | None = None,
+        poll_jitter: float = 0.2,
+        throttle_backoff_s: float = 1.0,
+        max_throttle_backoff_s: float = 30.0,
+        throttle_jitter: float = 0.5,
+        partial_counts_as_retry: bool = True,
+        dynamodb_shards: int = 1,
         retry_backoff_s: float = 0.05,
         max_retry_backoff_s: float = 1.0,
         discovery_interval: float = 1.0,
@@ -1129,7 +1214,22 @@ class EsmRunner:
         self.account_id = account_id
         self.moto_endpoint = moto_endpoint
         self.personalize_endpoint = personalize_endpoint
-        self.poll_interval = poll_interval
+        if poll_interval is None:
+            poll_interval = POLL_INTERVAL_S
+        self.poll_interval: dict[str, float] = (
+            {source: float(poll_interval) for source in POLL_INTERVAL_S}
+            if isinstance(poll_interval, int | float)
+            else {**POLL_INTERVAL_S, **poll_interval}
+        )
+        if not 0.0 <= poll_jitter < 1.0 or throttle_jitter < 0 or dynamodb_shards < 1:
+            raise ValueError("poll_jitter must be in [0, 1), throttle_jitter >= 0, dynamodb_shards >= 1")
+        self.poll_jitter = poll_jitter
+        self.throttle_backoff_s = throttle_backoff_s
+        self.max_throttle_backoff_s = max_throttle_backoff_s
+        self.throttle_jitter = throttle_jitter
+        self.partial_counts_as_retry = partial_counts_as_retry
+        self.dynamodb_shards = dynamodb_shards
+        self._ttl_keys: set[tuple[str, str]] = set()
         self.retry_backoff_s = retry_backoff_s
         self.max_retry_backoff_s = max_retry_backoff_s
         self.discovery_interval = discovery_interval
@@ -1245,6 +1345,42 @@ class EsmRunner:
         with self._lock:
             entries = list(self._ledger)
         return [e for e in entries if mapping is None or e.mapping == mapping]
+
+    def poll_interval_for(self, source: str) -> float:
+        return self.poll_interval[source]
+
+    def poll_jitter_factor(self) -> float:
+        with self._lock:
+            return self._rng.uniform(1.0 - self.poll_jitter, 1.0 + self.poll_jitter)
+
+    def throttle_delay(self, throttles: int) -> float:
+        """The wait after the ``throttles``-th consecutive rejected invoke of a batch (jittered exponential)."""
+        base = min(self.throttle_backoff_s * 2 ** (throttles - 1), self.max_throttle_backoff_s)
+        with self._lock:
+            return base * self._rng.uniform(1.0, 1.0 + self.throttle_jitter)
+
+    def ttl_delete(self, table_name: str, key: Mapping[str, Any]) -> None:
+        """Delete an item as DynamoDB's TTL does: its ``REMOVE`` record carries the service's ``userIdentity``.
+
+        ``key`` is in DynamoDB JSON (``{"pk": {"S": "a"}}``). Only tables whose stream a mapping reads.
+        """
+        arns = {
+            m.source_arn for m in self.mappings if m.source == "dynamodb" and f":table/{table_name}/" in m.source_arn
+        }
+        if not arns:
+            raise ValueError(f"no DynamoDB mapping reads the stream of table {table_name}")
+        with self._lock:
+            for arn in arns:
+                self._ttl_keys.add((arn, _canonical_keys(key)))
+        self._control_client("dynamodb").delete_item(TableName=table_name, Key=dict(key))
+
+    def _take_ttl_key(self, stream_arn: str, keys: Mapping[str, Any]) -> bool:
+        marker = (stream_arn, _canonical_keys(keys))
+        with self._lock:
+            if marker in self._ttl_keys:
+                self._ttl_keys.discard(marker)
+                return True
+        return False
 
     def set_faults(
         self,
@@ -1381,16 +1517,21 @@ class EsmRunner:
             if self._stop.is_set():
                 return
             for mapping in self.mappings:
+                n = self.dynamodb_shards if mapping.source == "dynamodb" else 1
                 for shard in self._list_shards(mapping):
-                    key = (mapping.logical_id, shard["ShardId"])
-                    if key in self._pollers:
-                        continue
-                    parent = self._pollers.get((mapping.logical_id, shard.get("ParentShardId") or ""))
-                    position = mapping.starting_position if initial else "TRIM_HORIZON"
-                    iterator = self._initial_iterator(mapping, shard["ShardId"], position)
-                    poller = _ShardPoller(self, mapping, shard["ShardId"], iterator, parent)
-                    self._pollers[key] = poller
-                    poller.start()
+                    for i in range(n):
+                        suffix = f"#{i}" if n > 1 else ""
+                        key = (mapping.logical_id, shard["ShardId"] + suffix)
+                        if key in self._pollers:
+                            continue
+                        parent_id = shard.get("ParentShardId")
+                        parent = self._pollers.get((mapping.logical_id, parent_id + suffix)) if parent_id else None
+                        position = mapping.starting_position if initial else "TRIM_HORIZON"
+                        iterator = self._initial_iterator(mapping, shard["ShardId"], position)
+                        split = (i, n) if n > 1 else None
+                        poller = _ShardPoller(self, mapping, shard["ShardId"], iterator, parent, split=split)
+                        self._pollers[key] = poller
+                        poller.start()
 
     def _initial_iterator(self, mapping: MappingConfig, shard_id: str, position: str) -> str:
         if mapping.source == "kinesis":
@@ -1416,13 +1557,14 @@ class EsmRunner:
         pool = self._pools[function.logical_id]
         request_id = str(uuid.uuid4())
         event = {"Records": [r.event for r in records]}
-        age_ms = max(0.0, (time.time() - records[-1].arrival) * 1000)
-        poller.iterator_age_ms = age_ms
-        kill_after, hang_after, forced_hang = self._draw_faults(function)
         poller.in_flight = True
         try:
-            with pool.slot():
-                started_at = time.time()  # once a reserved-concurrency slot is free: the invoke starts now
+            with pool.slot() as free:
+                if not free:
+                    self._count(mapping, "throttles")
+                    raise _Throttled
+                kill_after, hang_after, forced_hang = self._draw_faults(function)
+                started_at = time.time()
                 try:
                     worker, cold = pool.acquire()
                 except _WorkerInitError as exc:
@@ -1450,6 +1592,9 @@ class EsmRunner:
                 self._hang_next += 1  # the handler was quicker than the freeze: force it on a later invocation
         if self._stop.is_set():
             return None
+        # IteratorAge: how old the batch's last record is when the batch finishes
+        age_ms = max(0.0, (time.time() - records[-1].arrival) * 1000)
+        poller.iterator_age_ms = age_ms
         sequence_numbers = [r.sequence_number for r in records]
         detail: str | None = None
         outcome: Outcome

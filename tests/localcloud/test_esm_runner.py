@@ -380,6 +380,8 @@ def test_events_context_and_environment_look_like_lambda(moto_url: str, tmp_path
     ("response", "verdict"),
     [
         (None, ("success", None, None)),
+        ("", ("success", None, None)),  # a bare falsy answer is success
+        ([], ("success", None, None)),
         ({}, ("success", None, None)),
         ({"batchItemFailures": None}, ("success", None, None)),
         ({"batchItemFailures": []}, ("success", None, None)),
