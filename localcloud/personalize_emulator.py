@@ -49,9 +49,12 @@ Lengths are counted in Unicode code points, as Smithy's ``@length`` trait define
 
 Schema checks (when the dataset has an Avro schema): property keys are the camelCase forms of the field names
 (``NUMBER_OF_RATINGS`` -> ``numberOfRatings``); the id field (``ITEM_ID`` / ``USER_ID``) is not a property.
-Rejected: unknown keys, ``null`` for a field without a ``"null"`` branch, a missing field that is neither
-nullable nor has a default, a wrong JSON type, ints outside 32 bits / longs outside 64 bits, a categorical
-string over 1,000 characters (the whole ``|``-joined value) and a textual string over 20,000 characters.
+Rejected: unknown keys, ``null`` for a field without a ``"null"`` branch, a missing field that is not nullable
+(an Avro ``default`` does not make it optional), a wrong JSON type, ints outside 32 bits / longs outside 64 bits,
+a categorical string over 1,000 characters (the whole ``|``-joined value), any other non-textual string over
+1,000 characters, a textual string over 20,000 characters (7,000 when it holds Chinese or Japanese characters:
+the pessimistic reading of "7,000 for Chinese and Japanese"), a boolean spelt other than lower-case ``true`` /
+``false``, and a ``CREATION_TIMESTAMP`` of 10^11 or more (milliseconds, where the service wants seconds).
 Numbers sent as numeric strings (``{"numberOfRatings": "12"}``, the form used in the API reference's own
 example) are accepted unless ``strict_types=True``. Without a schema, any JSON object is accepted.
 
@@ -152,7 +155,13 @@ _CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/(\d{8})/([^/,\s]+)/([^/,\s]+
 MAX_RECORDS_PER_CALL = 10
 ID_MAX = 256
 CATEGORICAL_MAX = 1000
+STRING_MAX = 1000  # any other (non-categorical, non-textual) string value
 TEXTUAL_MAX = 20000
+TEXTUAL_CJK_MAX = 7000  # textual values in Chinese or Japanese
+#: CREATION_TIMESTAMP is in epoch *seconds*; from this value on it can only be milliseconds (year 5138 in seconds)
+MILLIS_THRESHOLD = 100_000_000_000
+# Han ideographs, Hiragana, Katakana (and their half-width forms): text the service reads as Chinese or Japanese
+_CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f]")
 INT_RANGE = (-(2**31), 2**31 - 1)
 LONG_RANGE = (-(2**63), 2**63 - 1)
 QUOTA_WINDOW_S = 1.0
@@ -299,7 +308,7 @@ class Schema:
                 return f"{where}: property '{key}' is not a field of the dataset schema"
         for key, spec in self.fields.items():
             if key not in props:
-                if spec.nullable or spec.has_default:
+                if spec.nullable:  # an Avro default does not make a field optional in PutItems
                     continue
                 return f"{where}: required property '{key}' ({spec.name}) is missing"
             problem = _check_value(spec, props[key], strict_types)
@@ -330,19 +339,35 @@ def _check_value(spec: FieldSpec, value: Any, strict: bool) -> str | None:
         return None if spec.nullable else "must not be null"
     for t in spec.types:
         if _matches(t, value, strict):
-            if t == "string" and spec.categorical and _jlen(value) > CATEGORICAL_MAX:
-                return f"is a categorical value longer than {CATEGORICAL_MAX} characters"
-            if t == "string" and spec.textual and _jlen(value) > TEXTUAL_MAX:
-                return f"is a textual value longer than {TEXTUAL_MAX} characters"
+            if t == "string":
+                return _check_string(spec, value)
+            if spec.name == "CREATION_TIMESTAMP" and abs(float(value)) >= MILLIS_THRESHOLD:
+                return "must be in epoch seconds; the value is in milliseconds"
             return None
     return f"must be of type {' or '.join(spec.types)}, got {type(value).__name__}"
+
+
+def _check_string(spec: FieldSpec, value: str) -> str | None:
+    length = _jlen(value)
+    if spec.categorical:
+        if length > CATEGORICAL_MAX:
+            return f"is a categorical value longer than {CATEGORICAL_MAX} characters"
+    elif spec.textual:
+        if length > TEXTUAL_MAX:
+            return f"is a textual value longer than {TEXTUAL_MAX} characters"
+        if length > TEXTUAL_CJK_MAX and _CJK_RE.search(value):
+            return f"is Chinese or Japanese textual value longer than {TEXTUAL_CJK_MAX} characters"
+    elif length > STRING_MAX:
+        return f"is a non-categorical string longer than {STRING_MAX} characters"
+    return None
 
 
 def _matches(avro_type: str, value: Any, strict: bool) -> bool:
     if avro_type == "string":
         return isinstance(value, str)
     if avro_type == "boolean":
-        return isinstance(value, bool) or (not strict and isinstance(value, str) and value.lower() in ("true", "false"))
+        # JSON true/false, or (not strict) the strings "true"/"false": booleans are lower-case only
+        return isinstance(value, bool) or (not strict and value in ("true", "false"))
     if isinstance(value, bool):
         return False
     if avro_type in ("int", "long"):

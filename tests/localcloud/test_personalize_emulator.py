@@ -367,7 +367,7 @@ def test_schema_violations_are_invalid_input(emu: PersonalizeEmulator, pe: Any, 
         VALID,
         {**VALID, "genres": None, "numberOfRatings": None, "inStock": None, "rating": None},
         {**VALID, "genres": "g" * 1000, "description": "d" * 20_000},
-        {**VALID, "price": 10, "numberOfRatings": 2**31 - 1, "creationTimestamp": 2**63 - 1},
+        {**VALID, "price": 10, "numberOfRatings": 2**31 - 1, "creationTimestamp": 99_999_999_999},
         {**VALID, "inStock": False, "rating": 4.5},
         {**VALID, "numberOfRatings": "12", "price": "9.5", "creationTimestamp": "1700000000"},  # API doc form
     ],
