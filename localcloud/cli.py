@@ -102,6 +102,7 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
         tps=args.tps,
         latency_ms=args.latency_ms,
         emulator_options=quota_kwargs(args),
+        **_schema_options(args),
         batching_window_s=0.2 if args.fast else None,
         log_dir=demo.STATE_DIR / "logs" / "up",
     )
@@ -244,6 +245,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
         chaos=args.chaos,
         console=console,
         emulator_options=quota_kwargs(args),
+        cloud_options=_schema_options(args),
     )
 
 
@@ -261,6 +263,25 @@ def cmd_chaos(args: argparse.Namespace, console: Console) -> int:
 # --------------------------------------------------------------------------------------------------------------
 # Parser
 # --------------------------------------------------------------------------------------------------------------
+
+
+def _add_schema_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataset-schema",
+        type=Path,
+        default=None,
+        help="the Avro schema the dataset has (default: the template's createDataset schema, else cdk.json's "
+        "schemaFile); never taken from the function's CONNECTOR_CONFIG",
+    )
+    parser.add_argument(
+        "--allow-schemaless",
+        action="store_true",
+        help="register the dataset without a schema when none is known (the emulator then accepts any properties)",
+    )
+
+
+def _schema_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"dataset_schema": args.dataset_schema, "allow_schemaless": args.allow_schemaless}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--latency-ms", type=float, default=50, help="emulated PutItems latency (default 50)")
     up.add_argument("--fast", action="store_true", help="0.2 s batching window instead of the template's")
     add_quota_arguments(up)
+    _add_schema_arguments(up)
     up.set_defaults(func=cmd_up)
 
     status = sub.add_parser("status", help="show what the running local cloud has done", description="Read "
@@ -327,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=180, help="seconds to wait for convergence after the last write (default 180)"
     )
     add_quota_arguments(run)
+    _add_schema_arguments(run)
     run.set_defaults(func=cmd_demo)
 
     ch = sub.add_parser(

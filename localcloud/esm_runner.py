@@ -571,12 +571,14 @@ class _InvokeResult:
 class _Worker:
     """One warm sandbox: a ``lambda_worker.py`` process speaking JSON lines over two private pipes."""
 
-    def __init__(self, function: FunctionConfig, env: Mapping[str, str], log_file: IO[bytes]) -> None:
+    def __init__(
+        self, function: FunctionConfig, env: Mapping[str, str], log_file: IO[bytes], python: str = sys.executable
+    ) -> None:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-P", WORKER_SCRIPT, str(to_child_r), str(from_child_w)],
+                [python, "-P", WORKER_SCRIPT, str(to_child_r), str(from_child_w)],
                 pass_fds=(to_child_r, from_child_w),
                 env=dict(env),
                 cwd=str(function.asset_dir),
@@ -730,7 +732,10 @@ def _exit_error(message: str) -> dict[str, Any]:
 class _FunctionPool:
     """Warm workers of one function, like Lambda's execution environments: reused, replaced when killed."""
 
-    def __init__(self, function: FunctionConfig, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self, function: FunctionConfig, env: Mapping[str, str], log_path: Path, python: str = sys.executable
+    ) -> None:
+        self.python = python
         self.function = function
         self.env = dict(env)
         self.log_path = log_path
@@ -774,7 +779,7 @@ class _FunctionPool:
                 self._all.discard(worker)
             if self._closed:
                 raise _WorkerGone
-        worker = _Worker(self.function, self.env, self._log_file)
+        worker = _Worker(self.function, self.env, self._log_file, self.python)
         with self._lock:
             self._all.add(worker)
             if self._closed:
@@ -1175,6 +1180,7 @@ class EsmRunner:
     Reserved concurrency: ``throttle_backoff_s``, ``max_throttle_backoff_s``, ``throttle_jitter`` (see the module
     docstring). ``partial_counts_as_retry``: whether a partial response that moved the checkpoint still counts
     against ``MaximumRetryAttempts``. ``dynamodb_shards``: split each DynamoDB stream shard into this many.
+    ``python``: the interpreter the workers run (default: this one).
     """
 
     def __init__(
@@ -1198,6 +1204,7 @@ class EsmRunner:
         throttle_jitter: float = 0.5,
         partial_counts_as_retry: bool = True,
         dynamodb_shards: int = 1,
+        python: str | None = None,
         retry_backoff_s: float = 0.05,
         max_retry_backoff_s: float = 1.0,
         discovery_interval: float = 1.0,
@@ -1229,6 +1236,7 @@ class EsmRunner:
         self.throttle_jitter = throttle_jitter
         self.partial_counts_as_retry = partial_counts_as_retry
         self.dynamodb_shards = dynamodb_shards
+        self.python = python or sys.executable
         self._ttl_keys: set[tuple[str, str]] = set()
         self.retry_backoff_s = retry_backoff_s
         self.max_retry_backoff_s = max_retry_backoff_s
@@ -1283,7 +1291,7 @@ class EsmRunner:
         self._started = True
         for function in self.functions.values():
             self._pools[function.logical_id] = _FunctionPool(
-                function, self.function_environment(function), self.log_dir / f"{function.name}.log"
+                function, self.function_environment(function), self.log_dir / f"{function.name}.log", self.python
             )
         self._discover(initial=True)
         self._discovery = threading.Thread(target=self._discovery_loop, name="esm-discovery", daemon=True)
@@ -1345,6 +1353,21 @@ class EsmRunner:
         with self._lock:
             entries = list(self._ledger)
         return [e for e in entries if mapping is None or e.mapping == mapping]
+
+    def interpreter(self) -> str:
+        """The interpreter the workers run (path and version), for reports."""
+        try:
+            out = subprocess.run(
+                [self.python, "-c", "import platform; print(platform.python_version())"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
+            version = out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            version = "?"
+        return f"Python {version} ({self.python})"
 
     def poll_interval_for(self, source: str) -> float:
         return self.poll_interval[source]
