@@ -69,16 +69,17 @@ def test_throttled_records_keep_ageing_and_expire_without_an_invoke(moto_url: st
         tmp_path,
         template,
         env={"SLEEP_S": "2.5"},
-        before_start=_put_on_both_shards,
+        poll_interval=0.05,  # both shards see their records at once, well within the 1 s
         throttle_backoff_s=0.2,
         max_throttle_backoff_s=0.2,
     ) as h:
+        _put_on_both_shards(h)
         h.wait_idle()
         stats = h.runner.stats()
         messages = h.on_failure_messages()
 
     # THEN the shard that never got a slot sent its batch on-failure as too old, never invoked
-    assert stats.throttles >= 2 and stats.records_expired >= 1
+    assert stats.throttles >= 1 and stats.records_expired >= 1
     expired = [m for m in messages if m["requestContext"]["condition"] == "RecordAgeExceeded"]
     assert expired
     assert all(m["requestContext"]["approximateInvokeCount"] == 0 for m in expired)

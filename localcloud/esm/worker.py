@@ -5,7 +5,7 @@ backend either needs Docker or does nothing), and the event source mapping runne
 Lambda does around the handler -- an init phase that imports the module once, a context object with a
 deadline, a clean environment, and a process that can be killed when it overruns its timeout.
 
-The runner starts this file as a script (``python -P lambda_worker.py IN_FD OUT_FD``), so it deliberately
+The runner starts this file as a script (``python -P worker.py IN_FD OUT_FD``), so it deliberately
 imports nothing from the ``localcloud`` package: the process sees only the function's asset directory
 (``LAMBDA_TASK_ROOT``, first on ``sys.path``) and the interpreter's site-packages, like a Lambda runtime with
 layers. The handler's stdout and stderr go wherever the runner pointed them (a log file); the protocol uses
