@@ -31,7 +31,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,7 +46,7 @@ from rich.table import Table
 
 from localcloud.esm_runner import EsmRunner, FunctionConfig, Invocation, MappingConfig, RunnerStats
 from localcloud.personalize_emulator import PersonalizeEmulator
-from localcloud.provision import DEFAULT_REGION, ProvisionedResource, provision
+from localcloud.provision import DEFAULT_REGION, TABLE_TYPES, ProvisionedResource, provision
 from localcloud.workload import BadRecord, Workload, WorkloadSpec
 
 __all__ = [
@@ -95,6 +95,14 @@ def dataset_schema(template: Path, given: Path | Mapping[str, Any] | None = None
             path = Path(schema_file) if Path(schema_file).is_absolute() else ROOT / schema_file
             return json.loads(path.read_text()), f"cdk.json schemaFile {schema_file}"
     return None, ""
+
+
+def streamed_table(resources: Mapping[str, ProvisionedResource], stream_arns: Sequence[str]) -> str | None:
+    """The name of the table whose stream is one of ``stream_arns`` (a template may have more tables)."""
+    for resource in resources.values():
+        if resource.type in TABLE_TYPES and resource.attributes.get("StreamArn") in stream_arns:
+            return resource.ref
+    return None
 
 
 def _canonical_schema(schema: Any) -> list[str]:
@@ -320,8 +328,8 @@ class LocalCloud:
 
     @property
     def table_name(self) -> str | None:
-        table = self._resource("AWS::DynamoDB::Table") or self._resource("AWS::DynamoDB::GlobalTable")
-        return table.ref if table else None
+        """The source table: the one whose stream a DynamoDB mapping reads (not, say, the STATE_TABLE)."""
+        return streamed_table(self.resources, [m.source_arn for m in self._runner().mappings if m.source == "dynamodb"])
 
     @property
     def stream(self) -> ProvisionedResource | None:
