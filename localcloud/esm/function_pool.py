@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from localcloud.esm.config import FunctionConfig
+from localcloud.esm.sandbox import CpuShare
 
 WORKER_SCRIPT = str(Path(__file__).with_name("worker.py"))
 INIT_TIMEOUT_S = 10.0  # Lambda's init phase limit
@@ -61,13 +62,24 @@ class _Worker:
     """One warm sandbox: a ``worker.py`` process speaking JSON lines over two private pipes."""
 
     def __init__(
-        self, function: FunctionConfig, env: Mapping[str, str], log_file: IO[bytes], python: str = sys.executable
+        self,
+        function: FunctionConfig,
+        env: Mapping[str, str],
+        log_file: IO[bytes],
+        python: str = sys.executable,
+        *,
+        isolated: bool = False,
+        cpu: float = 1.0,
     ) -> None:
+        """``isolated``: ``-I -S`` (no site-packages but those the environment names, see :mod:`.sandbox`);
+        ``cpu``: the share of one core the worker may use (below 1, it is stopped for the rest of each period)."""
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
+        flags = ["-u", "-I", "-S"] if isolated else ["-P"]
+        self._cpu: CpuShare | None = None
         try:
             self.proc = subprocess.Popen(
-                [python, "-P", WORKER_SCRIPT, str(to_child_r), str(from_child_w)],
+                [python, *flags, WORKER_SCRIPT, str(to_child_r), str(from_child_w)],
                 pass_fds=(to_child_r, from_child_w),
                 env=dict(env),
                 cwd=str(function.asset_dir),
@@ -79,6 +91,9 @@ class _Worker:
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
+        if cpu < 1.0:
+            self._cpu = CpuShare(self.proc.pid, cpu)
+            self._cpu.start()
         self._to_child = os.fdopen(to_child_w, "w", encoding="utf-8")
         self._from_child = from_child_r
         self._buffer = b""
@@ -185,10 +200,14 @@ class _Worker:
 
     def freeze(self) -> None:
         """SIGSTOP the worker's process group (it is killed later, like any sandbox that overran)."""
+        if self._cpu is not None:
+            self._cpu.freeze()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGSTOP)
 
     def kill(self) -> None:
+        if self._cpu is not None:
+            self._cpu.stop(resume=False)
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -197,6 +216,8 @@ class _Worker:
         self.close_pipes()
 
     def shutdown(self) -> None:
+        if self._cpu is not None:
+            self._cpu.stop()
         with contextlib.suppress(OSError, ValueError):
             self._to_child.write('{"type": "shutdown"}\n')
             self._to_child.flush()
@@ -222,9 +243,16 @@ class _FunctionPool:
     """Warm workers of one function, like Lambda's execution environments: reused, replaced when killed."""
 
     def __init__(
-        self, function: FunctionConfig, env: Mapping[str, str], log_path: Path, python: str = sys.executable
+        self,
+        function: FunctionConfig,
+        env: Mapping[str, str],
+        log_path: Path,
+        python: str = sys.executable,
+        *,
+        isolated: bool = False,
+        cpu: float = 1.0,
     ) -> None:
-        self.python = python
+        self.python, self.isolated, self.cpu = python, isolated, cpu
         self.function = function
         self.env = dict(env)
         self.log_path = log_path
@@ -268,7 +296,7 @@ class _FunctionPool:
                 self._all.discard(worker)
             if self._closed:
                 raise _WorkerGone
-        worker = _Worker(self.function, self.env, self._log_file, self.python)
+        worker = _Worker(self.function, self.env, self._log_file, self.python, isolated=self.isolated, cpu=self.cpu)
         with self._lock:
             self._all.add(worker)
             if self._closed:

@@ -33,6 +33,7 @@ from localcloud.esm.function_pool import (
 )
 from localcloud.esm.ledger import _COUNTERS, Invocation, RunnerStats
 from localcloud.esm.poller import POLL_INTERVAL_S, _canonical_keys, _Record, _ShardPoller
+from localcloud.esm.sandbox import cpu_share, find_python, lambda_site_packages
 from localcloud.provision import (
     DEFAULT_ACCOUNT_ID,
     DEFAULT_REGION,
@@ -70,7 +71,9 @@ class EsmRunner:
     Reserved concurrency: ``throttle_backoff_s``, ``max_throttle_backoff_s``, ``throttle_jitter`` (see the module
     docstring). ``partial_counts_as_retry``: whether a partial response that moved the checkpoint still counts
     against ``MaximumRetryAttempts``. ``dynamodb_shards``: split each DynamoDB stream shard into this many.
-    ``python``: the interpreter the workers run (default: this one).
+    ``sandbox`` (default True): run each worker as the Lambda would (:mod:`localcloud.esm.sandbox`): python3.13 if
+    installed, only the asset, the Powertools layer's and the runtime's packages on ``sys.path``, memory capped at
+    ``MemorySize``, CPU in proportion to it. ``python``: the interpreter the workers run.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class EsmRunner:
         throttle_jitter: float = 0.5,
         partial_counts_as_retry: bool = True,
         dynamodb_shards: int = 1,
+        sandbox: bool = True,
         python: str | None = None,
         retry_backoff_s: float = 0.05,
         max_retry_backoff_s: float = 1.0,
@@ -126,7 +130,9 @@ class EsmRunner:
         self.throttle_jitter = throttle_jitter
         self.partial_counts_as_retry = partial_counts_as_retry
         self.dynamodb_shards = dynamodb_shards
-        self.python = python or sys.executable
+        self.sandbox = sandbox
+        self.python = python or (find_python() if sandbox else sys.executable)
+        self._site_packages = str(lambda_site_packages()) if sandbox else ""
         self._ttl_keys: set[tuple[str, str]] = set()
         self.retry_backoff_s = retry_backoff_s
         self.max_retry_backoff_s = max_retry_backoff_s
@@ -181,7 +187,12 @@ class EsmRunner:
         self._started = True
         for function in self.functions.values():
             self._pools[function.logical_id] = _FunctionPool(
-                function, self.function_environment(function), self.log_dir / f"{function.name}.log", self.python
+                function,
+                self.function_environment(function),
+                self.log_dir / f"{function.name}.log",
+                self.python,
+                isolated=self.sandbox,
+                cpu=cpu_share(function.memory_mb) if self.sandbox else 1.0,
             )
         self._discover(initial=True)
         self._discovery = threading.Thread(target=self._discovery_loop, name="esm-discovery", daemon=True)
@@ -373,6 +384,14 @@ class EsmRunner:
                 "POWERTOOLS_TRACE_DISABLED": "true",
             }
         )
+        if self.sandbox:
+            env.update(
+                {
+                    "LOCALCLOUD_SYS_PATH": self._site_packages,
+                    "LOCALCLOUD_MEMORY_MB": str(function.memory_mb),
+                    "MALLOC_ARENA_MAX": "2",
+                }
+            )
         env.update(self._env_overrides)
         return env
 

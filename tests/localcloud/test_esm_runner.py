@@ -544,8 +544,9 @@ def test_retries_then_on_failure_destination_then_moves_on(moto_url: str, tmp_pa
 
 
 def test_maximum_record_age_sends_record_age_exceeded(moto_url: str, tmp_path: Path) -> None:
-    # GIVEN a batch that always fails, unlimited retries but a 1 s maximum record age
-    template = make_template("poison.handler", kinesis={"MaximumRecordAgeInSeconds": 1})
+    # GIVEN a batch that always fails, unlimited retries but a 2 s maximum record age (the sandboxed cold start at
+    # 256 MB, a seventh of a core, takes a good part of the first second)
+    template = make_template("poison.handler", kinesis={"MaximumRecordAgeInSeconds": 2})
     with harness(
         moto_url,
         tmp_path,
