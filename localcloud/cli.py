@@ -278,10 +278,45 @@ def _add_schema_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="register the dataset without a schema when none is known (the emulator then accepts any properties)",
     )
+    esm = parser.add_argument_group("event source mapping runner")
+    esm.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help="run the handler with the dev venv, no memory or CPU cap (default: only the Lambda's packages, "
+        "python3.13 if installed, MemorySize and its CPU share)",
+    )
+    esm.add_argument(
+        "--partial-not-a-retry",
+        action="store_true",
+        help="a partial response that moved the checkpoint does not count against MaximumRetryAttempts "
+        "(undocumented; default: it counts)",
+    )
+    esm.add_argument(
+        "--throttle-backoff-s", type=float, default=1.0, help="first backoff after a throttled invoke (default 1)"
+    )
+    esm.add_argument("--max-throttle-backoff-s", type=float, default=30.0, help="longest throttle backoff (default 30)")
+    esm.add_argument(
+        "--poll-interval",
+        type=float,
+        default=None,
+        help="seconds between idle polls (default: Kinesis 1, DynamoDB 0.25)",
+    )
+    esm.add_argument(
+        "--dynamodb-shards", type=int, default=1, help="split the table's stream shard into this many (default 1)"
+    )
 
 
 def _schema_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"dataset_schema": args.dataset_schema, "allow_schemaless": args.allow_schemaless}
+    runner = {
+        "sandbox": not args.no_sandbox,
+        "partial_counts_as_retry": not args.partial_not_a_retry,
+        "throttle_backoff_s": args.throttle_backoff_s,
+        "max_throttle_backoff_s": args.max_throttle_backoff_s,
+        "dynamodb_shards": args.dynamodb_shards,
+    }
+    if args.poll_interval is not None:
+        runner["poll_interval"] = args.poll_interval
+    return {"dataset_schema": args.dataset_schema, "allow_schemaless": args.allow_schemaless, "runner_options": runner}
 
 
 def build_parser() -> argparse.ArgumentParser:
