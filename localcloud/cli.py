@@ -28,7 +28,7 @@ import boto3
 from rich.console import Console
 
 from localcloud import chaos, demo
-from localcloud.personalize_emulator import EmulatorClient
+from localcloud.personalize_emulator import EmulatorClient, add_quota_arguments, quota_kwargs
 
 STATE_FILE = demo.STATE_DIR / "state.json"
 DEFAULT_MOTO_PORT = 4566
@@ -101,6 +101,8 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
         personalize_port=args.port_personalize,
         tps=args.tps,
         latency_ms=args.latency_ms,
+        emulator_options=quota_kwargs(args),
+        **_schema_options(args),
         batching_window_s=0.2 if args.fast else None,
         log_dir=demo.STATE_DIR / "logs" / "up",
     )
@@ -242,6 +244,8 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
         write_seconds=args.write_seconds,
         chaos=args.chaos,
         console=console,
+        emulator_options=quota_kwargs(args),
+        cloud_options=_schema_options(args),
     )
 
 
@@ -259,6 +263,60 @@ def cmd_chaos(args: argparse.Namespace, console: Console) -> int:
 # --------------------------------------------------------------------------------------------------------------
 # Parser
 # --------------------------------------------------------------------------------------------------------------
+
+
+def _add_schema_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataset-schema",
+        type=Path,
+        default=None,
+        help="the Avro schema the dataset has (default: the template's createDataset schema, else cdk.json's "
+        "schemaFile); never taken from the function's CONNECTOR_CONFIG",
+    )
+    parser.add_argument(
+        "--allow-schemaless",
+        action="store_true",
+        help="register the dataset without a schema when none is known (the emulator then accepts any properties)",
+    )
+    esm = parser.add_argument_group("event source mapping runner")
+    esm.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help="run the handler with the dev venv, no memory or CPU cap (default: only the Lambda's packages, "
+        "python3.13 if installed, MemorySize and its CPU share)",
+    )
+    esm.add_argument(
+        "--partial-not-a-retry",
+        action="store_true",
+        help="a partial response that moved the checkpoint does not count against MaximumRetryAttempts "
+        "(undocumented; default: it counts)",
+    )
+    esm.add_argument(
+        "--throttle-backoff-s", type=float, default=1.0, help="first backoff after a throttled invoke (default 1)"
+    )
+    esm.add_argument("--max-throttle-backoff-s", type=float, default=30.0, help="longest throttle backoff (default 30)")
+    esm.add_argument(
+        "--poll-interval",
+        type=float,
+        default=None,
+        help="seconds between idle polls (default: Kinesis 1, DynamoDB 0.25)",
+    )
+    esm.add_argument(
+        "--dynamodb-shards", type=int, default=1, help="split the table's stream shard into this many (default 1)"
+    )
+
+
+def _schema_options(args: argparse.Namespace) -> dict[str, Any]:
+    runner = {
+        "sandbox": not args.no_sandbox,
+        "partial_counts_as_retry": not args.partial_not_a_retry,
+        "throttle_backoff_s": args.throttle_backoff_s,
+        "max_throttle_backoff_s": args.max_throttle_backoff_s,
+        "dynamodb_shards": args.dynamodb_shards,
+    }
+    if args.poll_interval is not None:
+        runner["poll_interval"] = args.poll_interval
+    return {"dataset_schema": args.dataset_schema, "allow_schemaless": args.allow_schemaless, "runner_options": runner}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--tps", type=float, default=10, help="PutItems calls per second per dataset group (default 10)")
     up.add_argument("--latency-ms", type=float, default=50, help="emulated PutItems latency (default 50)")
     up.add_argument("--fast", action="store_true", help="0.2 s batching window instead of the template's")
+    add_quota_arguments(up)
+    _add_schema_arguments(up)
     up.set_defaults(func=cmd_up)
 
     status = sub.add_parser("status", help="show what the running local cloud has done", description="Read "
@@ -323,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--timeout", type=float, default=180, help="seconds to wait for convergence after the last write (default 180)"
     )
+    add_quota_arguments(run)
+    _add_schema_arguments(run)
     run.set_defaults(func=cmd_demo)
 
     ch = sub.add_parser(

@@ -31,7 +31,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,7 +46,7 @@ from rich.table import Table
 
 from localcloud.esm_runner import EsmRunner, FunctionConfig, Invocation, MappingConfig, RunnerStats
 from localcloud.personalize_emulator import PersonalizeEmulator
-from localcloud.provision import DEFAULT_REGION, ProvisionedResource, provision
+from localcloud.provision import DEFAULT_REGION, TABLE_TYPES, ProvisionedResource, provision
 from localcloud.workload import BadRecord, Workload, WorkloadSpec
 
 __all__ = [
@@ -73,6 +73,48 @@ R = TypeVar("R")
 
 class SetupError(RuntimeError):
     """The local cloud could not be set up (synth, boot or provisioning failed)."""
+
+
+def dataset_schema(template: Path, given: Path | Mapping[str, Any] | None = None) -> tuple[Any, str]:
+    """The Items schema the dataset has, and where it came from: ``given``, else the template's
+    ``AWS::Personalize::Schema`` (``createDataset``), else cdk.json's ``schemaFile``; ``(None, "")`` if none."""
+    if isinstance(given, Mapping):
+        return dict(given), "the given schema"
+    if given is not None:
+        return json.loads(Path(given).read_text()), str(given)
+    body = json.loads(Path(template).read_text())
+    for logical_id, resource in (body.get("Resources") or {}).items():
+        if resource.get("Type") == "AWS::Personalize::Schema":
+            document = (resource.get("Properties") or {}).get("Schema")
+            schema = json.loads(document) if isinstance(document, str) else document
+            return schema, f"the template's AWS::Personalize::Schema {logical_id} (createDataset)"
+    cdk_json = ROOT / "cdk.json"
+    if cdk_json.exists():
+        schema_file = (json.loads(cdk_json.read_text()).get("context") or {}).get("schemaFile")
+        if schema_file:
+            path = Path(schema_file) if Path(schema_file).is_absolute() else ROOT / schema_file
+            return json.loads(path.read_text()), f"cdk.json schemaFile {schema_file}"
+    return None, ""
+
+
+def streamed_table(resources: Mapping[str, ProvisionedResource], stream_arns: Sequence[str]) -> str | None:
+    """The name of the table whose stream is one of ``stream_arns`` (a template may have more tables)."""
+    for resource in resources.values():
+        if resource.type in TABLE_TYPES and resource.attributes.get("StreamArn") in stream_arns:
+            return resource.ref
+    return None
+
+
+def _canonical_schema(schema: Any) -> list[str]:
+    fields = schema.get("fields") if isinstance(schema, Mapping) else None
+    return sorted(json.dumps(f, sort_keys=True) for f in fields or [])
+
+
+def _schema_difference(function_schema: Any, dataset: Any) -> str:
+    mine, theirs = set(_canonical_schema(function_schema)), set(_canonical_schema(dataset))
+    only_mine = sorted(json.loads(f)["name"] for f in mine - theirs)
+    only_theirs = sorted(json.loads(f)["name"] for f in theirs - mine)
+    return f"fields only in the function's: {only_mine or 'none'}; only in the dataset's: {only_theirs or 'none'}"
 
 
 def local_environment() -> None:
@@ -131,12 +173,20 @@ class LocalCloud:
         function_overrides: Mapping[str, Any] | None = None,
         mapping_overrides: Mapping[str, Any] | None = None,
         runner_options: Mapping[str, Any] | None = None,
+        emulator_options: Mapping[str, Any] | None = None,
+        dataset_schema: Path | Mapping[str, Any] | None = None,
+        allow_schemaless: bool = False,
         seed: int | None = None,
     ) -> None:
         """``throttle_rate`` ... ``slow_ms``: the emulator's injected faults. ``env_overrides``,
         ``function_overrides``, ``mapping_overrides`` and ``runner_options`` (``kill_worker_probability``,
-        ``hang_worker_probability`` ...) go to :class:`EsmRunner`; ``seed`` seeds the emulator's and the
-        runner's fault draws."""
+        ``hang_worker_probability`` ...) go to :class:`EsmRunner`; ``emulator_options`` (``quota_model``,
+        ``quota_burst``, ``foreign_share``, ``request_jitter_ms`` ...) go to :class:`PersonalizeEmulator`;
+        ``seed`` seeds the emulator's and the runner's fault draws."""
+        self.emulator_options = dict(emulator_options or {})
+        self.dataset_schema, self.allow_schemaless = dataset_schema, allow_schemaless
+        self.schema_source = ""  # where the registered dataset schema came from (set on start)
+        self.interpreter = ""  # the Python that runs the handler (set on start)
         self.template = template
         self.throttle_rate, self.error_rate = throttle_rate, error_rate
         self.slow_rate, self.slow_ms = slow_rate, slow_ms
@@ -181,6 +231,7 @@ class LocalCloud:
                 slow_rate=self.slow_rate,
                 slow_ms=self.slow_ms,
                 seed=self.seed,
+                **self.emulator_options,
             ).start()
             self.resources = provision(self.template, endpoint_url=self.moto_url)
             overrides = dict(self.mapping_overrides)
@@ -199,6 +250,7 @@ class LocalCloud:
                 **self.runner_options,
             )
             self.emulator.register_dataset(self.dataset_arn, self._schema())
+            self.interpreter = self.runner.interpreter()
             self.runner.start()
         except Exception as exc:
             self.stop()
@@ -276,8 +328,8 @@ class LocalCloud:
 
     @property
     def table_name(self) -> str | None:
-        table = self._resource("AWS::DynamoDB::Table") or self._resource("AWS::DynamoDB::GlobalTable")
-        return table.ref if table else None
+        """The source table: the one whose stream a DynamoDB mapping reads (not, say, the STATE_TABLE)."""
+        return streamed_table(self.resources, [m.source_arn for m in self._runner().mappings if m.source == "dynamodb"])
 
     @property
     def stream(self) -> ProvisionedResource | None:
@@ -287,8 +339,8 @@ class LocalCloud:
     def function_log(self) -> Path:
         return self._runner().log_dir / f"{self.function.name}.log"
 
-    def _schema(self) -> Any:
-        """The Avro schema the function is configured with (inline or in the asset), else the example's."""
+    def _function_schema(self) -> Any:
+        """The Avro schema the *function* is configured with (its mapping document), or None."""
         env = self.function.environment
         document: Any = None
         if env.get("CONNECTOR_CONFIG"):
@@ -298,7 +350,34 @@ class LocalCloud:
             document = json.loads((path if path.is_absolute() else self.function.asset_dir / path).read_text())
         if isinstance(document, dict) and document.get("schema"):
             return document["schema"]
-        return json.loads(EXAMPLE_SCHEMA.read_text())
+        return None
+
+    def _schema(self) -> Any:
+        """The dataset's schema, from what the *dataset* has -- never from the function's environment.
+
+        In order: ``dataset_schema`` given to the local cloud; the template's ``AWS::Personalize::Schema``
+        (``createDataset``); the app's ``schemaFile`` (cdk.json). Without one, the local cloud refuses to start
+        unless ``allow_schemaless`` (a schema-less dataset accepts anything, so it would check nothing). When
+        the function's own mapping document carries a schema that differs, start fails: the connector would
+        be validated against itself.
+        """
+        schema, source = dataset_schema(self.template, self.dataset_schema)
+        if schema is None:
+            if not self.allow_schemaless:
+                raise SetupError(
+                    "the dataset has no schema to register (no createDataset in the template, no schemaFile in "
+                    "cdk.json): pass --dataset-schema FILE, or --allow-schemaless to accept any properties"
+                )
+            self.schema_source = "none (schema-less, as asked)"
+            return None
+        self.schema_source = source
+        mine = self._function_schema()
+        if mine is not None and _canonical_schema(mine) != _canonical_schema(schema):
+            raise SetupError(
+                f"the function's CONNECTOR_CONFIG schema differs from the dataset's ({source}): "
+                f"{_schema_difference(mine, schema)}"
+            )
+        return schema
 
     # -- clients and reads -----------------------------------------------------------------------------
     def client(self, service: str) -> Any:
@@ -633,6 +712,8 @@ class DemoResult:
     expected_items: int
     actual_items: int
     source_records: dict[str, list[str]]
+    schema_source: str = ""  # where the dataset schema the emulator validated against came from
+    interpreter: str = ""  # the Python that ran the handler
 
     @property
     def ok(self) -> bool:
@@ -707,7 +788,8 @@ def run_demo(
         )
         console.print(
             f"[green]✓[/] local cloud up: moto {cloud.moto_url}, Personalize {cloud.personalize_url} "
-            f"({cloud.tps:g} calls/s, {cloud.latency_ms:g} ms{faults}); batching window {windows}"
+            f"({cloud.tps:g} calls/s {cloud.emulator_options.get('quota_model', 'sliding-window')}, "
+            f"{cloud.latency_ms:g} ms{faults}); batching window {windows}"
         )
         stream = cloud.stream
         table_name = cloud.table_name
@@ -842,6 +924,8 @@ def _drive(
         expected_items=len(workload.expected_items()),
         actual_items=len(landed),
         source_records=source_records,
+        schema_source=cloud.schema_source,
+        interpreter=cloud.interpreter,
     )
 
 
@@ -879,20 +963,37 @@ def report(result: DemoResult, console: Console) -> None:
         f"{emu['throttled_share']:.2%} ({emu['throttled']} of {emu['calls']} calls"
         + (f"; peak {peak.get('max_accepted_in_1s', '?')} accepted calls in 1 s)" if peak else ")"),
     )
+    quota = emu.get("quota") or {}
+    if quota:
+        foreign = (
+            f"; foreign writer {quota['foreign_share']:.0%} ({quota['foreign_calls']} calls, "
+            f"{quota['foreign_throttled']} throttled)"
+            if quota.get("foreign_share")
+            else ""
+        )
+        table.add_row("quota model", f"{quota['model']} at {quota['rate']} calls/s{foreign}")
+    table.add_row("Lambda throttles", f"{stats.throttles} (invokes rejected at the reserved concurrency)")
+    table.add_row("dataset schema from", result.schema_source or "-")
+    if result.interpreter:
+        table.add_row("handler interpreter", result.interpreter)
     table.add_row("items in the dataset", f"{result.actual_items:,} (expected {result.expected_items:,})")
     table.add_row("DLQ entries", f"{len(result.dlq)} (expected bad records: {len(w.bad)})")
     table.add_row("on-failure messages", f"{len(result.on_failure)}")
     table.add_row("max iterator age", f"{stats.max_iterator_age_ms / 1000:.1f} s")
     if result.seconds_to_converge is not None:
         table.add_row(
-            "time to converge",
+            "time to PutItems accepted",
             f"{result.seconds_to_converge:.1f} s from the first write "
             f"({result.write_seconds:.1f} s writing, "
             f"{result.seconds_after_last_write or 0:.1f} s after the last write)",
         )
     else:
-        table.add_row("time to converge", "[red]did not converge[/]")
+        table.add_row("time to PutItems accepted", "[red]did not converge[/]")
     console.print(table)
+    console.print(
+        "[dim]Time to PutItems accepted is not visibility in recommendations: filters pick up new data in about "
+        "20 minutes, and new items reach User-Personalization campaigns every two hours.[/]"
+    )
 
     dlq_table = Table(title="DLQ entries", min_width=70)
     for column in ("bad record", "source", "item id / seq", "reason"):
@@ -945,11 +1046,19 @@ def main(
     write_seconds: float,
     chaos: bool = False,
     console: Console | None = None,
+    emulator_options: Mapping[str, Any] | None = None,
+    cloud_options: Mapping[str, Any] | None = None,
 ) -> int:
-    """The ``demo`` command: 0 when converged and every check passed, 1 otherwise, 2 on setup errors."""
+    """The ``demo`` command: 0 when converged and every check passed, 1 otherwise, 2 on setup errors.
+
+    ``emulator_options``: quota model and the like, passed to :class:`PersonalizeEmulator`;
+    ``cloud_options``: more :class:`LocalCloud` arguments (``dataset_schema``, ``allow_schemaless`` ...)."""
     console = console or Console()
     spec = WorkloadSpec(items=items, seed=seed, write_seconds=write_seconds)
-    faults = {"throttle_rate": 0.2, "error_rate": 0.05} if chaos else {}
+    faults: dict[str, Any] = {"throttle_rate": 0.2, "error_rate": 0.05} if chaos else {}
+    faults.update(cloud_options or {})
+    if emulator_options:
+        faults["emulator_options"] = dict(emulator_options)
     return run_command(
         lambda: run_demo(spec, fast=fast, timeout=timeout, console=console, cloud_options=faults),
         lambda result: report(result, console),

@@ -348,6 +348,12 @@ def _create_table(ddb: Any, logical_id: str, kind: str, props: Mapping[str, Any]
         if exc.response["Error"]["Code"] not in {"ResourceInUseException", "TableAlreadyExistsException"}:
             raise
         desc = ddb.describe_table(TableName=name)["Table"]
+    ttl = props.get("TimeToLiveSpecification") or {}
+    if str(ttl.get("Enabled", "")).lower() == "true" and ttl.get("AttributeName"):
+        # moto records the setting (DescribeTimeToLive) but never expires items: ``EsmRunner.ttl_delete`` does
+        ddb.update_time_to_live(
+            TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl["AttributeName"]}
+        )
     return _table_description_to_resource(logical_id, kind, desc)
 
 

@@ -87,9 +87,12 @@ def test_every_fault_kind_happened(chaos: tuple[ChaosResult, float, str]) -> Non
     assert emulator["throttled_injected"] > 0 and emulator["server_errors"] > 0
     assert emulator["slow_responses"] > 0
     assert CONFIG.slow_ms / 1000 > CONFIG.function_timeout_s > CONFIG.put_items_timeout_s
-    # Partial batches and redeliveries happened, and the run stayed short.
+    # Partial batches and redeliveries happened, and the run stayed bounded. Not short: with reserved concurrency 1
+    # an invoke that finds the slot taken is throttled and its shard backs off (1 s doubling to 30 s), so a frozen
+    # sandbox holding the slot for the 8 s timeout leaves the other source waiting out a long backoff, and the
+    # handler gets MemorySize/1769 of a core, as on Lambda (measured: 94 s on the shared 2-core machine).
     assert stats.partial_failures > 0 and stats.records_delivered > sum(map(len, result.demo.source_records.values()))
-    assert seconds < 60
+    assert seconds < 150
 
 
 def test_converges_with_nothing_lost(chaos: tuple[ChaosResult, float, str]) -> None:

@@ -380,6 +380,8 @@ def test_events_context_and_environment_look_like_lambda(moto_url: str, tmp_path
     ("response", "verdict"),
     [
         (None, ("success", None, None)),
+        ("", ("success", None, None)),  # a bare falsy answer is success
+        ([], ("success", None, None)),
         ({}, ("success", None, None)),
         ({"batchItemFailures": None}, ("success", None, None)),
         ({"batchItemFailures": []}, ("success", None, None)),
@@ -542,15 +544,11 @@ def test_retries_then_on_failure_destination_then_moves_on(moto_url: str, tmp_pa
 
 
 def test_maximum_record_age_sends_record_age_exceeded(moto_url: str, tmp_path: Path) -> None:
-    # GIVEN a batch that always fails, unlimited retries but a 1 s maximum record age
-    template = make_template("poison.handler", kinesis={"MaximumRecordAgeInSeconds": 1})
-    with harness(
-        moto_url,
-        tmp_path,
-        template,
-        max_retry_backoff_s=0.2,
-        before_start=lambda h: h.put_docs({"itemId": "p", "poison": True}),
-    ) as h:
+    # GIVEN a batch that always fails, unlimited retries but a 3 s maximum record age, and a function with a whole
+    # core (1,769 MB): at the template's 256 MB the sandboxed cold start alone can take seconds on a busy machine
+    template = make_template("poison.handler", kinesis={"MaximumRecordAgeInSeconds": 3})
+    with harness(moto_url, tmp_path, template, max_retry_backoff_s=0.2, function_overrides={"memory_mb": 1769}) as h:
+        h.put_docs({"itemId": "p", "poison": True})
         h.wait_idle()
         stats = h.runner.stats()
         messages = h.on_failure_messages()

@@ -314,17 +314,15 @@ def test_one_bad_item_fails_the_whole_call(emu: PersonalizeEmulator, pe: Any) ->
 # ------------------------------------------------------------------------------------------------ schema
 
 
+# Only the documented examples (PutItems API reference and "Importing items individually": UPPER_SNAKE field names
+# become camelCase keys, e.g. NUMBER_OF_RATINGS -> numberOfRatings). Other spellings are undocumented: testing them
+# here would only test the emulator against the connector's own rule.
 @pytest.mark.parametrize(
     ("field", "expected"),
     [
         ("NUMBER_OF_RATINGS", "numberOfRatings"),
         ("CREATION_TIMESTAMP", "creationTimestamp"),
-        ("PRICE", "price"),
-        ("number_of_ratings", "numberOfRatings"),
-        ("creationTimestamp", "creationTimestamp"),
-        ("Price", "price"),
-        ("HTTPCode", "httpCode"),
-        ("ITEM_URL", "itemUrl"),
+        ("GENRES", "genres"),
     ],
 )
 def test_property_key_is_camel_case_of_the_field_name(field: str, expected: str) -> None:
@@ -367,7 +365,7 @@ def test_schema_violations_are_invalid_input(emu: PersonalizeEmulator, pe: Any, 
         VALID,
         {**VALID, "genres": None, "numberOfRatings": None, "inStock": None, "rating": None},
         {**VALID, "genres": "g" * 1000, "description": "d" * 20_000},
-        {**VALID, "price": 10, "numberOfRatings": 2**31 - 1, "creationTimestamp": 2**63 - 1},
+        {**VALID, "price": 10, "numberOfRatings": 2**31 - 1, "creationTimestamp": 99_999_999_999},
         {**VALID, "inStock": False, "rating": 4.5},
         {**VALID, "numberOfRatings": "12", "price": "9.5", "creationTimestamp": "1700000000"},  # API doc form
     ],

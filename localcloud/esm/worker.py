@@ -5,7 +5,7 @@ backend either needs Docker or does nothing), and the event source mapping runne
 Lambda does around the handler -- an init phase that imports the module once, a context object with a
 deadline, a clean environment, and a process that can be killed when it overruns its timeout.
 
-The runner starts this file as a script (``python -P lambda_worker.py IN_FD OUT_FD``), so it deliberately
+The runner starts this file as a script (``python -P worker.py IN_FD OUT_FD``), so it deliberately
 imports nothing from the ``localcloud`` package: the process sees only the function's asset directory
 (``LAMBDA_TASK_ROOT``, first on ``sys.path``) and the interpreter's site-packages, like a Lambda runtime with
 layers. The handler's stdout and stderr go wherever the runner pointed them (a log file); the protocol uses
@@ -93,10 +93,24 @@ def _load_handler(spec: str) -> Any:
     return handler
 
 
+def _sandbox() -> None:
+    """The Lambda's sys.path after the asset (the layer's and the runtime's site-packages) and its memory cap."""
+    for entry in filter(None, os.environ.get("LOCALCLOUD_SYS_PATH", "").split(os.pathsep)):
+        if entry not in sys.path:
+            sys.path.insert(1, entry)  # after the asset, before the standard library, as on Lambda
+    memory_mb = os.environ.get("LOCALCLOUD_MEMORY_MB")
+    if memory_mb:
+        import resource  # noqa: PLC0415 - POSIX only, and only in a sandbox
+
+        limit = int(memory_mb) * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def serve(in_stream: TextIO, out_stream: TextIO) -> int:
     task_root = os.environ.get("LAMBDA_TASK_ROOT", os.getcwd())
     if task_root not in sys.path:
         sys.path.insert(0, task_root)
+    _sandbox()
     started = time.perf_counter()
     try:
         handler = _load_handler(os.environ["_HANDLER"])
