@@ -85,7 +85,7 @@ class ChaosConfig:
     throttle_rate: float = 0.20
     error_rate: float = 0.05
     slow_rate: float = 0.02
-    slow_ms: float = 13_000  # past the function timeout, and far past the client's read timeout
+    slow_ms: float = 18_000  # past the function timeout, and far past the client's read timeout
     # The runner.
     kill_worker_probability: float = 0.03
     kill_window_s: float = 3.0
@@ -96,7 +96,7 @@ class ChaosConfig:
     batch_size: int = 100  # a short timeout needs small batches: about 10 calls each at 5 calls/s
     batching_window_s: float = 0.5
     # The function.
-    function_timeout_s: float = 12.0
+    function_timeout_s: float = 16.0
     put_items_timeout_s: float = 0.8
     put_items_max_attempts: int = 2
     deadline_margin_ms: int = 400

@@ -28,8 +28,9 @@ CONNECT_TIMEOUT_S = 2.0
 # The DLQ client: a SendMessageBatch is small, so short timeouts and two attempts; its worst case is reserved
 # from the deadline before each send.
 SQS_ATTEMPTS, SQS_CONNECT_TIMEOUT_S, SQS_READ_TIMEOUT_S = 2, 1.0, 2.0
-# The state-table client (version guard): small requests, short timeouts, a bounded worst case.
-STATE_ATTEMPTS, STATE_CONNECT_TIMEOUT_S, STATE_READ_TIMEOUT_S = 3, 1.0, 2.0
+# The state-table client (version guard): small requests, short timeouts, a bounded worst case; the deadline must
+# leave that worst case before each read or write of the state table.
+STATE_ATTEMPTS, STATE_CONNECT_TIMEOUT_S, STATE_READ_TIMEOUT_S = 2, 1.0, 1.0
 
 
 @dataclass(slots=True)
@@ -83,15 +84,13 @@ def build_runtime(settings: Settings, *, personalize: Any = None, sqs: Any = Non
         personalize,
         settings.dataset_arn,
         pacer=Pacer(settings.max_calls_per_second),
-        # Before each call: that call's worst case, plus recording its items' versions after it.
         worst_call_ms=worst_call_ms(
             settings.put_items_max_attempts,
             CONNECT_TIMEOUT_S,
             settings.put_items_timeout_s,
             1 / settings.max_calls_per_second,
             adaptive=settings.put_items_retry_mode == "adaptive",
-        )
-        + (state_worst_ms if guard else 0),
+        ),
     )
     sqs_worst_ms = worst_call_ms(SQS_ATTEMPTS, SQS_CONNECT_TIMEOUT_S, SQS_READ_TIMEOUT_S)
     return Runtime(settings, sink, sqs, sqs_worst_ms, guard)

@@ -186,7 +186,12 @@ def _send(
         if guard is None:
             return
         versioned = [p for p in accepted if p.change.version is not None]
-        failed = set(guard.record([(p.item_id, p.change.version) for p in versioned if p.change.version]))
+        if not versioned:
+            return
+        if deadline.allows(guard.worst_ms):
+            failed = set(guard.record([(p.item_id, p.change.version) for p in versioned if p.change.version]))
+        else:  # written, but too late to record: retried, and written again next time (PutItems replaces)
+            failed = {p.item_id for p in versioned}
         if failed:
             result.state_errors += len(failed)
             logger.error(
