@@ -42,7 +42,10 @@ def test_attack_a_changed_item_id_attribute_leaves_the_old_item_live_under_soft_
     records = [
         dynamodb_record("INSERT", {"pk": "p1"}, {"pk": "p1", "sku": "x", "title": "t"}, seq="1"),
         dynamodb_record(
-            "MODIFY", {"pk": "p1"}, {"pk": "p1", "sku": "y", "title": "t"}, {"pk": "p1", "sku": "x", "title": "t"},
+            "MODIFY",
+            {"pk": "p1"},
+            {"pk": "p1", "sku": "y", "title": "t"},
+            {"pk": "p1", "sku": "x", "title": "t"},
             seq="2",
         ),
     ]

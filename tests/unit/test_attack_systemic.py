@@ -30,9 +30,7 @@ def drain(records: list[dict[str, Any]], fake: FakePersonalize, sqs: FakeSQS, li
     while checkpoint < len(records) and invocations < limit:
         invocations += 1
         batch = records[checkpoint:]
-        result = pipeline.run(
-            {"Records": batch}, settings=settings, sink=sink, sqs=sqs, deadline=Deadline.unbounded()
-        )
+        result = pipeline.run({"Records": batch}, settings=settings, sink=sink, sqs=sqs, deadline=Deadline.unbounded())
         failed = [int(f["itemIdentifier"]) for f in result.response["batchItemFailures"]]
         if not failed:
             return invocations
