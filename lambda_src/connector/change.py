@@ -16,10 +16,11 @@ A DynamoDB number keeps its decimal text exactly as the stream carries it (no tr
 would merge ids beyond 17 significant digits); a JSON number becomes its shortest text (``42``, not ``42.0``).
 A missing, empty or non-scalar id makes the record poison.
 
-The order of changes to one item (``putitems.coalesce`` picks the newest) is the stream position, except for CDC
-over Kinesis, which may arrive out of order and twice: there :attr:`Change.version` orders the changes, that is
-``ApproximateCreationDateTime`` (µs) with the Kinesis sequence number as the tie-breaker. A CDC change without a
-usable timestamp has no version and falls back to its position.
+The order of changes to one item (:func:`newest_first`) is the stream position, except for CDC over Kinesis,
+which may arrive out of order and twice: there :attr:`Change.version` orders the changes, that is
+``ApproximateCreationDateTime`` (µs) with the Kinesis sequence number (arrival) as the tie-breaker, and copies of
+one change (the same ``eventID``) rank as their first copy. A CDC change without a usable timestamp has no
+version: it ranks after the changes that arrived before it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from connector.config import ItemMapping
 from connector.source import Format, SourceRecord
 
 DOCUMENT_ID_ATTRIBUTES = ("itemId", "id")
+SEQUENCE_DIGITS_MAX = 129
 
 
 class Poison(Exception):
@@ -77,9 +79,41 @@ def from_record(record: SourceRecord, mapping: ItemMapping) -> Change:
         raise Poison(f"no item id: unexpected {type(exc).__name__}") from None
     version = None
     if record.format is Format.KINESIS_CDC and record.approximate_ts_us is not None:
-        seq = record.sequence_number or ""
-        version = (record.approximate_ts_us, int(seq) if seq.isdigit() else 0)
+        version = (record.approximate_ts_us, sequence_value(record.sequence_number))
     return Change(record, item_id, kind, id_attributes, version)
+
+
+def sequence_value(seq: str | None) -> int:
+    """A sequence number as a number (Kinesis: at most 129 decimal digits), or 0 when it is not one."""
+    if seq and len(seq) <= SEQUENCE_DIGITS_MAX and seq.isascii() and seq.isdigit():
+        return int(seq)
+    return 0
+
+
+def newest_first(changes: list[Change]) -> list[Change]:
+    """``changes`` (in delivery order) from the newest to the oldest.
+
+    By position, unless some carry a version (CDC over Kinesis): then by version, copies of one change (the same
+    ``eventID``) ranking as their first copy, and a change without a version ranking after every change that
+    arrived before it (its own sequence number standing for its time within that instant).
+    """
+    if all(c.version is None for c in changes):
+        return changes[::-1]
+    first_copy: dict[str, int] = {}
+    for c in changes:
+        event_id = c.record.cdc_event_id
+        if c.version is not None and event_id:
+            first_copy[event_id] = min(first_copy.get(event_id, c.version[1]), c.version[1])
+    keys: dict[int, tuple[int, int, int]] = {}
+    latest = 0
+    for c in changes:
+        if c.version is None:
+            keys[c.position] = (latest, sequence_value(c.record.sequence_number), c.position)
+            continue
+        ts, seq = c.version
+        latest = max(latest, ts)
+        keys[c.position] = (ts, first_copy.get(c.record.cdc_event_id or "", seq), c.position)
+    return sorted(changes, key=lambda c: keys[c.position], reverse=True)
 
 
 def _item_id(record: SourceRecord, mapping: ItemMapping) -> tuple[str, tuple[str, ...]]:

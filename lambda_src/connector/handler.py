@@ -146,7 +146,9 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
     metrics.add_metric(name="Throttles", unit=MetricUnit.Count, value=report.throttles)
     metrics.add_metric(name="PutItemsAttempts", unit=MetricUnit.Count, value=report.attempts)
     metrics.add_metric(name="PutItemsRejected", unit=MetricUnit.Count, value=report.rejected_calls)
-    metrics.add_metric(name="SystemicErrors", unit=MetricUnit.Count, value=1 if report.systemic else 0)
+    systemic = bool(report.systemic) or result.state_errors > 0
+    metrics.add_metric(name="SystemicErrors", unit=MetricUnit.Count, value=1 if systemic else 0)
+    metrics.add_metric(name="StateErrors", unit=MetricUnit.Count, value=result.state_errors)
     metrics.add_metric(name="StaleSkipped", unit=MetricUnit.Count, value=result.stale)
     if report.calls:  # an average per invocation; across invocations use ItemsSent / PutItemsCalls
         metrics.add_metric(name="ItemsPerCall", unit=MetricUnit.Count, value=report.items_sent / report.calls)

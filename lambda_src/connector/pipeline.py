@@ -28,13 +28,13 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
 from connector import change, item, source
-from connector.change import Change, Kind, Poison
+from connector.change import Change, Kind, Poison, newest_first
 from connector.config import Settings
 from connector.deadline import Deadline
 from connector.putitems import Group, PendingItem, PutItemsSink, SendReport, check_limits, coalesce
 from connector.response import Ledger, Outcome, Verdict, dead_letter
 from connector.telemetry import logger, tracer
-from connector.versions import BATCH_GET_MAX, VersionGuard, VersionStoreError
+from connector.versions import VersionGuard, VersionStoreError
 
 LOG_FIELD_MAX = 300
 
@@ -117,12 +117,15 @@ def run(
 
 
 def _plan(group: Group, settings: Settings) -> _Plan:
-    """Build every change of ``group``: the ones that can be written become candidates, the others poison."""
+    """Build every change of ``group``: the ones that can be written become candidates (newest first, ordered
+    among themselves only, so a poison change cannot change their order), the others poison."""
     plan = _Plan(group, [])
-    for candidate in group.newest_first():
+    built: dict[int, PendingItem] = {}
+    for candidate in group.changes:
         try:
             props = item.build(candidate, settings.mapping)
-            assert props is not None  # removes under "ignore" never reach a group
+            if props is None:  # removes under "ignore" never reach a group
+                raise Poison("nothing to write")
             pending = PendingItem(group, candidate, item.serialize(props) if props else None)
             reason = check_limits(pending)
         except Poison as exc:
@@ -130,9 +133,12 @@ def _plan(group: Group, settings: Settings) -> _Plan:
         except Exception as exc:  # one malformed image must never fail the batch
             reason = f"the item cannot be built: unexpected {type(exc).__name__}"
         if reason is None:
-            plan.candidates.append(pending)
+            built[candidate.position] = pending
         else:
             plan.verdicts[candidate.position] = Verdict(candidate.record, Outcome.POISON, reason, group.item_id)
+    plan.candidates = [built[c.position] for c in newest_first([p.change for p in built.values()])]
+    for fallback in plan.candidates[1:]:
+        fallback.fallback = True
     return plan
 
 
@@ -142,9 +148,7 @@ def _guard(plans: list[_Plan], guard: VersionGuard, deadline: Deadline, result: 
     if not versioned:
         return
     try:
-        if not deadline.allows(guard.worst_ms * -(-len(versioned) // BATCH_GET_MAX)):
-            raise VersionStoreError("the deadline is too near to read versions")
-        stored = guard.stored(p.group.item_id for p in versioned)
+        stored = guard.stored((p.group.item_id for p in versioned), deadline)
     except VersionStoreError as exc:
         logger.error("The state table cannot be read: CDC changes are retried", extra={"error": str(exc)})
         result.state_errors += 1
@@ -162,7 +166,8 @@ def _guard(plans: list[_Plan], guard: VersionGuard, deadline: Deadline, result: 
         fresh = []
         for candidate in plan.candidates:
             version = candidate.change.version
-            if version is None or version > last:  # a CDC change without a timestamp cannot be guarded
+            # A CDC change without a timestamp cannot be guarded.
+            if version is None or not last.supersedes(version, candidate.change.record.cdc_event_id):
                 fresh.append(candidate)
             else:
                 result.stale += 1
@@ -189,7 +194,9 @@ def _send(
         if not versioned:
             return
         if deadline.allows(guard.worst_ms):
-            failed = set(guard.record([(p.item_id, p.change.version) for p in versioned if p.change.version]))
+            failed = set(
+                guard.record([(p.item_id, p.change.version, _instant_ids(p)) for p in versioned if p.change.version])
+            )
         else:  # written, but too late to record: retried, and written again next time (PutItems replaces)
             failed = {p.item_id for p in versioned}
         if failed:
@@ -228,6 +235,17 @@ def _send(
             plan.verdicts[written.change.position] = Verdict(
                 written.change.record, Outcome.PUT if ok else Outcome.RETRY, None, plan.group.item_id
             )
+
+
+def _instant_ids(written: PendingItem) -> frozenset[str]:
+    """The eventIDs of the changes of the written change's instant (it superseded them, or is one of them)."""
+    assert written.change.version is not None
+    ts = written.change.version[0]
+    return frozenset(
+        c.record.cdc_event_id
+        for c in written.group.changes
+        if c.version and c.version[0] == ts and c.record.cdc_event_id
+    )
 
 
 def _decide(plan: _Plan) -> None:

@@ -4,8 +4,8 @@ The quota is 10 PutItems calls per second per dataset group with at most 10 item
 carries fewer than 10 items, or that is sent only to be throttled, costs throughput. In order:
 
 1. :func:`coalesce`: changes to the same item collapse into one :class:`Group`, whose :meth:`Group.newest_first`
-   orders them (stream position; for CDC over Kinesis the change's version, see ``change``). The pipeline
-   writes the newest change that can land and dead-letters the newer ones that cannot.
+   orders them (stream position; for CDC over Kinesis the change's version, see ``change.newest_first``). The
+   pipeline writes the newest change that can land and dead-letters the newer ones that cannot.
 2. :func:`check_limits`: itemId ≤ 256 and properties ≤ 32,000 characters. botocore checks only the
    minimums, so an over-limit item would otherwise fail the whole call it rides in.
 3. :class:`PutItemsSink` packs items in first-seen order, 10 per call, and sends them:
@@ -22,7 +22,7 @@ carries fewer than 10 items, or that is sent only to be throttled, costs through
    * ``InvalidInputException`` rejects the whole call without saying which item is bad, so the call is
      **bisected** until the bad item stands alone: it is **poison** with the service's message, the rest land;
    * a **systemic rejection**: when every item of a call is rejected on its own, and
-     :data:`SYSTEMIC_REJECTION_STREAK` distinct changes in a row have been (across the container's
+     :data:`SYSTEMIC_REJECTION_STREAK` distinct items in a row have been (across the container's
      invocations, with no call accepted in between), the rejection is not about the items (a USERS dataset, a
      dataset schema that differs from the mapping): the sink stops, and that call's items and everything
      unsent are **retry**, not poison. A call is always bisected to the end first, so a call holding one good
@@ -47,7 +47,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from connector.change import Change
+from connector.change import Change, newest_first
 from connector.deadline import Deadline
 from connector.telemetry import logger
 
@@ -82,11 +82,8 @@ class Group:
     changes: list[Change]
 
     def newest_first(self) -> list[Change]:
-        """The changes from the newest to the oldest: by version when every change has one (CDC over Kinesis,
-        where the arrival order is not the order of the changes), else by position in the stream."""
-        if all(c.version is not None for c in self.changes):
-            return sorted(self.changes, key=lambda c: (c.version, c.position), reverse=True)
-        return self.changes[::-1]
+        """The changes from the newest to the oldest (see ``change.newest_first``)."""
+        return newest_first(self.changes)
 
 
 def coalesce(changes: Iterable[Change]) -> list[Group]:
@@ -108,6 +105,7 @@ class PendingItem:
     group: Group
     change: Change
     properties: str | None  # JSON text, or None for an item with no properties
+    fallback: bool = False  # sent because the item's newer changes were rejected
 
     @property
     def item_id(self) -> str:
@@ -225,9 +223,10 @@ class PutItemsSink:
         self._dataset_arn = dataset_arn
         self._worst_call_ms = worst_call_ms
         self._counters = instrument(client, pacer)
-        # Distinct changes rejected on their own since the last accepted call, across the container's invocations
-        # (a redelivered change is counted once): the evidence for a systemic rejection.
-        self._rejected: set[tuple[str | None, str | None, str]] = set()
+        # Distinct items rejected on their own since the last accepted call, across the container's invocations
+        # (an item redelivered, or its older changes sent as fallbacks, count once): the evidence for a
+        # systemic rejection.
+        self._rejected: set[str] = set()
         self._on_accepted: Callable[[list[PendingItem]], None] | None = None
 
     def send(
@@ -282,9 +281,8 @@ class PutItemsSink:
                 parts += [part[half:], part[:half]]  # the first half is sent first
                 continue
             rejected.append((part[0], message))
-            if len(self._rejected) < SYSTEMIC_REJECTION_STREAK:
-                record = part[0].change.record
-                self._rejected.add((record.event_source_arn, record.sequence_number, part[0].item_id))
+            if not part[0].fallback and len(self._rejected) < SYSTEMIC_REJECTION_STREAK:
+                self._rejected.add(part[0].item_id)
         if rejected and not accepted and len(self._rejected) >= SYSTEMIC_REJECTION_STREAK:
             # Every item of this call was rejected on its own, and so were the items before it.
             report.stopped = report.systemic = "SystemicRejection"

@@ -191,12 +191,20 @@ class Ledger:
         return {o: counted.get(o, 0) for o in Outcome}
 
     def response(self) -> PartialItemFailureResponse:
+        """The retried records' sequence numbers. A retried record without one is reported by the nearest earlier
+        record that has one (Lambda redelivers from there, so it comes back too); only when no earlier record
+        has one must the whole batch fail."""
         failures: list[PartialItemFailures] = []
+        last_seq: str | None = None
         for record, outcome in zip(self.records, self.outcomes, strict=True):
+            if record.sequence_number:
+                last_seq = record.sequence_number
             if outcome is Outcome.RETRY:
-                if not record.sequence_number:
+                if last_seq is None:
                     raise UnreportableRecordError(
-                        f"record at position {record.position} must be retried but has no sequence number"
+                        f"record at position {record.position} must be retried but neither it nor any record "
+                        "before it has a sequence number"
                     )
-                failures.append({"itemIdentifier": record.sequence_number})
+                if not failures or failures[-1]["itemIdentifier"] != last_seq:
+                    failures.append({"itemIdentifier": last_seq})
         return {"batchItemFailures": failures}

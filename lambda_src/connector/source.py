@@ -60,6 +60,7 @@ class SourceRecord:
     new_image: dict[str, Any] | None = None
     old_image: dict[str, Any] | None = None
     approximate_ts_us: int | None = None
+    cdc_event_id: str | None = None  # CDC over Kinesis: the change's eventID (a duplicate delivery repeats it)
     ttl_delete: bool = False  # a REMOVE made by DynamoDB's Time to Live, not by a caller
     error: str | None = None
 
@@ -148,6 +149,8 @@ def _kinesis_record(position: int, raw: dict[str, Any]) -> SourceRecord:
         return parsed
     if payload.get("eventSource") == DYNAMODB and isinstance(payload.get("dynamodb"), dict):
         parsed.format = Format.KINESIS_CDC
+        event_id = payload.get("eventID")
+        parsed.cdc_event_id = event_id[:256] if isinstance(event_id, str) and event_id else None
         return _fill_cdc(parsed, payload.get("eventName"), payload["dynamodb"], payload.get("userIdentity"))
     parsed.format = Format.KINESIS_DOCUMENT
     parsed.new_image = payload

@@ -11,6 +11,7 @@ from connector.config import load_settings
 from connector.deadline import Deadline, OutageBackoff
 from connector.putitems import Pacer, PutItemsSink
 from connector.versions import VersionGuard
+from infra.config import MIN_SENDING_WINDOW_MS, PUT_ITEMS_WORST_CALL_MS
 from infra.config import _lambda as lambda_config  # the validation of cdk.json's "lambda" key
 from tests.factories import DATASET_ARN, FakeContext, cdc_payload, dynamodb_record, event, kinesis_record
 from tests.fakes import FakePersonalize, FakeSQS
@@ -63,16 +64,20 @@ class _NoTable:
     """A state-table client that is never reached (the batch holds no CDC record)."""
 
 
+# The shortest timeout the CDK app accepts with the default margin: the runtime's reserve plus a sending window.
+MIN_ACCEPTED_S = -(-(PUT_ITEMS_WORST_CALL_MS + MIN_SENDING_WINDOW_MS + 5_000) // 1000)
+
+
 @pytest.mark.parametrize(
     ("timeout_s", "state_table"),
-    [(39, None), (60, "state")],
+    [(MIN_ACCEPTED_S, None), (MIN_ACCEPTED_S, "state")],
     ids=["minimum-timeout-cdk-accepts", "with-STATE_TABLE"],
 )
 def test_attack_a_timeout_the_cdk_config_accepts_never_sends_anything(timeout_s: int, state_table: str | None) -> None:
-    """infra/config.py still sizes the minimum timeout with a 24 s worst call (PUT_ITEMS_WORST_CALL_MS), but the
-    runtime now reserves 34.3 s before each PutItems call (retry-after, defect 9), plus 22 s with STATE_TABLE.
-    A timeout that ``cdk deploy`` accepts therefore leaves no room for one call: every record is retried on
-    every invocation, forever, and the stream ages out."""
+    """infra/config.py sized the minimum timeout with a 24 s worst call (PUT_ITEMS_WORST_CALL_MS), but the
+    runtime reserves 34.3 s before each PutItems call (retry-after, defect 9). A timeout that ``cdk deploy``
+    accepted therefore left no room for one call: every record retried on every invocation, forever. The
+    shortest accepted timeout must send (with and without STATE_TABLE)."""
     cfg = lambda_config({"timeoutSeconds": timeout_s})  # accepted by the CDK app's validation
     env = {
         "DATASET_ARN": DATASET_ARN,

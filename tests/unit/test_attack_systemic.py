@@ -31,7 +31,7 @@ def drain(records: list[dict[str, Any]], fake: FakePersonalize, sqs: FakeSQS, li
         invocations += 1
         batch = records[checkpoint:]
         result = pipeline.run({"Records": batch}, settings=settings, sink=sink, sqs=sqs, deadline=Deadline.unbounded())
-        failed = [int(f["itemIdentifier"]) for f in result.response["batchItemFailures"]]
+        failed = [int(str(f["itemIdentifier"])) for f in result.response["batchItemFailures"]]
         if not failed:
             return invocations
         seqs = [int(r["dynamodb"]["SequenceNumber"]) for r in batch]

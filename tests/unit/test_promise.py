@@ -21,7 +21,7 @@ from connector.config import ConfigError, load_settings
 from connector.deadline import Deadline, OutageBackoff
 from connector.putitems import Pacer, PutItemsSink
 from connector.response import SQS_MAX_BYTES, Outcome
-from connector.versions import VersionGuard
+from connector.versions import Stored, VersionGuard
 from tests.factories import DATASET_ARN, FakeContext, cdc_payload, dynamodb_record, event, kinesis_record
 from tests.fakes import FakePersonalize, FakeSQS, reject_ids
 
@@ -144,11 +144,16 @@ def test_3_version_guard_refuses_an_older_change_in_a_later_batch(state: Any) ->
 
 def test_3_concurrent_writers_cannot_regress_the_stored_version(state: Any) -> None:
     guard = VersionGuard(state, "state", DATASET_ARN)
-    assert guard.record([("a", (6_000_000, 9))]) == []
-    assert guard.record([("a", (5_000_000, 99))]) == []  # refused by the condition, not an error
-    assert guard.stored(["a"]) == {"a": (6_000_000, 9)}
-    assert guard.record([("a", (6_000_000, 10))]) == []  # same time: the later sequence number wins
-    assert guard.stored(["a", "missing"]) == {"a": (6_000_000, 10)}
+    assert guard.record([("a", (6_000_000, 9), frozenset({"e1"}))]) == []
+    assert guard.record([("a", (5_000_000, 99), frozenset({"e0"}))]) == []  # refused by the condition, no error
+    assert guard.stored(["a"]) == {"a": Stored((6_000_000, 9), frozenset({"e1"}))}
+    assert guard.record([("a", (6_000_000, 10), frozenset({"e2"}))]) == []  # same instant: later seq, both ids
+    assert guard.stored(["a", "missing"]) == {"a": Stored((6_000_000, 10), frozenset({"e1", "e2"}))}
+    assert guard.record([("a", (6_000_000, 5), frozenset({"e3"}))]) == []  # same instant, earlier: id added only
+    (stored,) = guard.stored(["a"]).values()
+    assert stored.version == (6_000_000, 10) and stored.event_ids == {"e1", "e2", "e3"}
+    assert stored.supersedes((6_000_000, 11), "e1")  # a late copy of a change of that instant
+    assert not stored.supersedes((6_000_000, 11), "e9") and not stored.supersedes((6_000_001, 0), None)
 
 
 def test_3_version_reads_are_batched(state: Any) -> None:
