@@ -132,7 +132,7 @@ def _kinesis_record(position: int, raw: dict[str, Any]) -> SourceRecord:
     record = KinesisStreamRecord(raw)
     body = raw.get("kinesis")
     seq = record.kinesis.get("sequenceNumber") if isinstance(body, dict) else None
-    parsed = SourceRecord(position, raw, KINESIS, _text_or_none(seq), _text_or_none(record.event_source_arn))
+    parsed = SourceRecord(position, raw, KINESIS, _text_or_none(seq), _text_or_none(raw.get("eventSourceARN")))
     if not isinstance(body, dict) or not isinstance(body.get("data"), str):
         parsed.error = "record has no 'kinesis.data' string"
         return parsed

@@ -109,6 +109,41 @@ def test_2_a_cdc_change_without_a_timestamp_is_ordered_by_position() -> None:
     assert fake.items == {"a": {"v": 2}}  # not ranked as time 0, before everything
 
 
+def test_7_when_putitems_rejects_the_newest_change_the_next_newest_is_written() -> None:
+    records = [
+        dynamodb_record("MODIFY", {"sku": "a"}, {"sku": "a", "v": 1}, seq="1"),
+        dynamodb_record("MODIFY", {"sku": "a"}, {"sku": "a", "v": 2, "bad": True}, seq="2"),
+        dynamodb_record("MODIFY", {"sku": "b"}, {"sku": "b", "v": 1}, seq="3"),
+    ]
+
+    def rule(items: list[dict[str, Any]]) -> tuple[str, str] | None:
+        return ("InvalidInputException", "bad") if any('"bad"' in i.get("properties", "") for i in items) else None
+
+    result, fake, sqs = run(records, FakePersonalize(rule))
+    assert fake.items == {"a": {"v": 1}, "b": {"v": 1}}
+    assert [json.loads(m)["sequenceNumber"] for m in sqs.messages] == ["2"]
+    assert result.counts[Outcome.PUT] == 2 and failures(result) == []
+
+
+def test_a_kinesis_record_without_an_event_source_arn_is_processed() -> None:
+    rec = kinesis_record({"id": "a", "v": 1}, seq="1")
+    del rec["eventSourceARN"]
+    _, fake, _ = run([rec])
+    assert fake.items == {"a": {"v": 1}}
+
+
+def test_the_systemic_streak_restarts_after_an_accepted_call() -> None:
+    bad = {f"b{n}" for n in range(18)}
+    fake = FakePersonalize(reject_ids(*bad))
+    sink = sink_for(fake)
+    first = [dynamodb_record("INSERT", {"sku": f"b{n}"}, {"sku": f"b{n}"}, seq=str(10 + n)) for n in range(9)]
+    run(first, fake, sink=sink)  # nine rejected on their own: not yet systemic
+    run([dynamodb_record("INSERT", {"sku": "good"}, {"sku": "good"}, seq="30")], fake, sink=sink)
+    second = [dynamodb_record("INSERT", {"sku": f"b{n}"}, {"sku": f"b{n}"}, seq=str(40 + n)) for n in range(9, 18)]
+    result, _, sqs = run(second, fake, sink=sink)
+    assert result.report.systemic is None and len(sqs.messages) == 9  # the count started again at the good call
+
+
 # 3 --------------------------------------------------------------------------------------------------------
 
 
