@@ -43,7 +43,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -75,9 +75,12 @@ class ChaosConfig:
     poison_share: float = 0.01
     write_seconds: float = 60.0  # spread the writes like a live stream
     rounds: int = 40
-    # CDC versions swapped in the stream land stale when a batch boundary falls between them (kills bisect
-    # batches): a limitation of reordering within a batch, shown by the demo, not a fault to inject here.
-    cdc_out_of_order_share: float = 0.0
+    # CDC versions swapped within a PutRecords call, and older versions delivered a round later: batch
+    # boundaries (kills, bisects, partial redeliveries) fall anywhere, so only the version guard keeps order.
+    cdc_out_of_order_share: float = 0.4
+    cdc_late_share: float = 0.2
+    # Chaos runs the mapping with onRemove "ignore" (the demo soft-deletes): REMOVEs must never hide upserts.
+    on_remove: Literal["soft", "ignore"] = "ignore"
     timeout: float = 900.0  # seconds to converge after the last write
     # The emulator (10 calls/s, ~50 ms like the demo).
     tps: float = 10
@@ -166,6 +169,8 @@ class ChaosConfig:
             write_seconds=self.write_seconds,
             rounds=self.rounds,
             cdc_out_of_order_share=self.cdc_out_of_order_share,
+            cdc_late_share=self.cdc_late_share,
+            on_remove=self.on_remove,
         )
 
 
@@ -488,11 +493,18 @@ def report(result: ChaosResult, console: Console) -> None:
 
 
 def main(
-    *, changes: int, seed: int, timeout: float, write_seconds: float, live: bool = True, console: Console | None = None
+    *,
+    changes: int,
+    seed: int,
+    timeout: float,
+    write_seconds: float,
+    on_remove: Literal["soft", "ignore"] = "ignore",
+    live: bool = True,
+    console: Console | None = None,
 ) -> int:
     """The ``chaos`` command: 0 when everything converged and every check passed, 1 otherwise, 2 on setup errors."""
     console = console or Console()
-    config = ChaosConfig(changes=changes, seed=seed, timeout=timeout, write_seconds=write_seconds)
+    config = ChaosConfig(changes=changes, seed=seed, timeout=timeout, write_seconds=write_seconds, on_remove=on_remove)
     return run_command(lambda: run_chaos(config, console=console, live=live), lambda r: report(r, console), console)
 
 

@@ -243,6 +243,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
         timeout=args.timeout,
         write_seconds=args.write_seconds,
         chaos=args.chaos,
+        on_remove=args.on_remove,
         console=console,
         emulator_options=quota_kwargs(args),
         cloud_options=_schema_options(args),
@@ -255,6 +256,7 @@ def cmd_chaos(args: argparse.Namespace, console: Console) -> int:
         seed=args.seed,
         timeout=args.timeout,
         write_seconds=args.write_seconds,
+        on_remove=args.on_remove,
         live=not args.no_live,
         console=console,
     )
@@ -383,6 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--timeout", type=float, default=180, help="seconds to wait for convergence after the last write (default 180)"
     )
+    run.add_argument(
+        "--on-remove",
+        choices=["soft", "ignore"],
+        default="soft",
+        help="REMOVEs: soft-delete as examples/mapping.json says (default), or run the mapping with "
+        '"onRemove": "ignore" (a deleted item keeps its last image)',
+    )
     add_quota_arguments(run)
     _add_schema_arguments(run)
     run.set_defaults(func=cmd_demo)
@@ -404,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ch.add_argument(
         "--timeout", type=float, default=900, help="seconds to converge after the last write (default %(default)s)"
+    )
+    ch.add_argument(
+        "--on-remove",
+        choices=["soft", "ignore"],
+        default="ignore",
+        help='REMOVEs: "ignore" (default: removes must never hide the upserts before them) or soft-delete',
     )
     ch.add_argument("--no-live", action="store_true", help="no live progress table (for logs and CI)")
     ch.set_defaults(func=cmd_chaos)

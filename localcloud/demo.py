@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -177,12 +177,15 @@ class LocalCloud:
         dataset_schema: Path | Mapping[str, Any] | None = None,
         allow_schemaless: bool = False,
         seed: int | None = None,
+        on_remove: str | None = None,
     ) -> None:
         """``throttle_rate`` ... ``slow_ms``: the emulator's injected faults. ``env_overrides``,
         ``function_overrides``, ``mapping_overrides`` and ``runner_options`` (``kill_worker_probability``,
         ``hang_worker_probability`` ...) go to :class:`EsmRunner`; ``emulator_options`` (``quota_model``,
         ``quota_burst``, ``foreign_share``, ``request_jitter_ms`` ...) go to :class:`PersonalizeEmulator`;
-        ``seed`` seeds the emulator's and the runner's fault draws."""
+        ``seed`` seeds the emulator's and the runner's fault draws; ``on_remove`` (``"ignore"``) replaces the
+        ``onRemove`` of the function's mapping document."""
+        self.on_remove = on_remove
         self.emulator_options = dict(emulator_options or {})
         self.dataset_schema, self.allow_schemaless = dataset_schema, allow_schemaless
         self.schema_source = ""  # where the registered dataset schema came from (set on start)
@@ -249,6 +252,9 @@ class LocalCloud:
                 seed=self.seed,
                 **self.runner_options,
             )
+            if self.on_remove is not None:
+                document = {**self._function_document(), "onRemove": self.on_remove}
+                self.runner.add_env_overrides({"CONNECTOR_CONFIG": json.dumps(document), "CONNECTOR_CONFIG_FILE": ""})
             self.emulator.register_dataset(self.dataset_arn, self._schema())
             self.interpreter = self.runner.interpreter()
             self.runner.start()
@@ -339,18 +345,20 @@ class LocalCloud:
     def function_log(self) -> Path:
         return self._runner().log_dir / f"{self.function.name}.log"
 
-    def _function_schema(self) -> Any:
-        """The Avro schema the *function* is configured with (its mapping document), or None."""
+    def _function_document(self) -> dict[str, Any]:
+        """The mapping document the *function* is configured with in the template (``{}`` when none)."""
         env = self.function.environment
-        document: Any = None
+        document: Any = {}
         if env.get("CONNECTOR_CONFIG"):
             document = json.loads(env["CONNECTOR_CONFIG"])
         elif env.get("CONNECTOR_CONFIG_FILE"):
             path = Path(env["CONNECTOR_CONFIG_FILE"])
             document = json.loads((path if path.is_absolute() else self.function.asset_dir / path).read_text())
-        if isinstance(document, dict) and document.get("schema"):
-            return document["schema"]
-        return None
+        return document if isinstance(document, dict) else {}
+
+    def _function_schema(self) -> Any:
+        """The Avro schema the *function* is configured with (its mapping document), or None."""
+        return self._function_document().get("schema") or None
 
     def _schema(self) -> Any:
         """The dataset's schema, from what the *dataset* has -- never from the function's environment.
@@ -775,6 +783,8 @@ def run_demo(
     options = dict(cloud_options or {})
     if fast:
         options.setdefault("batching_window_s", 0.2)
+    if spec.on_remove != "soft":  # examples/mapping.json soft-deletes; the workload's model follows the spec
+        options["on_remove"] = spec.on_remove
     cloud = LocalCloud(template, **options)
     stop_writing = threading.Event()
     with console.status("Booting moto server, the Personalize emulator and the ESM runner …"):
@@ -795,6 +805,11 @@ def run_demo(
         table_name = cloud.table_name
         if stream is None or table_name is None:
             raise SetupError("the synthesized stack must have a new DynamoDB table and a new Kinesis stream")
+        if spec.cdc_late_share and not cloud.environment.get("STATE_TABLE"):
+            raise SetupError(
+                "CDC versions delivered in a later batch need the version guard: the stack has no STATE_TABLE "
+                "(stateTable.enabled); set the workload's cdc_late_share to 0"
+            )
         workload = Workload(spec, table_name, stream.ref, stream.arn)
         if on_start is not None:
             on_start(cloud)
@@ -1045,6 +1060,7 @@ def main(
     timeout: float,
     write_seconds: float,
     chaos: bool = False,
+    on_remove: Literal["soft", "ignore"] = "soft",
     console: Console | None = None,
     emulator_options: Mapping[str, Any] | None = None,
     cloud_options: Mapping[str, Any] | None = None,
@@ -1054,7 +1070,7 @@ def main(
     ``emulator_options``: quota model and the like, passed to :class:`PersonalizeEmulator`;
     ``cloud_options``: more :class:`LocalCloud` arguments (``dataset_schema``, ``allow_schemaless`` ...)."""
     console = console or Console()
-    spec = WorkloadSpec(items=items, seed=seed, write_seconds=write_seconds)
+    spec = WorkloadSpec(items=items, seed=seed, write_seconds=write_seconds, on_remove=on_remove)
     faults: dict[str, Any] = {"throttle_rate": 0.2, "error_rate": 0.05} if chaos else {}
     faults.update(cloud_options or {})
     if emulator_options:

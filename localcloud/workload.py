@@ -10,10 +10,10 @@ stream) through ordinary boto3 calls, and remembers everything it did:
 * **Kinesis JSON documents** (ids ``doc-0001`` ...): one to three versions of each document, in stream order;
   values in the loose forms producers send (numbers as strings, ``"true"``, ISO dates, lists).
 * **Kinesis DynamoDB CDC** (ids ``cdc-0001`` ...), shaped like Kinesis Data Streams for DynamoDB, with
-  ``ApproximateCreationDateTime`` in milliseconds; some items' versions are delivered out of order and some are
-  delivered twice. Each item's records are written contiguously in one ``PutRecords`` call, so they reach the
-  connector in one batch, where it orders them by ``ApproximateCreationDateTime`` (across batches the connector
-  cannot reorder, and neither can Lambda).
+  ``ApproximateCreationDateTime`` in milliseconds; some items' versions are delivered out of order within one
+  ``PutRecords`` call, some twice, and some items have an older version held back and written with the next
+  round, after the newer ones (``cdc_late_share``): across batches, only the version guard (``STATE_TABLE``)
+  keeps it from landing last.
 * **Bad records**, each known exactly (:class:`BadRecord`): an item whose price cannot be coerced, a categorical
   value over 1,000 characters, an item without its required creation time, data that is not JSON, a document
   without an id, an int field holding a fraction. Each bad item id is written once and never touched again.
@@ -189,10 +189,15 @@ class WorkloadSpec:
     # How many bad records to write. None: one of each of the 8 kinds, placed as the demo always did. A number:
     # that many, cycling through the kinds (``bad-price-00002`` ...), spread evenly through every round.
     bad_count: int | None = None
-    # The share of CDC items whose last two versions arrive swapped. The connector reorders them only within
-    # one batch: a batch boundary between them (batch size, a bisect, a partial redelivery) lands the older
-    # image last. The demo's batches keep each item's records together; a chaos run cannot, so it sets 0.
+    # The share of CDC items whose last two versions arrive swapped (in one PutRecords call).
     cdc_out_of_order_share: float = 0.4
+    # The share of CDC items one of whose older versions is held back and written with the next CDC round (a
+    # later PutRecords call, so usually a later batch): only the version guard (STATE_TABLE) keeps it from
+    # overwriting the newer version written before it.
+    cdc_late_share: float = 0.2
+    # What the function's mapping does with REMOVE records: "soft" (examples/mapping.json: STATUS=deleted over
+    # the old image) or "ignore" (the demo overrides the mapping; a deleted item keeps its last image).
+    on_remove: Literal["soft", "ignore"] = "soft"
 
     @classmethod
     def for_changes(cls, changes: int, *, poison_share: float = 0.01, **options: Any) -> WorkloadSpec:
@@ -275,6 +280,8 @@ class Workload:
     kinesis_sequence_numbers: list[str] = field(default_factory=list)
     cdc_out_of_order: int = 0
     cdc_duplicates: int = 0
+    cdc_late: int = 0  # older CDC versions delivered in a later PutRecords call than a newer one
+    _late: list[tuple[str, bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.spec.seed)
@@ -342,15 +349,16 @@ class Workload:
     # -- the expected final Personalize items --------------------------------------------------------------
     def expected_items(self) -> dict[str, dict[str, Any]]:
         """``{item id: properties}`` that the dataset must hold once everything has landed."""
+        soft = self.spec.on_remove == "soft"  # under "ignore", a deleted item keeps its last image
         expected: dict[str, dict[str, Any]] = {}
         for sku, item in self.table.items():
             expected[sku] = expected_properties(item)
         for sku, image in self.tombstones.items():
-            expected[sku] = expected_properties(image, deleted=True)
+            expected[sku] = expected_properties(image, deleted=soft)
         for sku, doc in self.documents.items():
             expected[sku] = expected_properties(doc)
         for sku, (image, deleted) in self.cdc.items():
-            expected[sku] = expected_properties(image, deleted=deleted)
+            expected[sku] = expected_properties(image, deleted=deleted and soft)
         return expected
 
     def expected_dlq(self) -> list[BadRecord]:
@@ -428,6 +436,7 @@ class Workload:
                 yield bad.pop(0)
             yield self._pace_step((r + 1) / rounds, stop)
         yield from bad
+        yield self._late_cdc_step()
 
     def _plan_spread(
         self,
@@ -485,6 +494,7 @@ class Workload:
             yield from round_bad
             yield self._pace_step((r + 1) / rounds, stop)
         yield from bad
+        yield self._late_cdc_step()
 
     # -- DynamoDB steps ------------------------------------------------------------------------------------
     def _insert_step(self, chunk: list[str]) -> Callable[[Any, Any], None]:
@@ -653,10 +663,14 @@ class Workload:
     def _cdc_step(self, ids: list[str]) -> Callable[[Any, Any], None]:
         def step(_: Any, kinesis: Any) -> None:
             rng = self._rng
-            payloads: list[tuple[str, bytes]] = []
+            payloads, self._late = self._late, []  # older versions held back by the previous round go first
             for sku in ids:
                 history = self._cdc_history(sku)
                 delivery = list(history)
+                if len(delivery) > 1 and rng.random() < self.spec.cdc_late_share:  # an older version, later
+                    late = delivery.pop(rng.randrange(len(delivery) - 1))
+                    self._late.append((sku, self._cdc_payload(late)))
+                    self.cdc_late += 1
                 if len(delivery) > 1 and rng.random() < self.spec.cdc_out_of_order_share:  # the last two swapped
                     delivery[-1], delivery[-2] = delivery[-2], delivery[-1]
                     self.cdc_out_of_order += 1
@@ -669,9 +683,20 @@ class Workload:
                 image = last.new if last.new is not None else last.old
                 assert image is not None
                 self.cdc[sku] = (image, last.event_name == "REMOVE")
-            # One PutRecords call, each item's records contiguous: one item's versions reach one batch.
+            # One PutRecords call, each item's records contiguous (but for the late ones).
             self._put_records(kinesis, payloads)
             self.counters.kinesis_cdc += len(payloads)
+
+        return step
+
+    def _late_cdc_step(self) -> Callable[[Any, Any], None]:
+        """Write the older CDC versions still held back (after the last round)."""
+
+        def step(_: Any, kinesis: Any) -> None:
+            late, self._late = self._late, []
+            if late:
+                self._put_records(kinesis, late)
+                self.counters.kinesis_cdc += len(late)
 
         return step
 

@@ -180,6 +180,12 @@ class EsmRunner:
         self._thread_local = threading.local()
 
     # -- public API --------------------------------------------------------------------------------------------
+    def add_env_overrides(self, overrides: Mapping[str, str]) -> None:
+        """More environment overrides for every function's workers; only before :meth:`start`."""
+        if self._started:
+            raise RuntimeError("environment overrides must be set before the runner starts")
+        self._env_overrides.update(overrides)
+
     def start(self) -> EsmRunner:
         """Create iterators for every shard (so LATEST means "from now"), then start polling."""
         if self._started:

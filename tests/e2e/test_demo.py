@@ -13,6 +13,7 @@ Kinesis documents, about 30 CDC records with out-of-order and duplicate deliveri
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 import io
 import time
 from collections import Counter
@@ -52,16 +53,17 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo(
     request: pytest.FixtureRequest, template: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[DemoResult, float]]:
-    """One run as configured (10 calls/s, 50 ms), one with injected throttles and 5xx (retries, redeliveries),
-    and the faulty one again with the other reading of an undocumented rule: a partial response that moved the
-    checkpoint does not count against MaximumRetryAttempts (the runner's default counts it: pessimistic)."""
+    """One run as configured (10 calls/s, 50 ms), one with injected throttles and 5xx (retries, redeliveries)
+    and the mapping's onRemove set to "ignore", and the faulty one again with the other reading of an
+    undocumented rule: a partial response that moved the checkpoint does not count against
+    MaximumRetryAttempts (the runner's default counts it: pessimistic)."""
     faults: dict[str, object] = {"throttle_rate": 0.3, "error_rate": 0.1} if request.param != "calm" else {}
     if request.param == "faulty-partial-not-a-retry":
         faults["runner_options"] = {"partial_counts_as_retry": False}
     output = io.StringIO()
     began = time.monotonic()
     result = run_demo(
-        SPEC,
+        replace(SPEC, on_remove="ignore") if request.param == "faulty" else SPEC,
         template=template,
         fast=True,
         timeout=45,
@@ -81,8 +83,9 @@ def test_converges_to_the_sources_final_state(demo: tuple[DemoResult, float]) ->
     # GIVEN a workload that exercised every path
     assert w.counters.ddb_updates > 50 and w.counters.ddb_deletes > 0
     assert w.counters.kinesis_documents >= 30 and w.counters.kinesis_cdc >= 25
-    assert w.cdc_out_of_order > 0 and w.cdc_duplicates > 0
-    assert any(p.get("status") == "deleted" for p in w.expected_items().values())
+    assert w.cdc_out_of_order > 0 and w.cdc_duplicates > 0 and w.cdc_late > 0
+    soft_deleted = any(p.get("status") == "deleted" for p in w.expected_items().values())
+    assert soft_deleted == (w.spec.on_remove == "soft")  # under "ignore", deleted items keep their last image
     assert seconds < 60
 
 
