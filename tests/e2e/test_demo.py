@@ -13,11 +13,11 @@ Kinesis documents, about 30 CDC records with out-of-order and duplicate deliveri
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 import io
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
