@@ -21,11 +21,20 @@ ERROR_STATUS: dict[str, int] = {
     "ServiceUnavailable": 503,
 }
 
-_FAULT_CODE_BY_STATUS = {500: "InternalServerError", 503: "ServiceUnavailable"}
+# Injected faults by HTTP status: 5xx, and the systemic errors of an outage that someone then fixes (a dataset
+# deleted and re-created: 404; a missing IAM grant: 403).
+_FAULT_CODE_BY_STATUS = {
+    500: "InternalServerError",
+    503: "ServiceUnavailable",
+    404: "ResourceNotFoundException",
+    403: "AccessDeniedException",
+}
 _DEFAULT_MESSAGES = {
     "ThrottlingException": "Rate exceeded",
     "InternalServerError": "Internal server error (injected)",
     "ServiceUnavailable": "Service unavailable (injected)",
+    "ResourceNotFoundException": "Dataset not found (injected)",
+    "AccessDeniedException": "User is not authorized to perform: personalize:PutItems (injected)",
 }
 
 
