@@ -1,0 +1,455 @@
+"""The shared PutItems budget: one timeline of send slots per dataset group, kept in ``STATE_TABLE``.
+
+PutItems allows 10 calls per second per **dataset group**, shared by every concurrent invocation (one per shard
+per source) and by the operator tools. Each of them builds a :class:`SharedBudget` and calls :meth:`wait` before
+every HTTP attempt (``putitems.instrument`` does it in botocore's ``before-send``, so retries take a token too)
+and :meth:`throttled` after a throttled attempt.
+
+Why hand-written: nothing in botocore or Powertools paces *across processes*. botocore's adaptive retry mode
+slows one client down after it has been throttled; Powertools has no rate limiting at all.
+
+The item (``pk = "budget#<dataset group ARN>"``), all numbers, times in epoch seconds:
+
+* ``next_slot``: the end of the shared timeline: the first slot nobody has reserved yet;
+* ``base``, ``knee``, ``cut_at``: the shared rate law (below); ``expiresAt``: TTL, pushed back on every write.
+
+**Reserving.** A holder reserves a block of ``k`` consecutive slots ``1 / rate`` apart with one conditional
+``UpdateItem``: ``SET next_slot = next_slot + k / rate`` if the timeline is busy (``next_slot`` is between a
+moment just ahead of now and the latest start this wait allows), or ``SET next_slot = start + k / rate`` if it
+is idle. Both are atomic, need no read, and also check ``cut_at`` so a block is never reserved at a rate that
+was cut meanwhile; a failed check returns the current item (``ReturnValuesOnConditionCheckFailure``), so the
+retry is informed. The holder then sends its attempts at exactly its slot times. Reservations queue FIFO on one
+timeline, so a hot shard cannot starve a cold one: a holder never holds more than one block, and waits at most
+for the blocks reserved before its own (about ``holders × k / rate``); past ``max_wait_s`` :meth:`wait` raises
+:class:`BudgetTimeout` without reserving. ``k`` adapts: it doubles (up to ``block_max``) each time a block is
+used up in time and halves when a slot goes unused, so a backlogged holder pays about one table write per
+``block_max`` calls and an idle or slow one wastes little. A slot missed by more than ``slack`` (see below) is
+skipped, never used late.
+
+**Never over the quota.** Every rate is capped at ``quota × headroom`` (default 9.7 calls/s for a quota of 10)
+and an attempt leaves in ``[slot, slot + slack]`` with ``slack = 1/(quota × headroom) − 1/quota``, so two
+attempts from all holders together are always at least ``1 / quota`` apart: at most ``quota`` per second,
+under a sliding window, a fixed window, a token bucket or strict spacing alike (on the client side: network
+jitter is the service's).
+
+**Learning the real limit (AIMD).** The shared rate is a function of time, so recovering costs no writes:
+``rate(t) = min(ceiling, base + FAST·d)`` up to ``knee``, then ``knee + PROBE·(d − d_knee)²``, with
+``d = t − cut_at``. On a throttle a holder cuts it for everyone, once per ``hold_s``: ``base = BETA·rate``,
+``knee = KNEE·rate`` (conditional ``UpdateItem`` on ``cut_at``). The rate thus drops, climbs back fast to just
+under the rate that was throttled, then probes slowly (quadratic, like CUBIC) above it: it settles just below
+what the service allows, a foreign writer included, and climbs back to the ceiling once the foreign writer stops.
+
+**When the table fails** (missing, access denied, timeouts, any error): :meth:`wait` never raises for it. The
+holder paces itself locally at ``fallback_rate`` (default ceiling / 4) with the same AIMD, counts it in
+``stats.fallbacks``, logs a warning, and tries the table again after ``retry_table_s``.
+
+Thread safety: a budget serves all threads of its process (a lock guards its state; sleeping happens outside
+the lock). The module holds no global state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from connector.telemetry import logger
+
+DEFAULT_QUOTA = 10.0
+HEADROOM = 0.97  # rate ceiling = quota × HEADROOM
+BETA = 0.8  # multiplicative cut
+KNEE = 0.95  # fast recovery up to KNEE × the rate that was throttled
+FAST = 2.0  # calls/s gained per second below the knee
+PROBE = 0.01  # calls/s² of the quadratic probe above the knee
+MIN_RATE = 0.2  # calls/s: never cut below
+HOLD_S = 2.0  # one cut per congestion event: throttles within HOLD_S of the last cut are the same event
+TTL_S = 86_400
+MAX_TRIES = 4  # conditional-update attempts per reservation before pacing this attempt locally
+
+# Item attributes, always through placeholders (several are DynamoDB reserved words).
+_NAMES = {"#next": "next_slot", "#base": "base", "#knee": "knee", "#cut": "cut_at", "#exp": "expiresAt"}
+_GROUP_ARN = re.compile(r"(arn:[^:]+:personalize:[^:]*:[^:]*:)dataset/([^/]+)/[A-Za-z_]+")
+_DATASET_GROUP_ARN = re.compile(r"arn:[^:]+:personalize:[^:]*:[^:]*:dataset-group/[^/]+")
+
+
+class BudgetTimeout(BotoCoreError):
+    """No PutItems token within ``max_wait_s``: the caller reports the rest of its batch as retry."""
+
+    fmt = "No PutItems token for {dataset_group} within {max_wait_s:g} s: the shared budget is saturated"
+
+
+def dataset_group_arn(arn: str) -> str:
+    """``arn:…:dataset/<group>/ITEMS`` → ``arn:…:dataset-group/<group>``; a dataset group ARN is returned as is."""
+    match = _GROUP_ARN.fullmatch(arn)
+    if match:
+        return f"{match.group(1)}dataset-group/{match.group(2)}"
+    if _DATASET_GROUP_ARN.fullmatch(arn):
+        return arn
+    raise ValueError(f"{arn!r} is neither a Personalize dataset ARN nor a dataset group ARN")
+
+
+@dataclass(slots=True)
+class RateLaw:
+    """AIMD as a function of time: ``base`` after the cut at ``cut_at``, fast up to ``knee``, then probing."""
+
+    ceiling: float
+    base: float
+    knee: float
+    cut_at: float
+
+    def rate(self, now: float) -> float:
+        d = max(0.0, now - self.cut_at)
+        fast = self.base + FAST * d
+        if fast <= self.knee:
+            return min(self.ceiling, fast)
+        d_knee = max(0.0, (self.knee - self.base) / FAST)
+        return min(self.ceiling, max(self.knee, self.base) + PROBE * (d - d_knee) ** 2)
+
+    def cut(self, now: float) -> None:
+        current = self.rate(now)
+        self.base = max(MIN_RATE, BETA * current)
+        self.knee = max(self.base, KNEE * current)
+        self.cut_at = now
+
+
+@dataclass(slots=True)
+class BudgetStats:
+    """Counters since the budget was built (per container); read deltas per invocation."""
+
+    attempts: int = 0  # tokens granted (PutItems HTTP attempts)
+    requests: int = 0  # DynamoDB requests made
+    conflicts: int = 0  # conditional checks that failed (each is a request, billed as a write)
+    reservations: int = 0  # blocks reserved
+    wasted: int = 0  # reserved slots never used
+    throttles: int = 0  # throttled() calls
+    cuts: int = 0  # shared (or local) rate cuts this holder made
+    fallbacks: int = 0  # times the table failed and local pacing took over
+    local: int = 0  # tokens granted by local pacing
+    timeouts: int = 0  # BudgetTimeout raised
+    waited_s: float = 0.0
+
+
+class SharedBudget:
+    """The PutItems budget of one dataset group, shared through one DynamoDB item (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: Any,
+        table: str,
+        dataset_group: str,
+        *,
+        quota: float = DEFAULT_QUOTA,
+        headroom: float = HEADROOM,
+        max_wait_s: float = 10.0,
+        fallback_rate: float | None = None,
+        block_max: int = 8,
+        hold_s: float = HOLD_S,
+        retry_table_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if quota <= 0:
+            raise ValueError("quota must be positive")
+        if not 0 < headroom <= 0.99:
+            raise ValueError("headroom must be in (0, 0.99]: slots need some slack for late wake-ups")
+        self.client = client
+        self.table = table
+        self.dataset_group = dataset_group
+        self.key = {"pk": {"S": f"budget#{dataset_group}"}}
+        self.quota = quota
+        self.ceiling = quota * headroom
+        self.slack = 1 / self.ceiling - 1 / quota
+        self.max_wait_s = max_wait_s
+        self.block_max = max(1, block_max)
+        self.hold_s = hold_s
+        self.retry_table_s = retry_table_s
+        self.stats = BudgetStats()
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        # What this holder knows of the shared item (refreshed by every reply).
+        self._law = RateLaw(self.ceiling, self.ceiling, self.ceiling, 0.0)
+        self._next_slot = 0.0
+        # This holder's block.
+        self._slots: deque[float] = deque()
+        self._block_end = "0"  # the stored next_slot right after this holder's block
+        self._k = 1
+        self._block_clean = True
+        self._lead = 0.02  # seconds between asking for a block and its first slot; tracks 2 × the table's RTT
+        # Local pacing, while the table is unavailable.
+        fallback = self.ceiling / 4 if fallback_rate is None else min(fallback_rate, self.ceiling)
+        self._local_law = RateLaw(fallback, fallback, fallback, 0.0)
+        self._local_next = 0.0
+        self._table_down_until: float | None = None
+
+    # --- the interface putitems.instrument uses --------------------------------------------------------------
+
+    def wait(self) -> float:
+        """Block until this attempt may be sent; return the seconds waited. Raise :class:`BudgetTimeout` rather
+        than wait longer than ``max_wait_s``; never raise because the table is unavailable."""
+        t0 = self._clock()
+        with self._lock:
+            slot = self._take(t0)
+        now = self._clock()
+        if slot > now:
+            self._sleep(slot - now)
+        waited = max(0.0, max(slot, now) - t0)
+        with self._lock:
+            self.stats.attempts += 1
+            self.stats.waited_s += waited
+        return waited
+
+    def throttled(self) -> None:
+        """A throttled attempt: cut the shared rate for everyone (at most once per ``hold_s``)."""
+        now = self._clock()
+        with self._lock:
+            self.stats.throttles += 1
+            if self._table_down(now):
+                if now - self._local_law.cut_at >= self.hold_s:
+                    self._local_law.cut(now)
+                    self.stats.cuts += 1
+                return
+            if now - self._law.cut_at < self.hold_s:
+                return  # this congestion event has been answered already
+            law = RateLaw(self.ceiling, self._law.base, self._law.knee, self._law.cut_at)
+            law.cut(now)
+            try:
+                self._update(
+                    "SET #base = :base, #knee = :knee, #cut = :now, #exp = :exp",
+                    "attribute_not_exists(#cut) OR #cut < :hold",
+                    {
+                        ":base": _n(law.base),
+                        ":knee": _n(law.knee),
+                        ":now": _n(now),
+                        ":hold": _n(now - self.hold_s),
+                        ":exp": _n(int(now + TTL_S)),
+                    },
+                )
+            except _Conflict as conflict:
+                self._learn(conflict.item)  # someone else cut first
+            except Exception as exc:  # any table failure: local pacing, never an error
+                self._fall_back(now, exc)
+                self._local_law.cut(now)
+                self.stats.cuts += 1
+            else:
+                self._law = law
+                self.stats.cuts += 1
+
+    def release(self) -> None:
+        """Optional, at the end of a batch: give back this holder's unused slots if its block is still the end
+        of the timeline (one conditional write; if someone reserved after it, the slots are simply wasted)."""
+        now = self._clock()
+        with self._lock:
+            unused = [s for s in self._slots if s >= now + self._lead]
+            self.stats.wasted += len(self._slots) - len(unused)
+            self._slots.clear()
+            if not unused or self._table_down(now):
+                self.stats.wasted += len(unused)
+                return
+            try:
+                self._update(
+                    "SET #next = :first",
+                    "#next = :end",
+                    {":first": _n(math.ceil(unused[0] * 1000) / 1000), ":end": {"N": self._block_end}},
+                )
+            except _Conflict as conflict:
+                self._learn(conflict.item)
+                self.stats.wasted += len(unused)
+            except Exception:  # releasing is best effort
+                self.stats.wasted += len(unused)
+            else:
+                self._next_slot = math.ceil(unused[0] * 1000) / 1000
+
+    def rate(self) -> float:
+        """The shared rate as this holder last saw it, in calls/s (local pacing's while the table is down)."""
+        now = self._clock()
+        with self._lock:
+            return (self._local_law if self._table_down(now) else self._law).rate(now)
+
+    # --- internals (called with the lock held) ---------------------------------------------------------------
+
+    def _take(self, t0: float) -> float:
+        """The slot time for one attempt that asked at ``t0``."""
+        latest = t0 + self.max_wait_s
+        while True:
+            now = self._clock()
+            if self._slots and self._slots[0] + self.slack < now:
+                while self._slots and self._slots[0] + self.slack < now:
+                    self._slots.popleft()
+                    self.stats.wasted += 1
+                self._block_clean = False
+                if not self._slots:
+                    self._k = max(1, self._k // 2)
+            if self._slots:
+                if self._slots[0] > latest:
+                    break
+                slot = self._slots.popleft()
+                if not self._slots:  # block used up: grow k if every slot was used, else shrink it
+                    self._k = min(self.block_max, self._k * 2) if self._block_clean else max(1, self._k // 2)
+                return slot
+            if now > latest:
+                break
+            if self._table_down(now) or not self._reserve(now, latest):
+                return self._take_local(now, latest)
+        self.stats.timeouts += 1
+        raise BudgetTimeout(dataset_group=self.dataset_group, max_wait_s=self.max_wait_s)
+
+    def _reserve(self, now: float, latest: float) -> bool:
+        """Reserve a block into ``self._slots``; False if the table failed (pace locally instead)."""
+        for _ in range(MAX_TRIES):
+            start = now + self._lead
+            rate = self._law.rate(start)
+            k = max(1, min(self._k, int(rate)))  # a block lasts at most about a second
+            duration = math.ceil(k / rate * 1000) / 1000  # whole ms, rounded up: never closer than 1 / rate
+            values = {
+                ":start": _n(start),
+                ":cut": _n(self._law.cut_at),
+                ":exp": _n(int(now + TTL_S)),
+            }
+            cut_ok = "(attribute_not_exists(#cut) OR #cut = :cut)"
+            busy = self._next_slot >= start
+            if busy:
+                update = "SET #next = #next + :dur, #exp = :exp"
+                condition = f"#next BETWEEN :start AND :latest AND {cut_ok}"
+                values[":dur"] = _n(duration)
+                values[":latest"] = _n(latest)
+            else:
+                update = "SET #next = :end, #exp = :exp"
+                condition = f"(attribute_not_exists(#next) OR #next < :start) AND {cut_ok}"
+                values[":end"] = _n(start + duration)
+            sent = self._clock()
+            try:
+                reply = self._update(update, condition, values, return_old=busy)
+            except _Conflict as conflict:
+                self._learn(conflict.item)
+                if self._next_slot > latest:
+                    self.stats.timeouts += 1
+                    raise BudgetTimeout(dataset_group=self.dataset_group, max_wait_s=self.max_wait_s) from None
+                now = self._clock()
+                continue
+            except Exception as exc:  # any table failure: local pacing, never an error
+                self._fall_back(now, exc)
+                return False
+            self._lead = 0.8 * self._lead + 0.2 * max(0.002, 2 * (self._clock() - sent))
+            first = Decimal(reply["Attributes"]["next_slot"]["N"]) if busy else Decimal(values[":start"]["N"])
+            end = first + Decimal(_n(duration)["N"])
+            self._slots.extend(float(first) + i / rate for i in range(k))
+            self._block_end = str(end)
+            self._next_slot = float(end)
+            self._block_clean = True
+            self.stats.reservations += 1
+            if self._table_down_until is not None:
+                logger.info("Shared PutItems budget: state table reachable again", extra={"table": self.table})
+                self._table_down_until = None
+            return True
+        return False  # persistent contention: pace this attempt locally
+
+    def _take_local(self, now: float, latest: float) -> float:
+        slot = max(now, self._local_next)
+        if slot > latest:
+            self.stats.timeouts += 1
+            raise BudgetTimeout(dataset_group=self.dataset_group, max_wait_s=self.max_wait_s)
+        self._local_next = slot + 1 / self._local_law.rate(slot)
+        self.stats.local += 1
+        return slot
+
+    def _table_down(self, now: float) -> bool:
+        return self._table_down_until is not None and now < self._table_down_until
+
+    def _fall_back(self, now: float, exc: Exception) -> None:
+        if self._table_down_until is None:
+            self.stats.fallbacks += 1
+            code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else type(exc).__name__
+            logger.warning(
+                "Shared PutItems budget unavailable: pacing locally",
+                extra={"table": self.table, "error": code, "local_rate": round(self._local_law.rate(now), 2)},
+            )
+        self._table_down_until = now + self.retry_table_s
+
+    def _learn(self, item: Mapping[str, Any] | None) -> None:
+        if not item:
+            return
+        self._next_slot = float(item.get("next_slot", {}).get("N", 0))
+        if "cut_at" in item:
+            self._law = RateLaw(
+                self.ceiling, float(item["base"]["N"]), float(item["knee"]["N"]), float(item["cut_at"]["N"])
+            )
+
+    def _update(
+        self, update: str, condition: str, values: dict[str, Any], *, return_old: bool = False
+    ) -> dict[str, Any]:
+        self.stats.requests += 1
+        used = set(re.findall(r"#\w+", update + condition))
+        try:
+            reply: dict[str, Any] = self.client.update_item(
+                TableName=self.table,
+                Key=self.key,
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeNames={n: a for n, a in _NAMES.items() if n in used},
+                ExpressionAttributeValues=values,
+                ReturnValues="UPDATED_OLD" if return_old else "NONE",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                self.stats.conflicts += 1
+                raise _Conflict(exc.response.get("Item")) from None
+            raise
+        return reply
+
+
+class _Conflict(Exception):
+    """A conditional check failed; ``item`` is the current item (or None if it does not exist)."""
+
+    def __init__(self, item: Mapping[str, Any] | None) -> None:
+        super().__init__("conditional check failed")
+        self.item = item
+
+
+def _n(value: float) -> dict[str, str]:
+    """A DynamoDB number; times to the millisecond (epoch seconds with more digits exceed a float's precision)."""
+    return {"N": f"{value:.3f}" if isinstance(value, float) else str(value)}
+
+
+def from_env(
+    dataset_arn: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    client: Any = None,
+    max_wait_s: float = 10.0,
+    **kwargs: Any,
+) -> SharedBudget | None:
+    """The budget the environment asks for, or ``None`` without ``STATE_TABLE`` (pace per invocation as before).
+
+    ``QUOTA_CALLS_PER_SECOND`` (default 10) is the ceiling; ``MAX_CALLS_PER_SECOND``, if set, is the local
+    pacing rate while the table is unavailable (default: ceiling / 4). The DynamoDB client is a plain boto3
+    client (``AWS_ENDPOINT_URL_DYNAMODB`` redirects it) with short timeouts and two attempts, so an outage of
+    the table costs an attempt at most a few seconds before local pacing takes over.
+    """
+    env = os.environ if env is None else env
+    table = env.get("STATE_TABLE")
+    if not table:
+        return None
+    quota = float(env.get("QUOTA_CALLS_PER_SECOND") or DEFAULT_QUOTA)
+    if quota <= 0:
+        raise ValueError(f"QUOTA_CALLS_PER_SECOND={quota:g} must be positive")
+    if env.get("MAX_CALLS_PER_SECOND") and "fallback_rate" not in kwargs:
+        kwargs["fallback_rate"] = float(env["MAX_CALLS_PER_SECOND"])
+    if client is None:
+        client = boto3.client(
+            "dynamodb",
+            config=Config(retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=1.0, read_timeout=1.0),
+        )
+    return SharedBudget(client, table, dataset_group_arn(dataset_arn), quota=quota, max_wait_s=max_wait_s, **kwargs)
