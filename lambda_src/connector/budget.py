@@ -69,16 +69,27 @@ from connector.telemetry import logger
 DEFAULT_QUOTA = 10.0
 HEADROOM = 0.97  # rate ceiling = quota × HEADROOM
 BETA = 0.8  # multiplicative cut
-KNEE = 0.95  # fast recovery up to KNEE × the rate that was throttled
+KNEE = 0.97  # fast recovery up to KNEE × the rate that was throttled, held there PLATEAU_S
+PLATEAU_S = 10.0
 FAST = 2.0  # calls/s gained per second below the knee
 PROBE = 0.01  # calls/s² of the quadratic probe above the knee
 MIN_RATE = 0.2  # calls/s: never cut below
-HOLD_S = 2.0  # one cut per congestion event: throttles within HOLD_S of the last cut are the same event
+SETTLE_S = (
+    1.0  # the service's counting window (assumed ≤ 1 s): throttles until it has passed after the cut are old news
+)
 TTL_S = 86_400
+SHARED_BLOCK_S = 0.25  # block length while other holders reserve too (equal blocks: equal shares, short queue)
 MAX_TRIES = 4  # conditional-update attempts per reservation before pacing this attempt locally
 
 # Item attributes, always through placeholders (several are DynamoDB reserved words).
-_NAMES = {"#next": "next_slot", "#base": "base", "#knee": "knee", "#cut": "cut_at", "#exp": "expiresAt"}
+_NAMES = {
+    "#next": "next_slot",
+    "#base": "base",
+    "#knee": "knee",
+    "#cut": "cut_at",
+    "#settle": "settle",
+    "#exp": "expiresAt",
+}
 _GROUP_ARN = re.compile(r"(arn:[^:]+:personalize:[^:]*:[^:]*:)dataset/([^/]+)/[A-Za-z_]+")
 _DATASET_GROUP_ARN = re.compile(r"arn:[^:]+:personalize:[^:]*:[^:]*:dataset-group/[^/]+")
 
@@ -107,20 +118,24 @@ class RateLaw:
     base: float
     knee: float
     cut_at: float
+    settle: float = 0.0  # attempts sent before this (the timeline's end at the cut + SETTLE_S) do not cut again
 
     def rate(self, now: float) -> float:
         d = max(0.0, now - self.cut_at)
         fast = self.base + FAST * d
-        if fast <= self.knee:
+        if fast < self.knee:
             return min(self.ceiling, fast)
-        d_knee = max(0.0, (self.knee - self.base) / FAST)
-        return min(self.ceiling, max(self.knee, self.base) + PROBE * (d - d_knee) ** 2)
+        probe = d - max(0.0, (self.knee - self.base) / FAST) - PLATEAU_S
+        return min(self.ceiling, max(self.knee, self.base) + PROBE * max(0.0, probe) ** 2)
 
-    def cut(self, now: float) -> None:
-        current = self.rate(now)
+    def cut(self, now: float, throttled_rate: float, settle: float) -> None:
+        """Cut below ``throttled_rate``, the rate of the block whose attempt was throttled."""
+        current = min(self.rate(now), throttled_rate)
+        probing = current > self.knee * 1.001  # above the knee: the probe overshot, the knee was right
         self.base = max(MIN_RATE, BETA * current)
-        self.knee = max(self.base, KNEE * current)
+        self.knee = max(self.base, (KNEE if probing else BETA) * current)
         self.cut_at = now
+        self.settle = settle
 
 
 @dataclass(slots=True)
@@ -154,7 +169,7 @@ class SharedBudget:
         max_wait_s: float = 10.0,
         fallback_rate: float | None = None,
         block_max: int = 8,
-        hold_s: float = HOLD_S,
+        settle_s: float = SETTLE_S,
         retry_table_s: float = 30.0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -172,7 +187,7 @@ class SharedBudget:
         self.slack = 1 / self.ceiling - 1 / quota
         self.max_wait_s = max_wait_s
         self.block_max = max(1, block_max)
-        self.hold_s = hold_s
+        self.settle_s = settle_s
         self.retry_table_s = retry_table_s
         self.stats = BudgetStats()
         self._clock = clock
@@ -185,7 +200,10 @@ class SharedBudget:
         self._slots: deque[float] = deque()
         self._block_end = "0"  # the stored next_slot right after this holder's block
         self._k = 1
-        self._block_clean = True
+        self._block_clean = True  # every slot of the block used, each within one interval of the last
+        self._contended = False  # another holder's block sits between this holder's last two blocks
+        self._last_slot = 0.0
+        self._block_rate = self.ceiling  # the rate the current block was reserved at
         self._lead = 0.02  # seconds between asking for a block and its first slot; tracks 2 × the table's RTT
         # Local pacing, while the table is unavailable.
         fallback = self.ceiling / 4 if fallback_rate is None else min(fallback_rate, self.ceiling)
@@ -211,40 +229,51 @@ class SharedBudget:
         return waited
 
     def throttled(self) -> None:
-        """A throttled attempt: cut the shared rate for everyone (at most once per ``hold_s``)."""
+        """A throttled attempt: cut the shared rate for everyone, once per congestion event.
+
+        Slots reserved before a cut still go out at the old rate, and the service remembers them for its
+        counting window, so a throttle of an attempt sent before ``settle`` (the timeline's end at the last
+        cut + ``settle_s``) is the same event and cuts nothing."""
         now = self._clock()
         with self._lock:
             self.stats.throttles += 1
+            sent = self._last_slot
             if self._table_down(now):
-                if now - self._local_law.cut_at >= self.hold_s:
-                    self._local_law.cut(now)
+                if sent >= self._local_law.settle:
+                    self._local_law.cut(now, self._local_law.rate(now), max(self._local_next, now) + self.settle_s)
                     self.stats.cuts += 1
                 return
-            if now - self._law.cut_at < self.hold_s:
-                return  # this congestion event has been answered already
-            law = RateLaw(self.ceiling, self._law.base, self._law.knee, self._law.cut_at)
-            law.cut(now)
-            try:
-                self._update(
-                    "SET #base = :base, #knee = :knee, #cut = :now, #exp = :exp",
-                    "attribute_not_exists(#cut) OR #cut < :hold",
-                    {
-                        ":base": _n(law.base),
-                        ":knee": _n(law.knee),
-                        ":now": _n(now),
-                        ":hold": _n(now - self.hold_s),
-                        ":exp": _n(int(now + TTL_S)),
-                    },
-                )
-            except _Conflict as conflict:
-                self._learn(conflict.item)  # someone else cut first
-            except Exception as exc:  # any table failure: local pacing, never an error
-                self._fall_back(now, exc)
-                self._local_law.cut(now)
-                self.stats.cuts += 1
-            else:
-                self._law = law
-                self.stats.cuts += 1
+            for _ in range(MAX_TRIES):
+                if sent < self._law.settle:
+                    return  # answered by the last cut
+                law = RateLaw(self.ceiling, self._law.base, self._law.knee, self._law.cut_at)
+                law.cut(now, self._block_rate, max(self._next_slot, now) + self.settle_s)
+                try:  # optimistic: cut from the law and timeline this holder knows, which must be current
+                    self._update(
+                        "SET #base = :base, #knee = :knee, #cut = :now, #settle = :settle, #exp = :exp",
+                        "(attribute_not_exists(#cut) OR #cut = :known)"
+                        " AND (attribute_not_exists(#next) OR #next <= :next)",
+                        {
+                            ":base": _n(law.base),
+                            ":knee": _n(law.knee),
+                            ":now": _n(now),
+                            ":settle": _n(law.settle),
+                            ":known": _n(self._law.cut_at),
+                            ":next": _n(self._next_slot),
+                            ":exp": _n(int(now + TTL_S)),
+                        },
+                    )
+                except _Conflict as conflict:
+                    self._learn(conflict.item)  # someone cut or reserved meanwhile: decide again on fresh data
+                    continue
+                except Exception as exc:  # any table failure: local pacing, never an error
+                    self._fall_back(now, exc)
+                    self._local_law.cut(now, self._local_law.rate(now), max(self._local_next, now) + self.settle_s)
+                    self.stats.cuts += 1
+                else:
+                    self._law = law
+                    self.stats.cuts += 1
+                return
 
     def release(self) -> None:
         """Optional, at the end of a batch: give back this holder's unused slots if its block is still the end
@@ -295,8 +324,11 @@ class SharedBudget:
                 if self._slots[0] > latest:
                     break
                 slot = self._slots.popleft()
-                if not self._slots:  # block used up: grow k if every slot was used, else shrink it
-                    self._k = min(self.block_max, self._k * 2) if self._block_clean else max(1, self._k // 2)
+                if t0 - self._last_slot > 1 / self._law.rate(t0) + self.slack:
+                    self._block_clean = False  # this holder is slower than the slots: larger blocks would be wasted
+                self._last_slot = slot
+                if not self._slots:
+                    self._k = self._next_k(t0)
                 return slot
             if now > latest:
                 break
@@ -310,7 +342,7 @@ class SharedBudget:
         for _ in range(MAX_TRIES):
             start = now + self._lead
             rate = self._law.rate(start)
-            k = max(1, min(self._k, int(rate)))  # a block lasts at most about a second
+            k = max(1, min(self._k, int(rate)))  # a block lasts at most about a second (when the rate is low)
             duration = math.ceil(k / rate * 1000) / 1000  # whole ms, rounded up: never closer than 1 / rate
             values = {
                 ":start": _n(start),
@@ -345,15 +377,26 @@ class SharedBudget:
             first = Decimal(reply["Attributes"]["next_slot"]["N"]) if busy else Decimal(values[":start"]["N"])
             end = first + Decimal(_n(duration)["N"])
             self._slots.extend(float(first) + i / rate for i in range(k))
+            self._contended = busy and first != Decimal(self._block_end)
             self._block_end = str(end)
             self._next_slot = float(end)
             self._block_clean = True
+            self._block_rate = rate
             self.stats.reservations += 1
             if self._table_down_until is not None:
                 logger.info("Shared PutItems budget: state table reachable again", extra={"table": self.table})
                 self._table_down_until = None
             return True
         return False  # persistent contention: pace this attempt locally
+
+    def _next_k(self, now: float) -> int:
+        """The next block's size: halve it if this holder missed or could not keep up with a slot; while others
+        reserve too, a short block (fair shares, a short queue, quick reaction to cuts); alone, double it."""
+        if not self._block_clean:
+            return max(1, self._k // 2)
+        if self._contended:
+            return min(self.block_max, max(1, math.ceil(self._law.rate(now) * SHARED_BLOCK_S)))
+        return min(self.block_max, self._k * 2)
 
     def _take_local(self, now: float, latest: float) -> float:
         slot = max(now, self._local_next)
@@ -383,7 +426,11 @@ class SharedBudget:
         self._next_slot = float(item.get("next_slot", {}).get("N", 0))
         if "cut_at" in item:
             self._law = RateLaw(
-                self.ceiling, float(item["base"]["N"]), float(item["knee"]["N"]), float(item["cut_at"]["N"])
+                self.ceiling,
+                float(item["base"]["N"]),
+                float(item["knee"]["N"]),
+                float(item["cut_at"]["N"]),
+                float(item.get("settle", {}).get("N", 0)),
             )
 
     def _update(
