@@ -131,7 +131,9 @@ class RateLaw:
     def cut(self, now: float, throttled_rate: float, settle: float) -> None:
         """Cut below ``throttled_rate``, the rate of the block whose attempt was throttled."""
         current = min(self.rate(now), throttled_rate)
-        probing = current > self.knee * 1.001  # above the knee: the probe overshot, the knee was right
+        # Above the knee (or at the ceiling): the probe overshot and the knee was about right; at or below the
+        # knee, the knee itself is too high: cut it as deep as the rate.
+        probing = current > self.knee * 1.001 or current >= self.ceiling * 0.999
         self.base = max(MIN_RATE, BETA * current)
         self.knee = max(self.base, (KNEE if probing else BETA) * current)
         self.cut_at = now
@@ -350,7 +352,7 @@ class SharedBudget:
                 ":exp": _n(int(now + TTL_S)),
             }
             cut_ok = "(attribute_not_exists(#cut) OR #cut = :cut)"
-            busy = self._next_slot >= start
+            busy = self._next_slot >= start or self._contended  # a guess; a wrong one costs a retry
             if busy:
                 update = "SET #next = #next + :dur, #exp = :exp"
                 condition = f"#next BETWEEN :start AND :latest AND {cut_ok}"
@@ -362,7 +364,9 @@ class SharedBudget:
                 values[":end"] = _n(start + duration)
             sent = self._clock()
             try:
-                reply = self._update(update, condition, values, return_old=busy)
+                reply = self._update(update, condition, values, return_new=True)
+                end = Decimal(reply["Attributes"]["next_slot"]["N"])  # atomic: the end of this holder's block
+                first = end - Decimal(values[":dur"]["N"]) if busy else Decimal(values[":start"]["N"])
             except _Conflict as conflict:
                 self._learn(conflict.item)
                 if self._next_slot > latest:
@@ -374,8 +378,6 @@ class SharedBudget:
                 self._fall_back(now, exc)
                 return False
             self._lead = 0.8 * self._lead + 0.2 * max(0.002, 2 * (self._clock() - sent))
-            first = Decimal(reply["Attributes"]["next_slot"]["N"]) if busy else Decimal(values[":start"]["N"])
-            end = first + Decimal(_n(duration)["N"])
             self._slots.extend(float(first) + i / rate for i in range(k))
             self._contended = busy and first != Decimal(self._block_end)
             self._block_end = str(end)
@@ -434,7 +436,7 @@ class SharedBudget:
             )
 
     def _update(
-        self, update: str, condition: str, values: dict[str, Any], *, return_old: bool = False
+        self, update: str, condition: str, values: dict[str, Any], *, return_new: bool = False
     ) -> dict[str, Any]:
         self.stats.requests += 1
         used = set(re.findall(r"#\w+", update + condition))
@@ -446,7 +448,7 @@ class SharedBudget:
                 ConditionExpression=condition,
                 ExpressionAttributeNames={n: a for n, a in _NAMES.items() if n in used},
                 ExpressionAttributeValues=values,
-                ReturnValues="UPDATED_OLD" if return_old else "NONE",
+                ReturnValues="UPDATED_NEW" if return_new else "NONE",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
