@@ -278,11 +278,6 @@ def run_once(
     if os.environ.get("BENCH_DEBUG") and strategy == "shared":
         keys = ("attempts", "requests", "conflicts", "reservations", "wasted", "cuts", "local", "timeouts")
         print({k: sum(getattr(p.stats, k) for p in pacers) for k in keys}, file=sys.stderr)
-        per_s: dict[int, list[int]] = {}
-        for r in recs:
-            for at, ok in r.attempts:
-                per_s.setdefault(int(at - t0), [0, 0])[0 if ok else 1] += 1
-        print(sorted(per_s.items()), [round(p._law.rate(time.time()), 2) for p in pacers], file=sys.stderr)
     return Result(
         calls_s=sum(ok for _, ok in ours) / seconds,
         throttled=sum(not ok for _, ok in ours) / max(1, len(ours)),

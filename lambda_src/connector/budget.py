@@ -8,23 +8,26 @@ and :meth:`throttled` after a throttled attempt.
 Why hand-written: nothing in botocore or Powertools paces *across processes*. botocore's adaptive retry mode
 slows one client down after it has been throttled; Powertools has no rate limiting at all.
 
-The item (``pk = "budget#<dataset group ARN>"``), all numbers, times in epoch seconds:
+The item (``pk = "budget#<dataset group ARN>"``), all numbers, times in epoch seconds (to the millisecond):
 
-* ``next_slot``: the end of the shared timeline: the first slot nobody has reserved yet;
-* ``base``, ``knee``, ``cut_at``: the shared rate law (below); ``expiresAt``: TTL, pushed back on every write.
+* ``next_slot``: the end of the shared timeline, the first slot nobody has reserved yet;
+* ``base``, ``knee``, ``cut_at``, ``settle``: the shared rate law (below);
+* ``expiresAt``: TTL, pushed a day ahead by every write.
 
 **Reserving.** A holder reserves a block of ``k`` consecutive slots ``1 / rate`` apart with one conditional
-``UpdateItem``: ``SET next_slot = next_slot + k / rate`` if the timeline is busy (``next_slot`` is between a
-moment just ahead of now and the latest start this wait allows), or ``SET next_slot = start + k / rate`` if it
-is idle. Both are atomic, need no read, and also check ``cut_at`` so a block is never reserved at a rate that
-was cut meanwhile; a failed check returns the current item (``ReturnValuesOnConditionCheckFailure``), so the
-retry is informed. The holder then sends its attempts at exactly its slot times. Reservations queue FIFO on one
-timeline, so a hot shard cannot starve a cold one: a holder never holds more than one block, and waits at most
-for the blocks reserved before its own (about ``holders × k / rate``); past ``max_wait_s`` :meth:`wait` raises
-:class:`BudgetTimeout` without reserving. ``k`` adapts: it doubles (up to ``block_max``) each time a block is
-used up in time and halves when a slot goes unused, so a backlogged holder pays about one table write per
-``block_max`` calls and an idle or slow one wastes little. A slot missed by more than ``slack`` (see below) is
-skipped, never used late.
+``UpdateItem`` that returns the new ``next_slot`` (the block's end): ``SET next_slot = next_slot + k / rate`` if
+the timeline is busy (``next_slot`` between a moment one round trip ahead and the latest start this wait
+allows), else ``SET next_slot = start + k / rate`` (``next_slot`` before ``start``). Both are atomic, need no read,
+and check ``cut_at`` so a block is never reserved at a rate that was cut meanwhile; a failed check returns the
+current item (``ReturnValuesOnConditionCheckFailure``), so the retry is informed. The holder then sends its
+attempts at its slot times. Reservations queue FIFO on one timeline, so a hot shard cannot starve a cold one:
+a holder holds one block at a time and waits only for the blocks reserved before its own; past ``max_wait_s``,
+:meth:`wait` raises :class:`BudgetTimeout` without reserving. Block size: alone on the timeline, ``k`` doubles
+up to ``block_max`` (8: one write per 8 calls); as soon as another holder's block sits between two of its own,
+it drops to a quarter second of slots (2 at 9.7/s), so concurrent holders get equal blocks (equal shares), the
+queue stays short (bounded waits, rate cuts felt quickly) and a backlogged holder still pays one write per two
+calls; a holder that misses slots or cannot keep up with them halves ``k``. A slot missed by more than
+``slack`` is skipped, never used late.
 
 **Never over the quota.** Every rate is capped at ``quota × headroom`` (default 9.7 calls/s for a quota of 10)
 and an attempt leaves in ``[slot, slot + slack]`` with ``slack = 1/(quota × headroom) − 1/quota``, so two
@@ -32,12 +35,16 @@ attempts from all holders together are always at least ``1 / quota`` apart: at m
 under a sliding window, a fixed window, a token bucket or strict spacing alike (on the client side: network
 jitter is the service's).
 
-**Learning the real limit (AIMD).** The shared rate is a function of time, so recovering costs no writes:
-``rate(t) = min(ceiling, base + FAST·d)`` up to ``knee``, then ``knee + PROBE·(d − d_knee)²``, with
-``d = t − cut_at``. On a throttle a holder cuts it for everyone, once per ``hold_s``: ``base = BETA·rate``,
-``knee = KNEE·rate`` (conditional ``UpdateItem`` on ``cut_at``). The rate thus drops, climbs back fast to just
-under the rate that was throttled, then probes slowly (quadratic, like CUBIC) above it: it settles just below
-what the service allows, a foreign writer included, and climbs back to the ceiling once the foreign writer stops.
+**Learning the real limit.** The shared rate is a function of time, so recovering costs no writes:
+after a cut at ``cut_at`` it climbs fast (``FAST`` calls/s per second) from ``base`` to ``knee``, holds the knee
+for ``PLATEAU_S``, then probes upwards, slowly at first (quadratic, like CUBIC), up to the ceiling. On a
+throttle, a holder cuts it for everyone with one conditional ``UpdateItem``: ``base = BETA × r`` where ``r``
+is the rate the throttled attempt's block was reserved at, and ``knee = KNEE × r`` if the attempt came from
+the probe (the knee was right), ``DEEP × r`` if it came at or below the knee (the knee was too high). Attempts
+reserved before a cut still go out at the old rate and the service's window remembers them, so throttles of
+attempts sent before ``settle`` (the timeline's end at the cut + ``settle_s``) are the same congestion event
+and cut nothing. The rate thus settles just below what the service allows, a foreign writer's share
+included, and climbs back to the ceiling when the foreign writer stops.
 
 **When the table fails** (missing, access denied, timeouts, any error): :meth:`wait` never raises for it. The
 holder paces itself locally at ``fallback_rate`` (default ceiling / 4) with the same AIMD, counts it in
@@ -70,6 +77,7 @@ DEFAULT_QUOTA = 10.0
 HEADROOM = 0.97  # rate ceiling = quota × HEADROOM
 BETA = 0.8  # multiplicative cut
 KNEE = 0.97  # fast recovery up to KNEE × the rate that was throttled, held there PLATEAU_S
+DEEP = 0.9  # a throttle at or below the knee: the knee was too high, lower it by this factor
 PLATEAU_S = 10.0
 FAST = 2.0  # calls/s gained per second below the knee
 PROBE = 0.01  # calls/s² of the quadratic probe above the knee
@@ -135,7 +143,7 @@ class RateLaw:
         # knee, the knee itself is too high: cut it as deep as the rate.
         probing = current > self.knee * 1.001 or current >= self.ceiling * 0.999
         self.base = max(MIN_RATE, BETA * current)
-        self.knee = max(self.base, (KNEE if probing else BETA) * current)
+        self.knee = max(self.base, (KNEE if probing else DEEP) * current)
         self.cut_at = now
         self.settle = settle
 
@@ -219,12 +227,19 @@ class SharedBudget:
         """Block until this attempt may be sent; return the seconds waited. Raise :class:`BudgetTimeout` rather
         than wait longer than ``max_wait_s``; never raise because the table is unavailable."""
         t0 = self._clock()
-        with self._lock:
-            slot = self._take(t0)
-        now = self._clock()
-        if slot > now:
-            self._sleep(slot - now)
-        waited = max(0.0, max(slot, now) - t0)
+        while True:
+            with self._lock:
+                slot = self._take(t0)
+            now = self._clock()
+            if slot > now:
+                self._sleep(slot - now)
+                now = max(slot, self._clock())
+            if now - slot <= self.slack:
+                break
+            with self._lock:  # woke up too late for the slot (a busy CPU): sending now could crowd the next one
+                self.stats.wasted += 1
+                self._block_clean = False
+        waited = max(0.0, now - t0)
         with self._lock:
             self.stats.attempts += 1
             self.stats.waited_s += waited
