@@ -1,0 +1,519 @@
+"""The shared PutItems budget: one timeline of send slots per dataset group, kept in ``STATE_TABLE``.
+
+PutItems allows 10 calls per second per **dataset group**, shared by every concurrent invocation (one per shard
+per source) and by the operator tools. Each of them builds a :class:`SharedBudget` and calls :meth:`wait` before
+every HTTP attempt (``putitems.instrument`` does it in botocore's ``before-send``, so retries take a token too)
+and :meth:`throttled` after a throttled attempt.
+
+Why hand-written: nothing in botocore or Powertools paces *across processes*. botocore's adaptive retry mode
+slows one client down after it has been throttled; Powertools has no rate limiting at all.
+
+The item (``pk = "budget#<dataset group ARN>"``), all numbers, times in epoch seconds (to the millisecond):
+
+* ``next_slot``: the end of the shared timeline, the first slot nobody has reserved yet;
+* ``base``, ``knee``, ``cut_at``, ``settle``: the shared rate law (below);
+* ``expiresAt``: TTL, pushed a day ahead by every write.
+
+**Reserving.** A holder reserves a block of ``k`` consecutive slots ``1 / rate`` apart with one conditional
+``UpdateItem`` that returns the new ``next_slot`` (the block's end): ``SET next_slot = next_slot + k / rate`` if
+the timeline is busy (``next_slot`` between a moment one round trip ahead and the latest start this wait
+allows), else ``SET next_slot = start + k / rate`` (``next_slot`` before ``start``). Both are atomic, need no read,
+and check ``cut_at`` so a block is never reserved at a rate that was cut meanwhile; a failed check returns the
+current item (``ReturnValuesOnConditionCheckFailure``), so the retry is informed. The holder then sends its
+attempts at its slot times. Reservations queue FIFO on one timeline, so a hot shard cannot starve a cold one:
+a holder holds one block at a time and waits only for the blocks reserved before its own; past ``max_wait_s``,
+:meth:`wait` raises :class:`BudgetTimeout` without reserving. Block size: alone on the timeline, ``k`` doubles
+up to ``block_max`` (8: one write per 8 calls); as soon as another holder's block sits between two of its own,
+it drops to a quarter second of slots (2 at 9.7/s), so concurrent holders get equal blocks (equal shares), the
+queue stays short (bounded waits, rate cuts felt quickly) and a backlogged holder still pays one write per two
+calls; a holder that misses slots or cannot keep up with them halves ``k``. A slot missed by more than
+``slack`` is skipped, never used late.
+
+**Never over the quota.** Every rate is capped at ``quota × headroom`` (default 9.7 calls/s for a quota of 10)
+and an attempt leaves in ``[slot, slot + slack]`` with ``slack = 1/(quota × headroom) − 1/quota``, so two
+attempts from all holders together are always at least ``1 / quota`` apart: at most ``quota`` per second,
+under a sliding window, a fixed window, a token bucket or strict spacing alike (on the client side: network
+jitter is the service's).
+
+**Learning the real limit.** The shared rate is a function of time, so recovering costs no writes:
+after a cut at ``cut_at`` it climbs fast (``FAST`` calls/s per second) from ``base`` to ``knee``, holds the knee
+for ``PLATEAU_S``, then probes upwards, slowly at first (quadratic, like CUBIC), up to the ceiling. On a
+throttle, a holder cuts it for everyone with one conditional ``UpdateItem``: ``base = BETA × r`` where ``r``
+is the rate the throttled attempt's block was reserved at, and ``knee = KNEE × r`` if the attempt came from
+the probe (the knee was right), ``DEEP × r`` if it came at or below the knee (the knee was too high). Attempts
+reserved before a cut still go out at the old rate and the service's window remembers them, so throttles of
+attempts sent before ``settle`` (the timeline's end at the cut + ``settle_s``) are the same congestion event
+and cut nothing. The rate thus settles just below what the service allows, a foreign writer's share
+included, and climbs back to the ceiling when the foreign writer stops.
+
+**When the table fails** (missing, access denied, timeouts, any error): :meth:`wait` never raises for it. The
+holder paces itself locally at ``fallback_rate`` (default ceiling / 4) with the same AIMD, counts it in
+``stats.fallbacks``, logs a warning, and tries the table again after ``retry_table_s``.
+
+Thread safety: a budget serves all threads of its process (a lock guards its state; sleeping happens outside
+the lock). The module holds no global state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from connector.telemetry import logger
+
+DEFAULT_QUOTA = 10.0
+HEADROOM = 0.97  # rate ceiling = quota × HEADROOM
+BETA = 0.8  # multiplicative cut
+KNEE = 0.97  # fast recovery up to KNEE × the rate that was throttled, held there PLATEAU_S
+DEEP = 0.9  # a throttle at or below the knee: the knee was too high, lower it by this factor
+PLATEAU_S = 10.0
+FAST = 2.0  # calls/s gained per second below the knee
+PROBE = 0.01  # calls/s² of the quadratic probe above the knee
+MIN_RATE = 0.2  # calls/s: never cut below
+SETTLE_S = (
+    1.0  # the service's counting window (assumed ≤ 1 s): throttles until it has passed after the cut are old news
+)
+TTL_S = 86_400
+SHARED_BLOCK_S = 0.25  # block length while other holders reserve too (equal blocks: equal shares, short queue)
+MAX_TRIES = 4  # conditional-update attempts per reservation before pacing this attempt locally
+
+# Item attributes, always through placeholders (several are DynamoDB reserved words).
+_NAMES = {
+    "#next": "next_slot",
+    "#base": "base",
+    "#knee": "knee",
+    "#cut": "cut_at",
+    "#settle": "settle",
+    "#exp": "expiresAt",
+}
+_GROUP_ARN = re.compile(r"(arn:[^:]+:personalize:[^:]*:[^:]*:)dataset/([^/]+)/[A-Za-z_]+")
+_DATASET_GROUP_ARN = re.compile(r"arn:[^:]+:personalize:[^:]*:[^:]*:dataset-group/[^/]+")
+
+
+class BudgetTimeout(BotoCoreError):
+    """No PutItems token within ``max_wait_s``: the caller reports the rest of its batch as retry."""
+
+    fmt = "No PutItems token for {dataset_group} within {max_wait_s:g} s: the shared budget is saturated"
+
+
+def dataset_group_arn(arn: str) -> str:
+    """``arn:…:dataset/<group>/ITEMS`` → ``arn:…:dataset-group/<group>``; a dataset group ARN is returned as is."""
+    match = _GROUP_ARN.fullmatch(arn)
+    if match:
+        return f"{match.group(1)}dataset-group/{match.group(2)}"
+    if _DATASET_GROUP_ARN.fullmatch(arn):
+        return arn
+    raise ValueError(f"{arn!r} is neither a Personalize dataset ARN nor a dataset group ARN")
+
+
+@dataclass(slots=True)
+class RateLaw:
+    """AIMD as a function of time: ``base`` after the cut at ``cut_at``, fast up to ``knee``, then probing."""
+
+    ceiling: float
+    base: float
+    knee: float
+    cut_at: float
+    settle: float = 0.0  # attempts sent before this (the timeline's end at the cut + SETTLE_S) do not cut again
+
+    def rate(self, now: float) -> float:
+        d = max(0.0, now - self.cut_at)
+        fast = self.base + FAST * d
+        if fast < self.knee:
+            return min(self.ceiling, fast)
+        probe = d - max(0.0, (self.knee - self.base) / FAST) - PLATEAU_S
+        return min(self.ceiling, max(self.knee, self.base) + PROBE * max(0.0, probe) ** 2)
+
+    def cut(self, now: float, throttled_rate: float, settle: float) -> None:
+        """Cut below ``throttled_rate``, the rate of the block whose attempt was throttled."""
+        current = min(self.rate(now), throttled_rate)
+        # Above the knee (or at the ceiling): the probe overshot and the knee was about right; at or below the
+        # knee, the knee itself is too high: cut it as deep as the rate.
+        probing = current > self.knee * 1.001 or current >= self.ceiling * 0.999
+        self.base = max(MIN_RATE, BETA * current)
+        self.knee = max(self.base, (KNEE if probing else DEEP) * current)
+        self.cut_at = now
+        self.settle = settle
+
+
+@dataclass(slots=True)
+class BudgetStats:
+    """Counters since the budget was built (per container); read deltas per invocation."""
+
+    attempts: int = 0  # tokens granted (PutItems HTTP attempts)
+    requests: int = 0  # DynamoDB requests made
+    conflicts: int = 0  # conditional checks that failed (each is a request, billed as a write)
+    reservations: int = 0  # blocks reserved
+    wasted: int = 0  # reserved slots never used
+    throttles: int = 0  # throttled() calls
+    cuts: int = 0  # shared (or local) rate cuts this holder made
+    fallbacks: int = 0  # times the table failed and local pacing took over
+    local: int = 0  # tokens granted by local pacing
+    timeouts: int = 0  # BudgetTimeout raised
+    waited_s: float = 0.0
+
+
+class SharedBudget:
+    """The PutItems budget of one dataset group, shared through one DynamoDB item (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: Any,
+        table: str,
+        dataset_group: str,
+        *,
+        quota: float = DEFAULT_QUOTA,
+        headroom: float = HEADROOM,
+        max_wait_s: float = 10.0,
+        fallback_rate: float | None = None,
+        block_max: int = 8,
+        settle_s: float = SETTLE_S,
+        retry_table_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if quota <= 0:
+            raise ValueError("quota must be positive")
+        if not 0 < headroom <= 0.99:
+            raise ValueError("headroom must be in (0, 0.99]: slots need some slack for late wake-ups")
+        self.client = client
+        self.table = table
+        self.dataset_group = dataset_group
+        self.key = {"pk": {"S": f"budget#{dataset_group}"}}
+        self.quota = quota
+        self.ceiling = quota * headroom
+        self.slack = 1 / self.ceiling - 1 / quota
+        self.max_wait_s = max_wait_s
+        self.block_max = max(1, block_max)
+        self.settle_s = settle_s
+        self.retry_table_s = retry_table_s
+        self.stats = BudgetStats()
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        # What this holder knows of the shared item (refreshed by every reply).
+        self._law = RateLaw(self.ceiling, self.ceiling, self.ceiling, 0.0)
+        self._next_slot = 0.0
+        # This holder's block.
+        self._slots: deque[float] = deque()
+        self._block_end = "0"  # the stored next_slot right after this holder's block
+        self._k = 1
+        self._block_clean = True  # every slot of the block used, each within one interval of the last
+        self._contended = False  # another holder's block sits between this holder's last two blocks
+        self._last_slot = 0.0
+        self._block_rate = self.ceiling  # the rate the current block was reserved at
+        self._lead = 0.02  # seconds between asking for a block and its first slot; tracks 2 × the table's RTT
+        # Local pacing, while the table is unavailable.
+        fallback = self.ceiling / 4 if fallback_rate is None else min(fallback_rate, self.ceiling)
+        self._local_law = RateLaw(fallback, fallback, fallback, 0.0)
+        self._local_next = 0.0
+        self._table_down_until: float | None = None
+
+    # --- the interface putitems.instrument uses --------------------------------------------------------------
+
+    def wait(self) -> float:
+        """Block until this attempt may be sent; return the seconds waited. Raise :class:`BudgetTimeout` rather
+        than wait longer than ``max_wait_s``; never raise because the table is unavailable."""
+        t0 = self._clock()
+        while True:
+            with self._lock:
+                slot = self._take(t0)
+            now = self._clock()
+            if slot > now:
+                self._sleep(slot - now)
+                now = max(slot, self._clock())
+            if now - slot <= self.slack:
+                break
+            with self._lock:  # woke up too late for the slot (a busy CPU): sending now could crowd the next one
+                self.stats.wasted += 1
+                self._block_clean = False
+        waited = max(0.0, now - t0)
+        with self._lock:
+            self.stats.attempts += 1
+            self.stats.waited_s += waited
+        return waited
+
+    def throttled(self) -> None:
+        """A throttled attempt: cut the shared rate for everyone, once per congestion event.
+
+        Slots reserved before a cut still go out at the old rate, and the service remembers them for its
+        counting window, so a throttle of an attempt sent before ``settle`` (the timeline's end at the last
+        cut + ``settle_s``) is the same event and cuts nothing."""
+        now = self._clock()
+        with self._lock:
+            self.stats.throttles += 1
+            sent = self._last_slot
+            if self._table_down(now):
+                if sent >= self._local_law.settle:
+                    self._local_law.cut(now, self._local_law.rate(now), max(self._local_next, now) + self.settle_s)
+                    self.stats.cuts += 1
+                return
+            for _ in range(MAX_TRIES):
+                if sent < self._law.settle:
+                    return  # answered by the last cut
+                law = RateLaw(self.ceiling, self._law.base, self._law.knee, self._law.cut_at)
+                law.cut(now, self._block_rate, max(self._next_slot, now) + self.settle_s)
+                try:  # optimistic: cut from the law and timeline this holder knows, which must be current
+                    self._update(
+                        "SET #base = :base, #knee = :knee, #cut = :now, #settle = :settle, #exp = :exp",
+                        "(attribute_not_exists(#cut) OR #cut = :known)"
+                        " AND (attribute_not_exists(#next) OR #next <= :next)",
+                        {
+                            ":base": _n(law.base),
+                            ":knee": _n(law.knee),
+                            ":now": _n(now),
+                            ":settle": _n(law.settle),
+                            ":known": _n(self._law.cut_at),
+                            ":next": _n(self._next_slot),
+                            ":exp": _n(int(now + TTL_S)),
+                        },
+                    )
+                except _Conflict as conflict:
+                    self._learn(conflict.item)  # someone cut or reserved meanwhile: decide again on fresh data
+                    continue
+                except Exception as exc:  # any table failure: local pacing, never an error
+                    self._fall_back(now, exc)
+                    self._local_law.cut(now, self._local_law.rate(now), max(self._local_next, now) + self.settle_s)
+                    self.stats.cuts += 1
+                else:
+                    self._law = law
+                    self.stats.cuts += 1
+                return
+
+    def release(self) -> None:
+        """Optional, at the end of a batch: give back this holder's unused slots if its block is still the end
+        of the timeline (one conditional write; if someone reserved after it, the slots are simply wasted)."""
+        now = self._clock()
+        with self._lock:
+            unused = [s for s in self._slots if s >= now + self._lead]
+            self.stats.wasted += len(self._slots) - len(unused)
+            self._slots.clear()
+            if not unused or self._table_down(now):
+                self.stats.wasted += len(unused)
+                return
+            try:
+                self._update(
+                    "SET #next = :first",
+                    "#next = :end",
+                    {":first": _n(math.ceil(unused[0] * 1000) / 1000), ":end": {"N": self._block_end}},
+                )
+            except _Conflict as conflict:
+                self._learn(conflict.item)
+                self.stats.wasted += len(unused)
+            except Exception:  # releasing is best effort
+                self.stats.wasted += len(unused)
+            else:
+                self._next_slot = math.ceil(unused[0] * 1000) / 1000
+
+    def rate(self) -> float:
+        """The shared rate as this holder last saw it, in calls/s (local pacing's while the table is down)."""
+        now = self._clock()
+        with self._lock:
+            return (self._local_law if self._table_down(now) else self._law).rate(now)
+
+    # --- internals (called with the lock held) ---------------------------------------------------------------
+
+    def _take(self, t0: float) -> float:
+        """The slot time for one attempt that asked at ``t0``."""
+        latest = t0 + self.max_wait_s
+        while True:
+            now = self._clock()
+            if self._slots and self._slots[0] + self.slack < now:
+                while self._slots and self._slots[0] + self.slack < now:
+                    self._slots.popleft()
+                    self.stats.wasted += 1
+                self._block_clean = False
+                if not self._slots:
+                    self._k = max(1, self._k // 2)
+            if self._slots:
+                if self._slots[0] > latest:
+                    break
+                slot = self._slots.popleft()
+                if t0 - self._last_slot > 1 / self._law.rate(t0) + self.slack:
+                    self._block_clean = False  # this holder is slower than the slots: larger blocks would be wasted
+                self._last_slot = slot
+                if not self._slots:
+                    self._k = self._next_k(t0)
+                return slot
+            if now > latest:
+                break
+            if self._table_down(now) or not self._reserve(now, latest):
+                return self._take_local(now, latest)
+        self.stats.timeouts += 1
+        raise BudgetTimeout(dataset_group=self.dataset_group, max_wait_s=self.max_wait_s)
+
+    def _reserve(self, now: float, latest: float) -> bool:
+        """Reserve a block into ``self._slots``; False if the table failed (pace locally instead)."""
+        for _ in range(MAX_TRIES):
+            start = now + self._lead
+            rate = self._law.rate(start)
+            k = max(1, min(self._k, int(rate)))  # a block lasts at most about a second (when the rate is low)
+            duration = math.ceil(k / rate * 1000) / 1000  # whole ms, rounded up: never closer than 1 / rate
+            values = {
+                ":start": _n(start),
+                ":cut": _n(self._law.cut_at),
+                ":exp": _n(int(now + TTL_S)),
+            }
+            cut_ok = "(attribute_not_exists(#cut) OR #cut = :cut)"
+            busy = self._next_slot >= start or self._contended  # a guess; a wrong one costs a retry
+            if busy:
+                update = "SET #next = #next + :dur, #exp = :exp"
+                condition = f"#next BETWEEN :start AND :latest AND {cut_ok}"
+                values[":dur"] = _n(duration)
+                values[":latest"] = _n(latest)
+            else:
+                update = "SET #next = :end, #exp = :exp"
+                condition = f"(attribute_not_exists(#next) OR #next < :start) AND {cut_ok}"
+                values[":end"] = _n(start + duration)
+            sent = self._clock()
+            try:
+                reply = self._update(update, condition, values, return_new=True)
+                end = Decimal(reply["Attributes"]["next_slot"]["N"])  # atomic: the end of this holder's block
+                first = end - Decimal(values[":dur"]["N"]) if busy else Decimal(values[":start"]["N"])
+            except _Conflict as conflict:
+                self._learn(conflict.item)
+                if self._next_slot > latest:
+                    self.stats.timeouts += 1
+                    raise BudgetTimeout(dataset_group=self.dataset_group, max_wait_s=self.max_wait_s) from None
+                now = self._clock()
+                continue
+            except Exception as exc:  # any table failure: local pacing, never an error
+                self._fall_back(now, exc)
+                return False
+            self._lead = 0.8 * self._lead + 0.2 * max(0.002, 2 * (self._clock() - sent))
+            self._slots.extend(float(first) + i / rate for i in range(k))
+            self._contended = busy and first != Decimal(self._block_end)
+            self._block_end = str(end)
+            self._next_slot = float(end)
+            self._block_clean = True
+            self._block_rate = rate
+            self.stats.reservations += 1
+            if self._table_down_until is not None:
+                logger.info("Shared PutItems budget: state table reachable again", extra={"table": self.table})
+                self._table_down_until = None
+            return True
+        return False  # persistent contention: pace this attempt locally
+
+    def _next_k(self, now: float) -> int:
+        """The next block's size: halve it if this holder missed or could not keep up with a slot; while others
+        reserve too, a short block (fair shares, a short queue, quick reaction to cuts); alone, double it."""
+        if not self._block_clean:
+            return max(1, self._k // 2)
+        if self._contended:
+            return min(self.block_max, max(1, math.ceil(self._law.rate(now) * SHARED_BLOCK_S)))
+        return min(self.block_max, self._k * 2)
+
+    def _take_local(self, now: float, latest: float) -> float:
+        slot = max(now, self._local_next)
+        if slot > latest:
+            self.stats.timeouts += 1
+            raise BudgetTimeout(dataset_group=self.dataset_group, max_wait_s=self.max_wait_s)
+        self._local_next = slot + 1 / self._local_law.rate(slot)
+        self.stats.local += 1
+        return slot
+
+    def _table_down(self, now: float) -> bool:
+        return self._table_down_until is not None and now < self._table_down_until
+
+    def _fall_back(self, now: float, exc: Exception) -> None:
+        if self._table_down_until is None:
+            self.stats.fallbacks += 1
+            code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else type(exc).__name__
+            logger.warning(
+                "Shared PutItems budget unavailable: pacing locally",
+                extra={"table": self.table, "error": code, "local_rate": round(self._local_law.rate(now), 2)},
+            )
+        self._table_down_until = now + self.retry_table_s
+
+    def _learn(self, item: Mapping[str, Any] | None) -> None:
+        if not item:
+            return
+        self._next_slot = float(item.get("next_slot", {}).get("N", 0))
+        if "cut_at" in item:
+            self._law = RateLaw(
+                self.ceiling,
+                float(item["base"]["N"]),
+                float(item["knee"]["N"]),
+                float(item["cut_at"]["N"]),
+                float(item.get("settle", {}).get("N", 0)),
+            )
+
+    def _update(
+        self, update: str, condition: str, values: dict[str, Any], *, return_new: bool = False
+    ) -> dict[str, Any]:
+        self.stats.requests += 1
+        used = set(re.findall(r"#\w+", update + condition))
+        try:
+            reply: dict[str, Any] = self.client.update_item(
+                TableName=self.table,
+                Key=self.key,
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeNames={n: a for n, a in _NAMES.items() if n in used},
+                ExpressionAttributeValues=values,
+                ReturnValues="UPDATED_NEW" if return_new else "NONE",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                self.stats.conflicts += 1
+                raise _Conflict(exc.response.get("Item")) from None
+            raise
+        return reply
+
+
+class _Conflict(Exception):
+    """A conditional check failed; ``item`` is the current item (or None if it does not exist)."""
+
+    def __init__(self, item: Mapping[str, Any] | None) -> None:
+        super().__init__("conditional check failed")
+        self.item = item
+
+
+def _n(value: float) -> dict[str, str]:
+    """A DynamoDB number; times to the millisecond (epoch seconds with more digits exceed a float's precision)."""
+    return {"N": f"{value:.3f}" if isinstance(value, float) else str(value)}
+
+
+def from_env(
+    dataset_arn: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    client: Any = None,
+    max_wait_s: float = 10.0,
+    **kwargs: Any,
+) -> SharedBudget | None:
+    """The budget the environment asks for, or ``None`` without ``STATE_TABLE`` (pace per invocation as before).
+
+    ``QUOTA_CALLS_PER_SECOND`` (default 10) is the ceiling; ``MAX_CALLS_PER_SECOND``, if set, is the local
+    pacing rate while the table is unavailable (default: ceiling / 4). The DynamoDB client is a plain boto3
+    client (``AWS_ENDPOINT_URL_DYNAMODB`` redirects it) with short timeouts and two attempts, so an outage of
+    the table costs an attempt at most a few seconds before local pacing takes over.
+    """
+    env = os.environ if env is None else env
+    table = env.get("STATE_TABLE")
+    if not table:
+        return None
+    quota = float(env.get("QUOTA_CALLS_PER_SECOND") or DEFAULT_QUOTA)
+    if quota <= 0:
+        raise ValueError(f"QUOTA_CALLS_PER_SECOND={quota:g} must be positive")
+    if env.get("MAX_CALLS_PER_SECOND") and "fallback_rate" not in kwargs:
+        kwargs["fallback_rate"] = float(env["MAX_CALLS_PER_SECOND"])
+    if client is None:
+        client = boto3.client(
+            "dynamodb",
+            config=Config(retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=1.0, read_timeout=1.0),
+        )
+    return SharedBudget(client, table, dataset_group_arn(dataset_arn), quota=quota, max_wait_s=max_wait_s, **kwargs)

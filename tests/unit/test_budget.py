@@ -1,0 +1,413 @@
+"""The shared PutItems budget against a real DynamoDB (moto, in-process) and a simulated clock.
+
+Holders are driven by a small discrete-event loop: ``wait()`` runs at the holder's simulated "now" and returns
+how long it would sleep; the attempt then reaches a fake quota meter at that slot time and its answer comes back
+one latency later, when a throttle calls ``throttled()``. So a 60 s scenario runs in well under a second, and
+every property (spacing, fairness, convergence) is checked on exact times.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
+from moto import mock_aws
+
+from connector.budget import (
+    BudgetTimeout,
+    SharedBudget,
+    dataset_group_arn,
+    from_env,
+)
+
+TABLE = "state"
+GROUP = "arn:aws:personalize:us-east-1:123456789012:dataset-group/shop"
+T0 = 1_800_000_000.0
+LATENCY = 0.05
+
+
+class Clock:
+    """Simulated epoch time; ``sleep`` only records (the event loop moves time)."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.sleeps.append(seconds)
+
+
+@pytest.fixture
+def ddb() -> Iterator[Any]:
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        yield client
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def budget(client: Any, clock: Clock, **kwargs: Any) -> SharedBudget:
+    return SharedBudget(client, TABLE, GROUP, clock=clock, sleep=clock.sleep, **kwargs)
+
+
+def stored(client: Any) -> dict[str, Any]:
+    item = client.get_item(TableName=TABLE, Key={"pk": {"S": f"budget#{GROUP}"}}).get("Item", {})
+    return {k: float(v["N"]) for k, v in item.items() if "N" in v}
+
+
+# --- the discrete-event loop ----------------------------------------------------------------------------------
+
+
+class Meter:
+    """A quota: at most ``limit`` accepted calls in any 1 s sliding window (the strictest model)."""
+
+    def __init__(self, limit: float = 10) -> None:
+        self.limit = limit
+        self.accepted: deque[float] = deque()
+        self.log: list[tuple[float, bool]] = []
+
+    def __call__(self, t: float) -> bool:
+        while self.accepted and self.accepted[0] <= t - 1.0:
+            self.accepted.popleft()
+        ok = len(self.accepted) < self.limit
+        if ok:
+            self.accepted.append(t)
+        self.log.append((t, ok))
+        return ok
+
+
+@dataclass
+class Holder:
+    budget: SharedBudget
+    period: float | None = None  # None: backlogged (next attempt as soon as the last answer is back)
+    start: float = T0
+    sends: list[float] = field(default_factory=list)
+    waits: list[float] = field(default_factory=list)
+    throttled: int = 0
+
+
+def simulate(clock: Clock, holders: list[Holder], seconds: float, meter: Callable[[float], bool]) -> None:
+    seq = itertools.count()
+    events: list[tuple[float, int, Callable[[], None]]] = []
+
+    def at(t: float, action: Callable[[], None]) -> None:
+        heapq.heappush(events, (t, next(seq), action))
+
+    def ready(h: Holder, t: float) -> None:
+        waited = h.budget.wait()
+        h.waits.append(waited)
+        h.sends.append(t + waited)
+        at(t + waited, lambda: arrive(h, t + waited))
+
+    def arrive(h: Holder, t: float) -> None:
+        ok = meter(t)
+        at(t + LATENCY, lambda: answer(h, t + LATENCY, ok, t))
+
+    def answer(h: Holder, t: float, ok: bool, sent: float) -> None:
+        if not ok:
+            h.throttled += 1
+            h.budget.throttled()
+        nxt = t if h.period is None else max(t, sent + h.period)
+        at(nxt, lambda: ready(h, nxt))
+
+    for h in holders:
+        at(h.start, lambda h=h: ready(h, h.start))  # type: ignore[misc]
+    end = T0 + seconds
+    while events and events[0][0] <= end:
+        t, _, action = heapq.heappop(events)
+        clock.now = t
+        action()
+
+
+def max_in_window(times: list[float], window: float = 1.0) -> int:
+    times = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while times[lo] <= t - window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def min_gap(times: list[float]) -> float:
+    times = sorted(times)
+    return min((b - a for a, b in itertools.pairwise(times)), default=float("inf"))
+
+
+# --- blocks -----------------------------------------------------------------------------------------------
+
+
+def test_first_wait_creates_the_item_and_reserves_one_slot(ddb: Any, clock: Clock) -> None:
+    b = budget(ddb, clock)
+    waited = b.wait()
+    item = stored(ddb)
+    assert 0 < waited <= 0.03  # the block starts one round trip ahead of now
+    assert item["next_slot"] == pytest.approx(T0 + waited + 1 / 9.7, abs=0.002)
+    assert item["expiresAt"] > T0 + 3600
+    assert (b.stats.requests, b.stats.reservations, b.stats.fallbacks) == (1, 1, 0)
+
+
+def test_a_backlogged_holder_takes_blocks_that_grow_to_block_max(ddb: Any, clock: Clock) -> None:
+    b = budget(ddb, clock, block_max=8)
+    h = Holder(b)
+    simulate(clock, [h], 30, Meter())
+    rate = (len(h.sends) - 1) / (h.sends[-1] - h.sends[0])
+    assert rate == pytest.approx(9.7, rel=0.01)
+    assert b.stats.requests / b.stats.attempts < 0.15  # ≈ 1/8 once k has grown
+    assert b.stats.wasted == 0
+    assert min_gap(h.sends) >= 1 / 9.7 - 1e-3
+
+
+def test_a_slow_holder_shrinks_its_block_instead_of_wasting_slots(ddb: Any, clock: Clock) -> None:
+    b = budget(ddb, clock)
+    h = Holder(b, period=0.5)  # 2 calls/s: a block of consecutive slots would go mostly unused
+    simulate(clock, [h], 20, Meter())
+    assert b.stats.wasted <= 2
+    assert len(h.sends) >= 38
+
+
+def test_release_gives_back_the_tail_of_the_timeline(ddb: Any, clock: Clock) -> None:
+    b = budget(ddb, clock, block_max=8)
+    h = Holder(b)
+    simulate(clock, [h], 3, Meter())  # k has grown: the current block runs ahead of the last slot granted
+    assert stored(ddb)["next_slot"] - h.sends[-1] > 0.3
+    b.release()
+    assert stored(ddb)["next_slot"] - h.sends[-1] == pytest.approx(1 / 9.7, abs=0.002)
+    nxt = clock.now + budget(ddb, clock).wait()  # the next holder is not kept waiting behind unused slots
+    assert nxt == pytest.approx(h.sends[-1] + 1 / 9.7, abs=0.003)
+
+
+# --- fairness and the quota -------------------------------------------------------------------------------
+
+
+def test_two_backlogged_holders_share_fifo_and_fill_the_quota(ddb: Any, clock: Clock) -> None:
+    a, b = Holder(budget(ddb, clock)), Holder(budget(ddb, clock))
+    meter = Meter()
+    simulate(clock, [a, b], 30, meter)
+    sends = a.sends + b.sends
+    assert abs(len(a.sends) - len(b.sends)) <= 0.1 * len(sends)
+    assert len(sends) / 30 >= 9.5
+    assert max(a.waits + b.waits) < 1.0  # at most the other holder's block (≤ ~1 s) ahead of us
+    assert not [t for t, ok in meter.log if not ok]
+
+
+def test_a_hot_shard_does_not_starve_a_cold_one(ddb: Any, clock: Clock) -> None:
+    hot = [Holder(budget(ddb, clock)) for _ in range(3)]
+    cold = Holder(budget(ddb, clock), period=2.0, start=T0 + 0.3)
+    simulate(clock, [*hot, cold], 30, Meter())
+    # FIFO on one timeline: the cold holder waits only for the blocks already queued, which stay short
+    # (blocks stop growing once the timeline ahead is longer than 1 s), never for the hot holders' backlog.
+    assert max(cold.waits) < 1.0 + 8 / 9.7
+    assert sorted(cold.waits)[len(cold.waits) // 2] < 1.0
+    assert len(cold.sends) >= 30 / (2 + 1.0)
+    assert sum(len(h.sends) for h in hot) + len(cold.sends) >= 9.5 * 30
+
+
+@pytest.mark.parametrize("holders", [1, 3, 8])
+def test_the_aggregate_never_exceeds_the_quota(ddb: Any, clock: Clock, holders: int) -> None:
+    hs = [Holder(budget(ddb, clock), start=T0 + i * 0.013) for i in range(holders)]
+    meter = Meter(limit=10_000)  # count only
+    simulate(clock, hs, 20, meter)
+    sends = [t for h in hs for t in h.sends]
+    assert min_gap(sends) >= 1 / 10 - 1e-6  # strict spacing at the quota holds
+    assert max_in_window(sends) <= 10  # and so does any 1 s window
+    assert len(sends) / 20 >= 9.4
+
+
+def test_a_holder_late_for_its_slot_skips_it_rather_than_send_close_to_the_next(ddb: Any, clock: Clock) -> None:
+    b = budget(ddb, clock, block_max=8)
+    simulate(clock, [Holder(b)], 2, Meter())  # a backlogged holder: k has grown
+    while len(b._slots) < 2:
+        clock.now += b.wait()
+    missed = b._slots[0]
+    clock.now = missed + 0.02  # 20 ms late: beyond the 3 ms slack
+    sent = clock.now + b.wait()
+    assert b.stats.wasted == 1
+    assert sent == pytest.approx(missed + 1 / 9.7, abs=1e-6)  # the next slot of the block, not the missed one
+
+
+# --- AIMD: learning the real limit ------------------------------------------------------------------------
+
+
+def test_a_throttle_cuts_the_shared_rate_once_per_event_then_it_recovers_to_the_ceiling(ddb: Any, clock: Clock) -> None:
+    a, b = budget(ddb, clock), budget(ddb, clock)
+    a.wait()
+    b.wait()
+    a.throttled()
+    a.throttled()  # the same congestion event: no second cut, no second request
+    assert a.stats.cuts == 1
+    assert a.rate() == pytest.approx(0.8 * 9.7, abs=0.05)
+    assert stored(ddb)["cut_at"] == pytest.approx(T0, abs=0.01)
+    clock.now += 1.0
+    b.wait()  # b's reservation is refused once (stale cut_at) and learns the new law
+    assert b.stats.conflicts >= 1
+    assert b.rate() < 9.7
+    b.throttled()  # within hold_s of a's cut: ignored
+    assert b.stats.cuts == 0
+    clock.now += 30
+    assert a.rate() == pytest.approx(9.7)
+    assert b.rate() == pytest.approx(9.7)
+
+
+@pytest.mark.parametrize(("limit", "holders"), [(8, 1), (8, 4), (6, 3)])
+def test_holders_converge_on_a_lower_real_limit(ddb: Any, clock: Clock, limit: float, holders: int) -> None:
+    """A foreign writer (or a lower quota) leaves ``limit`` calls/s: learn it, fill it, throttle rarely."""
+    hs = [Holder(budget(ddb, clock), start=T0 + i * 0.011) for i in range(holders)]
+    meter = Meter(limit)
+    simulate(clock, hs, 120, meter)
+    late = [(t, ok) for t, ok in meter.log if t > T0 + 30]
+    accepted = sum(ok for _, ok in late)
+    assert accepted / 90 >= 0.9 * limit
+    assert sum(not ok for _, ok in late) / len(late) < 0.05
+
+
+def test_the_rate_climbs_back_to_the_ceiling_when_the_foreign_writer_stops(ddb: Any, clock: Clock) -> None:
+    limit = [7.0]
+    meter = Meter(7)
+
+    def service(t: float) -> bool:
+        meter.limit = limit[0] if t < T0 + 40 else 10
+        return meter(t)
+
+    h = Holder(budget(ddb, clock))
+    simulate(clock, [h], 90, service)
+    assert h.budget.rate() == pytest.approx(9.7)
+    tail = [t for t, ok in meter.log if ok and t > T0 + 80]
+    assert len(tail) / 10 >= 9.5
+
+
+# --- the table unavailable --------------------------------------------------------------------------------
+
+
+class FailingClient:
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+        self.calls = 0
+
+    def update_item(self, **_: Any) -> dict[str, Any]:
+        self.calls += 1
+        raise self.exc
+
+
+DENIED = ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "UpdateItem")
+
+
+@pytest.mark.parametrize(
+    "client",
+    [
+        FailingClient(DENIED),
+        FailingClient(ReadTimeoutError(endpoint_url="https://dynamodb")),
+        FailingClient(ClientError({"Error": {"Code": "ResourceNotFoundException"}}, "UpdateItem")),
+    ],
+    ids=["denied", "timeout", "missing"],
+)
+def test_an_unavailable_table_means_conservative_local_pacing_counted_once(client: Any, clock: Clock) -> None:
+    b = budget(client, clock)
+    times = []
+    for _ in range(10):
+        times.append(clock.now + b.wait())
+        clock.now = times[-1] + 0.01
+    assert b.stats.fallbacks == 1
+    assert client.calls == 1  # the table is not hammered while it is down
+    assert b.stats.local == 10
+    assert min_gap(times) == pytest.approx(1 / (9.7 / 4), rel=0.01)
+
+
+def test_the_real_table_missing_then_created_is_used_again_after_retry_table_s(ddb: Any, clock: Clock) -> None:
+    b = SharedBudget(ddb, "not-yet", GROUP, clock=clock, sleep=clock.sleep, retry_table_s=30, fallback_rate=2)
+    b.wait()
+    assert (b.stats.fallbacks, b.stats.local) == (1, 1)
+    clock.now += 1
+    assert b.wait() <= 0.5  # local pacing at 2 calls/s
+    ddb.create_table(
+        TableName="not-yet",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    clock.now += 31
+    b.wait()
+    assert b.stats.reservations == 1
+    assert b.stats.fallbacks == 1
+
+
+def test_throttles_while_the_table_is_down_cut_the_local_rate(clock: Clock) -> None:
+    b = budget(FailingClient(DENIED), clock, fallback_rate=4)
+    b.wait()
+    b.throttled()
+    assert b.rate() == pytest.approx(3.2)
+
+
+# --- bounded wait ------------------------------------------------------------------------------------------
+
+
+def test_wait_raises_budget_timeout_instead_of_reserving_beyond_max_wait(ddb: Any, clock: Clock) -> None:
+    ddb.put_item(
+        TableName=TABLE,
+        Item={"pk": {"S": f"budget#{GROUP}"}, "next_slot": {"N": str(T0 + 60)}},
+    )
+    b = budget(ddb, clock, max_wait_s=5)
+    with pytest.raises(BudgetTimeout) as info:
+        b.wait()
+    assert isinstance(info.value, BotoCoreError)
+    assert "within 5 s" in str(info.value)
+    assert stored(ddb)["next_slot"] == T0 + 60  # nothing reserved
+    assert b.stats.timeouts == 1
+    assert b.stats.attempts == 0
+
+
+def test_budget_timeout_in_before_send_fails_the_call_without_botocore_retrying_it(clock: Clock) -> None:
+    client = boto3.client("personalize-events", region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
+    attempts = []
+
+    def before_send(**_: Any) -> None:
+        attempts.append(1)
+        raise BudgetTimeout(dataset_group=GROUP, max_wait_s=1)
+
+    client.meta.events.register("before-send.personalize-events.PutItems", before_send)
+    with pytest.raises(BudgetTimeout):
+        client.put_items(datasetArn=GROUP.replace("dataset-group/shop", "dataset/shop/ITEMS"), items=[{"itemId": "a"}])
+    assert attempts == [1]
+
+
+# --- configuration ----------------------------------------------------------------------------------------
+
+
+def test_dataset_group_arn() -> None:
+    assert dataset_group_arn("arn:aws:personalize:us-east-1:123456789012:dataset/shop/ITEMS") == GROUP
+    assert dataset_group_arn(GROUP) == GROUP
+    with pytest.raises(ValueError, match="neither"):
+        dataset_group_arn("arn:aws:s3:::bucket")
+
+
+def test_from_env(ddb: Any) -> None:
+    arn = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/ITEMS"
+    assert from_env(arn, env={}) is None
+    b = from_env(arn, env={"STATE_TABLE": TABLE, "QUOTA_CALLS_PER_SECOND": "5", "MAX_CALLS_PER_SECOND": "1"})
+    assert b is not None
+    assert (b.table, b.dataset_group, b.quota, b.ceiling) == (TABLE, GROUP, 5.0, pytest.approx(4.85))
+    assert b.key == {"pk": {"S": f"budget#{GROUP}"}}
+    b.throttled()  # through the client from_env built: moto answers
+    assert b.stats.fallbacks == 0
+    with pytest.raises(ValueError, match="QUOTA_CALLS_PER_SECOND"):
+        from_env(arn, env={"STATE_TABLE": TABLE, "QUOTA_CALLS_PER_SECOND": "0"})
