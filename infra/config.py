@@ -352,11 +352,11 @@ class KinesisSourceConfig(_Section):
         return self.source != "none"
 
 
-# The runtime reserves one PutItems call's worst case before each call (connector.deadline.worst_call_ms with
-# its defaults: 3 attempts × (2 s connect + 5 s read + pacing) + backoffs of 1 s and 2 s, each raised by up to
-# 5 s by x-amz-retry-after, about 34.3 s; tests/infra/test_config.py checks it against the runtime's formula);
-# the function's timeout must leave room for that, the margin, and some sending.
-PUT_ITEMS_WORST_CALL_MS = 35_000
+# The runtime reserves one PutItems call's worst case before each call (connector.handler.put_items_worst_call_ms
+# with its defaults and the state table: 3 attempts × (5 s for a shared-budget slot + 2 s connect + 5 s read) +
+# backoffs of 1 s and 2 s, each raised by up to 5 s by x-amz-retry-after: 49 s; tests/infra/test_config.py
+# checks it against the runtime); the function's timeout must leave room for that, the margin, and some sending.
+PUT_ITEMS_WORST_CALL_MS = 50_000
 MIN_SENDING_WINDOW_MS = 10_000
 
 PACING_HEADROOM = 0.97

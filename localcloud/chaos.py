@@ -88,7 +88,7 @@ class ChaosConfig:
     throttle_rate: float = 0.20
     error_rate: float = 0.05
     slow_rate: float = 0.02
-    slow_ms: float = 18_000  # past the function timeout, and far past the client's read timeout
+    slow_ms: float = 22_000  # past the function timeout, and far past the client's read timeout
     # The runner.
     kill_worker_probability: float = 0.03
     kill_window_s: float = 3.0
@@ -99,26 +99,32 @@ class ChaosConfig:
     batch_size: int = 100  # a short timeout needs small batches: about 10 calls each at 5 calls/s
     batching_window_s: float = 0.5
     # The function.
-    function_timeout_s: float = 16.0
+    function_timeout_s: float = 20.0
     put_items_timeout_s: float = 0.8
     put_items_max_attempts: int = 2
     deadline_margin_ms: int = 400
     max_calls_per_second: float | None = None  # None: the template's MAX_CALLS_PER_SECOND
+    budget_max_wait_s: float = 1.5  # the longest wait for a shared-budget slot (a short timeout needs a short wait)
 
     def env_overrides(self) -> dict[str, str]:
         env = {
             "PUT_ITEMS_TIMEOUT_S": f"{self.put_items_timeout_s:g}",
             "PUT_ITEMS_MAX_ATTEMPTS": str(self.put_items_max_attempts),
             "DEADLINE_MARGIN_MS": str(self.deadline_margin_ms),
+            "BUDGET_MAX_WAIT_S": f"{self.budget_max_wait_s:g}",
         }
         if self.max_calls_per_second is not None:
             env["MAX_CALLS_PER_SECOND"] = f"{self.max_calls_per_second:g}"
         return env
 
     def worst_call_s(self, calls_per_second: float) -> float:
-        """The handler's own worst case for one PutItems call, in s: the runtime's formula and constants."""
+        """The handler's own worst case for one PutItems call, in s: the runtime's formula and constants (each
+        attempt waiting for a shared-budget slot or for its pacing interval, whichever is longer)."""
         ms = worst_call_ms(
-            self.put_items_max_attempts, CONNECT_TIMEOUT_S, self.put_items_timeout_s, 1 / calls_per_second
+            self.put_items_max_attempts,
+            CONNECT_TIMEOUT_S,
+            self.put_items_timeout_s,
+            max(self.budget_max_wait_s, 1 / calls_per_second),
         )
         return ms / 1000
 

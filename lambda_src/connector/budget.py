@@ -57,7 +57,6 @@ the lock). The module holds no global state.
 from __future__ import annotations
 
 import math
-import os
 import re
 import threading
 import time
@@ -71,6 +70,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from connector.config import Settings
 from connector.telemetry import logger
 
 DEFAULT_QUOTA = 10.0
@@ -98,24 +98,12 @@ _NAMES = {
     "#settle": "settle",
     "#exp": "expiresAt",
 }
-_GROUP_ARN = re.compile(r"(arn:[^:]+:personalize:[^:]*:[^:]*:)dataset/([^/]+)/[A-Za-z_]+")
-_DATASET_GROUP_ARN = re.compile(r"arn:[^:]+:personalize:[^:]*:[^:]*:dataset-group/[^/]+")
 
 
 class BudgetTimeout(BotoCoreError):
     """No PutItems token within ``max_wait_s``: the caller reports the rest of its batch as retry."""
 
     fmt = "No PutItems token for {dataset_group} within {max_wait_s:g} s: the shared budget is saturated"
-
-
-def dataset_group_arn(arn: str) -> str:
-    """``arn:…:dataset/<group>/ITEMS`` → ``arn:…:dataset-group/<group>``; a dataset group ARN is returned as is."""
-    match = _GROUP_ARN.fullmatch(arn)
-    if match:
-        return f"{match.group(1)}dataset-group/{match.group(2)}"
-    if _DATASET_GROUP_ARN.fullmatch(arn):
-        return arn
-    raise ValueError(f"{arn!r} is neither a Personalize dataset ARN nor a dataset group ARN")
 
 
 @dataclass(slots=True)
@@ -487,33 +475,26 @@ def _n(value: float) -> dict[str, str]:
     return {"N": f"{value:.3f}" if isinstance(value, float) else str(value)}
 
 
-def from_env(
-    dataset_arn: str,
-    *,
-    env: Mapping[str, str] | None = None,
-    client: Any = None,
-    max_wait_s: float = 10.0,
-    **kwargs: Any,
-) -> SharedBudget | None:
-    """The budget the environment asks for, or ``None`` without ``STATE_TABLE`` (pace per invocation as before).
+def from_settings(settings: Settings, *, client: Any = None, **kwargs: Any) -> SharedBudget | None:
+    """The budget the settings ask for, or ``None`` without ``STATE_TABLE`` (then pace per invocation).
 
-    ``QUOTA_CALLS_PER_SECOND`` (default 10) is the ceiling; ``MAX_CALLS_PER_SECOND``, if set, is the local
-    pacing rate while the table is unavailable (default: ceiling / 4). The DynamoDB client is a plain boto3
-    client (``AWS_ENDPOINT_URL_DYNAMODB`` redirects it) with short timeouts and two attempts, so an outage of
-    the table costs an attempt at most a few seconds before local pacing takes over.
+    ``QUOTA_CALLS_PER_SECOND`` is the ceiling, ``BUDGET_MAX_WAIT_S`` the longest wait for one slot. While the
+    table is unavailable each holder paces itself at a quarter of the ceiling. The DynamoDB client is a plain
+    boto3 client (``AWS_ENDPOINT_URL_DYNAMODB`` redirects it) with short timeouts and two attempts, so an
+    outage of the table costs an attempt at most a few seconds before local pacing takes over.
     """
-    env = os.environ if env is None else env
-    table = env.get("STATE_TABLE")
-    if not table:
+    if not settings.state_table:
         return None
-    quota = float(env.get("QUOTA_CALLS_PER_SECOND") or DEFAULT_QUOTA)
-    if quota <= 0:
-        raise ValueError(f"QUOTA_CALLS_PER_SECOND={quota:g} must be positive")
-    if env.get("MAX_CALLS_PER_SECOND") and "fallback_rate" not in kwargs:
-        kwargs["fallback_rate"] = float(env["MAX_CALLS_PER_SECOND"])
     if client is None:
         client = boto3.client(
             "dynamodb",
             config=Config(retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=1.0, read_timeout=1.0),
         )
-    return SharedBudget(client, table, dataset_group_arn(dataset_arn), quota=quota, max_wait_s=max_wait_s, **kwargs)
+    return SharedBudget(
+        client,
+        settings.state_table,
+        settings.dataset_group_arn,
+        quota=settings.quota_calls_per_second,
+        max_wait_s=settings.budget_max_wait_s,
+        **kwargs,
+    )

@@ -66,6 +66,7 @@ class Settings:
     state_table: str | None = None  # STATE_TABLE: the shared PutItems budget and the CDC version guard
     quota_calls_per_second: float = 10.0  # QUOTA_CALLS_PER_SECOND: the dataset group's PutItems quota
     skip_ttl_deletes: bool = False  # SKIP_TTL_DELETES: REMOVE records made by DynamoDB TTL are skipped
+    budget_max_wait_s: float = 5.0  # BUDGET_MAX_WAIT_S: the longest an attempt waits for a shared-budget slot
 
     @property
     def dataset_group_arn(self) -> str:
@@ -121,6 +122,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         state_table=env.get("STATE_TABLE") or None,
         quota_calls_per_second=_number(env, "QUOTA_CALLS_PER_SECOND", 10.0, minimum=0.1),
         skip_ttl_deletes=_flag(env, "SKIP_TTL_DELETES"),
+        budget_max_wait_s=_number(env, "BUDGET_MAX_WAIT_S", 5.0, minimum=0.1),
     )
 
 

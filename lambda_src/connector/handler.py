@@ -16,7 +16,8 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 
-from connector import pipeline
+from connector import budget, pipeline
+from connector.budget import SharedBudget
 from connector.config import ConfigError, Settings, load_settings
 from connector.deadline import Deadline, OutageBackoff, worst_call_ms
 from connector.putitems import Pacer, PutItemsSink
@@ -42,6 +43,7 @@ class Runtime:
     sqs: Any
     dlq_worst_ms: float
     guard: VersionGuard | None = None
+    budget: SharedBudget | None = None  # the shared PutItems budget (STATE_TABLE), else the sink's own Pacer
     backoff: OutageBackoff = field(default_factory=OutageBackoff)
 
 
@@ -68,7 +70,7 @@ def build_runtime(settings: Settings, *, personalize: Any = None, sqs: Any = Non
             ),
         )
     state_worst_ms = worst_call_ms(STATE_ATTEMPTS, STATE_CONNECT_TIMEOUT_S, STATE_READ_TIMEOUT_S)
-    guard = None
+    guard, pacer = None, None
     if settings.state_table:
         if dynamodb is None:
             dynamodb = boto3.client(
@@ -80,20 +82,27 @@ def build_runtime(settings: Settings, *, personalize: Any = None, sqs: Any = Non
                 ),
             )
         guard = VersionGuard(dynamodb, settings.state_table, settings.dataset_arn, worst_ms=state_worst_ms)
+        pacer = budget.from_settings(settings, client=dynamodb)
     sink = PutItemsSink(
         personalize,
         settings.dataset_arn,
-        pacer=Pacer(settings.max_calls_per_second),
-        worst_call_ms=worst_call_ms(
-            settings.put_items_max_attempts,
-            CONNECT_TIMEOUT_S,
-            settings.put_items_timeout_s,
-            1 / settings.max_calls_per_second,
-            adaptive=settings.put_items_retry_mode == "adaptive",
-        ),
+        pacer=pacer or Pacer(settings.max_calls_per_second),
+        worst_call_ms=put_items_worst_call_ms(settings),
     )
     sqs_worst_ms = worst_call_ms(SQS_ATTEMPTS, SQS_CONNECT_TIMEOUT_S, SQS_READ_TIMEOUT_S)
-    return Runtime(settings, sink, sqs, sqs_worst_ms, guard)
+    return Runtime(settings, sink, sqs, sqs_worst_ms, guard, budget=pacer)
+
+
+def put_items_worst_call_ms(settings: Settings) -> float:
+    """What the sink reserves before each PutItems call: every attempt waits for its slot (the shared budget's
+    longest wait, or this container's pacing interval) and times out, with the longest backoffs between."""
+    return worst_call_ms(
+        settings.put_items_max_attempts,
+        CONNECT_TIMEOUT_S,
+        settings.put_items_timeout_s,
+        settings.budget_max_wait_s if settings.state_table else 1 / settings.max_calls_per_second,
+        adaptive=settings.put_items_retry_mode == "adaptive",
+    )
 
 
 def runtime() -> Runtime:
@@ -120,6 +129,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
         logger.exception("The connector is misconfigured; every invocation fails until it is fixed")
         raise
     deadline = Deadline.from_context(context, rt.settings.deadline_margin_ms)
+    waited0, local0 = (rt.budget.stats.waited_s, rt.budget.stats.local) if rt.budget else (0.0, 0)
     result = pipeline.run(
         event,
         settings=rt.settings,
@@ -130,6 +140,14 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
         guard=rt.guard,
     )
     counts, report = result.counts, result.report
+    if rt.budget is not None:
+        rt.budget.release()  # hand back the block's unused slots for the next holder
+        metrics.add_metric(
+            name="BudgetWaitMs", unit=MetricUnit.Milliseconds, value=(rt.budget.stats.waited_s - waited0) * 1000
+        )
+        metrics.add_metric(
+            name="BudgetFallbacks", unit=MetricUnit.Count, value=1 if rt.budget.stats.local > local0 else 0
+        )
     # A dependency is broken (not just a near deadline): slow down instead of being invoked again at once.
     failed = (report.stopped not in (None, "deadline")) or result.state_errors > 0
     backoff_s = rt.backoff.after(failed, deadline)

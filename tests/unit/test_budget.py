@@ -20,12 +20,8 @@ import pytest
 from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 from moto import mock_aws
 
-from connector.budget import (
-    BudgetTimeout,
-    SharedBudget,
-    dataset_group_arn,
-    from_env,
-)
+from connector.budget import BudgetTimeout, SharedBudget, from_settings
+from connector.config import ConfigError, dataset_group_arn, load_settings
 
 TABLE = "state"
 GROUP = "arn:aws:personalize:us-east-1:123456789012:dataset-group/shop"
@@ -395,19 +391,21 @@ def test_budget_timeout_in_before_send_fails_the_call_without_botocore_retrying_
 
 def test_dataset_group_arn() -> None:
     assert dataset_group_arn("arn:aws:personalize:us-east-1:123456789012:dataset/shop/ITEMS") == GROUP
-    assert dataset_group_arn(GROUP) == GROUP
-    with pytest.raises(ValueError, match="neither"):
+    with pytest.raises(ConfigError, match="not an Items dataset ARN"):
         dataset_group_arn("arn:aws:s3:::bucket")
 
 
-def test_from_env(ddb: Any) -> None:
+def test_from_settings(ddb: Any) -> None:
     arn = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/ITEMS"
-    assert from_env(arn, env={}) is None
-    b = from_env(arn, env={"STATE_TABLE": TABLE, "QUOTA_CALLS_PER_SECOND": "5", "MAX_CALLS_PER_SECOND": "1"})
+    assert from_settings(load_settings({"DATASET_ARN": arn})) is None
+    settings = load_settings(
+        {"DATASET_ARN": arn, "STATE_TABLE": TABLE, "QUOTA_CALLS_PER_SECOND": "5", "BUDGET_MAX_WAIT_S": "2"}
+    )
+    b = from_settings(settings)
     assert b is not None
-    assert (b.table, b.dataset_group, b.quota, b.ceiling) == (TABLE, GROUP, 5.0, pytest.approx(4.85))
+    assert (b.table, b.dataset_group, b.quota, b.ceiling, b.max_wait_s) == (TABLE, GROUP, 5.0, pytest.approx(4.85), 2)
     assert b.key == {"pk": {"S": f"budget#{GROUP}"}}
-    b.throttled()  # through the client from_env built: moto answers
+    b.throttled()  # through the client from_settings built: moto answers
     assert b.stats.fallbacks == 0
-    with pytest.raises(ValueError, match="QUOTA_CALLS_PER_SECOND"):
-        from_env(arn, env={"STATE_TABLE": TABLE, "QUOTA_CALLS_PER_SECOND": "0"})
+    with pytest.raises(ConfigError, match="QUOTA_CALLS_PER_SECOND"):
+        load_settings({"DATASET_ARN": arn, "STATE_TABLE": TABLE, "QUOTA_CALLS_PER_SECOND": "0"})
