@@ -418,6 +418,7 @@ def run_once(
     batching_window_s: float | None = None,
     quota_model: str = "sliding-window",
     foreign_share: float = 0.0,
+    sandbox: bool = True,
 ) -> RunResult:
     template = template_for(workload.source, workload.shards, deployment.reserved, deployment.state_table)
     bench.reset()
@@ -433,6 +434,7 @@ def run_once(
         env_overrides=dict(deployment.env),
         log_dir=log_dir,
         mapping_overrides={"batching_window_s": batching_window_s} if batching_window_s is not None else None,
+        sandbox=sandbox,
     )
     function = next(iter(runner.functions.values()))
     dataset_arn = function.environment["DATASET_ARN"]

@@ -11,9 +11,13 @@
   ``.localcloud/lambda-site/<hash>``: no network.
 * **Memory:** ``RLIMIT_AS`` at ``MemorySize`` MB (set by the worker before it imports the handler; glibc is
   held to two malloc arenas so that address space tracks use). An allocation past it raises ``MemoryError``.
-* **CPU:** Lambda gives CPU in proportion to memory, one vCPU at 1,769 MB. The worker's process group is run
-  for ``MemorySize / 1769`` of every 100 ms and stopped (SIGSTOP) for the rest, so it never gets more than its
-  share of one core (less when the machine is busy).
+* **CPU:** Lambda gives CPU in proportion to memory, one vCPU at 1,769 MB, through the kernel's CPU bandwidth
+  control (a quota of CPU time per 100 ms period). So here: once the worker has used ``MemorySize / 1769`` of
+  the current 100 ms period in CPU time (read from ``/proc/<pid>/stat`` every few milliseconds), its process
+  group is stopped (SIGSTOP) until the period ends. A busy worker never gets more than its share of one core
+  (less when the machine is busy); an idle one (sleeping until a PutItems slot, say) is never stopped, as with
+  the kernel's control, so it wakes on time. (An earlier duty cycle stopped it for the rest of every period
+  whatever it used: no real quota does that, and it made any precisely timed send miss its slot.)
 """
 
 from __future__ import annotations
@@ -136,7 +140,10 @@ def cpu_share(memory_mb: int) -> float:
 
 
 class CpuShare(threading.Thread):
-    """Run a process group for ``share`` of every ``period`` seconds, stopped for the rest (``share < 1``)."""
+    """Hold a process group to ``share`` of every ``period`` seconds of CPU time (``share < 1``): stopped once it
+    has used its quota in the current period, resumed when the next period starts (CPU bandwidth control)."""
+
+    TICK_S = 0.005
 
     def __init__(self, pgid: int, share: float, period: float = CPU_PERIOD_S) -> None:
         super().__init__(name=f"cpu-share-{pgid}", daemon=True)
@@ -144,15 +151,34 @@ class CpuShare(threading.Thread):
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.frozen = False  # the hang fault hook owns the process: never resume it
+        self._ticks_per_s = os.sysconf("SC_CLK_TCK")
+
+    def _cpu_s(self) -> float | None:
+        try:
+            with open(f"/proc/{self.pgid}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / self._ticks_per_s  # utime + stime
 
     def run(self) -> None:
-        run_s = self.share * self.period
-        while not self._stop.wait(run_s):
-            if not self._signal(signal.SIGSTOP):
+        quota = self.share * self.period
+        period_start, stopped = time.monotonic(), False
+        used_at_start = self._cpu_s()
+        while not self._stop.wait(self.TICK_S):
+            now, used = time.monotonic(), self._cpu_s()
+            if used is None or used_at_start is None:
                 return
-            time.sleep(self.period - run_s)
-            if not self._signal(signal.SIGCONT):
-                return
+            if now - period_start >= self.period:  # a new period: a fresh quota
+                period_start, used_at_start = now, used
+                if stopped:
+                    if not self._signal(signal.SIGCONT):
+                        return
+                    stopped = False
+            elif not stopped and used - used_at_start >= quota:
+                if not self._signal(signal.SIGSTOP):
+                    return
+                stopped = True
 
     def _signal(self, sig: int) -> bool:
         with self._lock:
