@@ -3,9 +3,9 @@
 The quota is 10 PutItems calls per second per dataset group with at most 10 items each, so every call that
 carries fewer than 10 items, or that is sent only to be throttled, costs throughput. In order:
 
-1. :func:`coalesce`: changes to the same item collapse into one :class:`Group`, whose :meth:`Group.newest_first`
-   orders them (stream position; for CDC over Kinesis the change's version, see ``change.newest_first``). The
-   pipeline writes the newest change that can land and dead-letters the newer ones that cannot.
+1. :func:`coalesce`: changes to the same item collapse into one :class:`Group`; ``change.newest_first`` orders
+   them (stream position; for CDC over Kinesis the change's version). The pipeline writes the newest change that
+   can land and dead-letters the newer ones that cannot.
 2. :func:`check_limits`: itemId ≤ 256 and properties ≤ 32,000 characters. botocore checks only the
    minimums, so an over-limit item would otherwise fail the whole call it rides in.
 3. :class:`PutItemsSink` packs items in first-seen order, 10 per call, and sends them:
@@ -47,7 +47,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from connector.change import Change, newest_first
+from connector.change import Change
 from connector.deadline import Deadline
 from connector.telemetry import logger
 
@@ -80,10 +80,6 @@ class Group:
 
     item_id: str
     changes: list[Change]
-
-    def newest_first(self) -> list[Change]:
-        """The changes from the newest to the oldest (see ``change.newest_first``)."""
-        return newest_first(self.changes)
 
 
 def coalesce(changes: Iterable[Change]) -> list[Group]:

@@ -9,7 +9,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from connector.change import from_record
+from connector.change import from_record, newest_first
 from connector.config import parse_mapping
 from connector.deadline import Deadline, worst_call_ms
 from connector.putitems import (
@@ -61,8 +61,8 @@ def test_coalesce_last_write_wins_in_stream_order() -> None:
     recs.insert(1, dynamodb_record("INSERT", {"sku": "b"}, {"sku": "b"}))
     groups = coalesce(changes(*recs))
     assert [g.item_id for g in groups] == ["a", "b"]  # first-seen order
-    assert groups[0].newest_first()[0].record.new_image == {"sku": {"S": "a"}, "v": {"N": "3"}}
-    assert [c.position for c in groups[0].newest_first()] == [3, 2, 0]
+    assert newest_first(groups[0].changes)[0].record.new_image == {"sku": {"S": "a"}, "v": {"N": "3"}}
+    assert [c.position for c in newest_first(groups[0].changes)] == [3, 2, 0]
 
 
 def test_coalesce_cdc_by_creation_time_not_arrival() -> None:
@@ -70,10 +70,10 @@ def test_coalesce_cdc_by_creation_time_not_arrival() -> None:
     older = kinesis_record(cdc_payload("MODIFY", {"sku": "a"}, {"sku": "a", "v": 1}, ts=2_000))
     duplicate = kinesis_record(cdc_payload("MODIFY", {"sku": "a"}, {"sku": "a", "v": 2}, ts=3_000))
     (group,) = coalesce(changes(newest, older, duplicate))
-    winner = group.newest_first()[0]
+    winner = newest_first(group.changes)[0]
     assert (winner.record.new_image or {})["v"] == {"N": "2"}
     assert winner.record.position == 2  # equal times: the later sequence number wins
-    assert [c.position for c in group.newest_first()] == [2, 0, 1]
+    assert [c.position for c in newest_first(group.changes)] == [2, 0, 1]
 
 
 def test_coalesce_falls_back_to_position_when_a_cdc_change_has_no_time() -> None:
@@ -81,7 +81,7 @@ def test_coalesce_falls_back_to_position_when_a_cdc_change_has_no_time() -> None
     del no_ts["dynamodb"]["ApproximateCreationDateTime"]
     timed = kinesis_record(cdc_payload("MODIFY", {"sku": "a"}, {"sku": "a", "v": 2}, ts=3_000))
     (group,) = coalesce(changes(timed, kinesis_record(no_ts)))
-    assert [c.position for c in group.newest_first()] == [1, 0]
+    assert [c.position for c in newest_first(group.changes)] == [1, 0]
 
 
 # --- packing and limits -----------------------------------------------------------------------------------
