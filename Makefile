@@ -18,7 +18,7 @@ help:
 	@echo "make demo    - set up, synthesize the stack, run it end to end on the local cloud, check convergence"
 	@echo "make test    - set up, then lint, type-check and run every test"
 	@echo "make demo ARGS='--items 500'  - a smaller demo; python -m localcloud --help lists the CLI"
-	@echo "make bench   - benchmarks against the per-record baseline: runtime, then on the local cloud (~12 min;"
+	@echo "make bench   - benchmarks against baselines: runtime, the shared budget, then on the local cloud (~25 min;"
 	@echo "               ARGS=--quick for ~2 min); results in bench/results/"
 	@echo "make chaos   - ~20,000 changes under injected faults on the local cloud, with a convergence check (~10 min)"
 	@echo "make synth   - synthesize the CDK app offline into cdk.out/"
@@ -54,6 +54,7 @@ demo: install
 
 bench: $(STAMP)
 	$(PY) -m bench.bench_runtime $(ARGS)
+	$(PY) -m bench.bench_budget $(ARGS)
 	$(PY) -m bench.bench_localcloud $(ARGS)
 
 chaos: install

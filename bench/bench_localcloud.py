@@ -665,9 +665,9 @@ def main_table(results: Sequence[RunResult]) -> str:
 
 def pacing_table(results: Sequence[RunResult]) -> str:
     lines = [
-        "| shards | quota model | strategy | items/s | throttled | Lambda throttles | latency p50 / p99 | "
-        "redelivered | handler s / 1k changes | verdict |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| shards | quota model | strategy | run s | items/s | end-to-end items/s | throttled | Lambda throttles | "
+        "latency p50 / p99 | redelivered | handler s / 1k changes | verdict |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         foreign = r.foreign_share > 0
@@ -675,7 +675,8 @@ def pacing_table(results: Sequence[RunResult]) -> str:
         verdict = ("✅ < 5 % throttled" if foreign else "✅ within quota, ≥ 95 items/s") if ok else _why_not(r)
         model = r.quota_model + (f" + {r.foreign_share:.0%} foreign writer" if foreign else "")
         lines.append(
-            f"| {r.workload.shards} | {model} | {r.label} | {r.items_per_s:.1f} | {r.throttled_share:.1%} | "
+            f"| {r.workload.shards} | {model} | {r.label} | {r.seconds:.0f} | {r.items_per_s:.1f} | "
+            f"{r.items_per_s_span:.1f} | {r.throttled_share:.1%} | "
             f"{r.lambda_throttles:,} | {_latency(r)} | {r.redeliveries:,} | {r.handler_s_per_1k:.0f} | {verdict} |"
         )
     return "\n".join(lines)
