@@ -194,10 +194,15 @@ def with_schema(
     Two attributes whose camelCase names both match a field (``genres`` and ``GENRES``) make the record poison,
     as two attributes that become one property do without a schema: neither silently wins.
     """
-    by_camel: dict[str, list[str]] = {}
+    by_camel: dict[str, str] = {}
+    clashes: dict[str, list[str]] = {}  # rare: kept apart so the common path stays one dict lookup
     for name in image:
         if name not in skip or name in overrides:
-            by_camel.setdefault(camel_case(name), []).append(name)
+            key = camel_case(name)
+            if key in by_camel:
+                clashes.setdefault(key, [by_camel[key]]).append(name)
+            else:
+                by_camel[key] = name
     props: dict[str, Any] = {}
     assert mapping.schema is not None
     for field in mapping.schema:
@@ -209,13 +214,14 @@ def with_schema(
         elif field.name in mapping.fields:
             raw = _lookup(image, mapping.fields[field.name])
         else:
-            sources = by_camel.get(key, ())
-            if len(sources) > 1:
+            if key in clashes:
+                first, second = clashes[key][:2]
                 raise Poison(
-                    f"field {field.name}: attributes {sources[0]!r} and {sources[1]!r} both match it; "
+                    f"field {field.name}: attributes {first!r} and {second!r} both match it; "
                     "exclude one or name one in 'fields'"
                 )
-            raw = image[sources[0]] if sources else None
+            source = by_camel.get(key)
+            raw = image[source] if source is not None else None
         if raw is None or raw == []:
             if not field.nullable:
                 raise Poison(f"field {field.name}: required, but the image has no value for it")
