@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
@@ -92,3 +93,24 @@ class FakeSQS:
                 entry["MessageBody"].encode("utf-8")  # what botocore does on the wire: must not raise
                 self.messages.append(entry["MessageBody"])
         return {"Successful": [], "Failed": failed}
+
+
+def create_state_table(client: Any, name: str = "state") -> None:
+    """A ``STATE_TABLE`` as the contract has it: string partition key ``pk``, no sort key, on demand."""
+    client.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
+@contextlib.contextmanager
+def moto_state_table(name: str = "state") -> Iterator[Any]:
+    """An in-process moto DynamoDB with the state table ``name``; yields the client."""
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        create_state_table(client, name)
+        yield client

@@ -27,6 +27,7 @@ from werkzeug.serving import make_server
 
 from connector.budget import SharedBudget, from_settings
 from connector.config import load_settings
+from tests.fakes import create_state_table
 
 pytestmark = pytest.mark.integration
 
@@ -51,12 +52,7 @@ def ddb_url() -> Iterator[str]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1").create_table(
-        TableName=TABLE,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_state_table(boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1"), TABLE)
     yield url
     server.shutdown()
 

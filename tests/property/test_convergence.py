@@ -23,18 +23,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from moto import mock_aws
 
 from connector import pipeline
 from connector.config import load_settings
 from connector.deadline import Deadline
 from connector.putitems import Pacer, PutItemsSink
 from tests.factories import DATASET_ARN, KINESIS_ARN, TABLE_STREAM_ARN, cdc_payload, dynamodb_record, kinesis_record
-from tests.fakes import FakePersonalize
+from tests.fakes import FakePersonalize, moto_state_table
 
 DLQ_URL = "https://sqs.us-east-1.amazonaws.com/111122223333/poison"
 SOFT_DELETE = {"STATUS": "deleted"}
@@ -386,14 +384,7 @@ def _blocks_with_copies(blocks: list[int], n: int, arrival: list[int], duplicate
 
 @pytest.fixture(scope="module")
 def state_table() -> Iterator[Any]:
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(
-            TableName="state",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+    with moto_state_table("state") as client:
         yield client
 
 

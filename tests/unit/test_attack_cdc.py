@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from connector import pipeline
 from connector.config import load_settings
@@ -20,7 +18,7 @@ from connector.putitems import Pacer, PutItemsSink
 from connector.response import Outcome
 from connector.versions import VersionGuard
 from tests.factories import DATASET_ARN, cdc_payload, event, kinesis_record
-from tests.fakes import FakePersonalize, FakeSQS
+from tests.fakes import FakePersonalize, FakeSQS, moto_state_table
 
 DLQ = "https://sqs.us-east-1.amazonaws.com/111122223333/poison"
 T = 1_764_000_000_000  # ms
@@ -45,14 +43,7 @@ def cdc(v: int, seq: str, ts: int | None, *, extra: dict[str, Any] | None = None
 
 @pytest.fixture
 def guard() -> Iterator[VersionGuard]:
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(
-            TableName="state",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+    with moto_state_table("state") as client:
         yield VersionGuard(client, "state", DATASET_ARN)
 
 

@@ -18,10 +18,10 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
-from moto import mock_aws
 
 from connector.budget import BudgetTimeout, SharedBudget, from_settings
 from connector.config import ConfigError, dataset_group_arn, load_settings
+from tests.fakes import create_state_table, moto_state_table
 
 TABLE = "state"
 GROUP = "arn:aws:personalize:us-east-1:123456789012:dataset-group/shop"
@@ -46,14 +46,7 @@ class Clock:
 
 @pytest.fixture
 def ddb() -> Iterator[Any]:
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(
-            TableName=TABLE,
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+    with moto_state_table(TABLE) as client:
         yield client
 
 
@@ -335,12 +328,7 @@ def test_the_real_table_missing_then_created_is_used_again_after_retry_table_s(d
     assert (b.stats.fallbacks, b.stats.local) == (1, 1)
     clock.now += 1
     assert b.wait() <= 0.5  # local pacing at 2 calls/s
-    ddb.create_table(
-        TableName="not-yet",
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_state_table(ddb, "not-yet")
     clock.now += 31
     b.wait()
     assert b.stats.reservations == 1

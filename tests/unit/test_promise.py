@@ -12,9 +12,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from connector import handler, item, pipeline
 from connector.config import ConfigError, load_settings
@@ -23,7 +21,7 @@ from connector.putitems import Pacer, PutItemsSink
 from connector.response import SQS_MAX_BYTES, Outcome
 from connector.versions import Stored, VersionGuard
 from tests.factories import DATASET_ARN, FakeContext, cdc_payload, dynamodb_record, event, kinesis_record
-from tests.fakes import FakePersonalize, FakeSQS, reject_ids
+from tests.fakes import FakePersonalize, FakeSQS, moto_state_table, reject_ids
 
 DLQ = "https://sqs.us-east-1.amazonaws.com/111122223333/poison"
 SECRET = "s3cr3t-customer-value"
@@ -149,14 +147,7 @@ def test_the_systemic_streak_restarts_after_an_accepted_call() -> None:
 
 @pytest.fixture
 def state() -> Iterator[Any]:
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(
-            TableName="state",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+    with moto_state_table("state") as client:
         yield client
 
 
