@@ -17,7 +17,7 @@ records, each known exactly. Meanwhile every fault the connector must survive is
 
 Why a frozen sandbox and not a slow response produces the timeouts: before each PutItems call the handler
 checks that the call's worst case -- every attempt running into the connect and read timeouts, plus pacing
-and backoff -- still ends ``DEADLINE_MARGIN_MS`` before its deadline (``connector.deadline.worst_call_ms``).
+and backoff -- still ends ``DEADLINE_MARGIN_MS`` before its deadline (``connector.handler.put_items_worst_call_ms``).
 A slow response is therefore always cut by the client's read timeout first, and the handler returns in time
 with the rest reported as retry. Only something outside its own code can make it overrun; the scenario checks
 that every runner timeout is one of the frozen ones (an overrun of its own would be a runtime bug).
@@ -60,8 +60,8 @@ from localcloud.demo import (
 )
 from localcloud.workload import WorkloadSpec
 
-from connector.deadline import worst_call_ms  # isort: skip - on sys.path through localcloud/__init__.py
-from connector.handler import CONNECT_TIMEOUT_S  # isort: skip
+from connector.config import load_settings  # isort: skip - on sys.path through localcloud/__init__.py
+from connector.handler import put_items_worst_call_ms  # isort: skip
 
 __all__ = ["ChaosConfig", "ChaosResult", "Figures", "chaos_checks", "figures", "main", "run_chaos"]
 
@@ -118,15 +118,17 @@ class ChaosConfig:
         return env
 
     def worst_call_s(self, calls_per_second: float) -> float:
-        """The handler's own worst case for one PutItems call, in s: the runtime's formula and constants (each
-        attempt waiting for a shared-budget slot or for its pacing interval, whichever is longer)."""
-        ms = worst_call_ms(
-            self.put_items_max_attempts,
-            CONNECT_TIMEOUT_S,
-            self.put_items_timeout_s,
-            max(self.budget_max_wait_s, 1 / calls_per_second),
+        """The handler's own reserve for one PutItems call, in s, from the runtime itself: with the state table
+        (the stack's default, and the larger reserve: each attempt may wait for a shared-budget slot)."""
+        settings = load_settings(
+            {
+                "DATASET_ARN": "arn:aws:personalize:us-east-1:111122223333:dataset/chaos/ITEMS",
+                "STATE_TABLE": "state",
+                "MAX_CALLS_PER_SECOND": f"{calls_per_second:g}",
+                **self.env_overrides(),
+            }
         )
-        return ms / 1000
+        return put_items_worst_call_ms(settings) / 1000
 
     def validate(self, calls_per_second: float) -> list[str]:
         """Problems with the timing model, in words (empty when the knobs make sense)."""

@@ -66,8 +66,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from connector.config import Settings
@@ -475,21 +473,16 @@ def _n(value: float) -> dict[str, str]:
     return {"N": f"{value:.3f}" if isinstance(value, float) else str(value)}
 
 
-def from_settings(settings: Settings, *, client: Any = None, **kwargs: Any) -> SharedBudget | None:
+def from_settings(settings: Settings, client: Any, **kwargs: Any) -> SharedBudget | None:
     """The budget the settings ask for, or ``None`` without ``STATE_TABLE`` (then pace per invocation).
 
     ``QUOTA_CALLS_PER_SECOND`` is the ceiling, ``BUDGET_MAX_WAIT_S`` the longest wait for one slot. While the
-    table is unavailable each holder paces itself at a quarter of the ceiling. The DynamoDB client is a plain
-    boto3 client (``AWS_ENDPOINT_URL_DYNAMODB`` redirects it) with short timeouts and two attempts, so an
-    outage of the table costs an attempt at most a few seconds before local pacing takes over.
+    table is unavailable each holder paces itself at a quarter of the ceiling. ``client`` is the state table's
+    plain boto3 DynamoDB client (the handler builds it with short timeouts and two attempts, so an outage of the
+    table costs an attempt at most a few seconds before local pacing takes over).
     """
     if not settings.state_table:
         return None
-    if client is None:
-        client = boto3.client(
-            "dynamodb",
-            config=Config(retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=1.0, read_timeout=1.0),
-        )
     return SharedBudget(
         client,
         settings.state_table,

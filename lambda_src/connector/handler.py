@@ -82,7 +82,7 @@ def build_runtime(settings: Settings, *, personalize: Any = None, sqs: Any = Non
                 ),
             )
         guard = VersionGuard(dynamodb, settings.state_table, settings.dataset_arn, worst_ms=state_worst_ms)
-        pacer = budget.from_settings(settings, client=dynamodb)
+        pacer = budget.from_settings(settings, dynamodb)
     sink = PutItemsSink(
         personalize,
         settings.dataset_arn,

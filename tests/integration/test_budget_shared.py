@@ -70,7 +70,7 @@ def max_in_window(times: list[float], window: float = 1.0) -> int:
 def worker(env: dict[str, str], go: Any, start: Any, seconds: float, out: Any) -> None:
     """One container: wait for a token, 'send' (record the time), take ~50 ms, repeat."""
     os.environ.update(env)
-    budget = from_settings(load_settings({**os.environ, "DATASET_ARN": DATASET_ARN}))
+    budget = from_settings(load_settings({**os.environ, "DATASET_ARN": DATASET_ARN}), boto3.client("dynamodb"))
     assert budget is not None
     out.put("ready")
     go.wait()

@@ -385,15 +385,15 @@ def test_dataset_group_arn() -> None:
 
 def test_from_settings(ddb: Any) -> None:
     arn = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/ITEMS"
-    assert from_settings(load_settings({"DATASET_ARN": arn})) is None
+    assert from_settings(load_settings({"DATASET_ARN": arn}), ddb) is None
     settings = load_settings(
         {"DATASET_ARN": arn, "STATE_TABLE": TABLE, "QUOTA_CALLS_PER_SECOND": "5", "BUDGET_MAX_WAIT_S": "2"}
     )
-    b = from_settings(settings)
+    b = from_settings(settings, ddb)
     assert b is not None
     assert (b.table, b.dataset_group, b.quota, b.ceiling, b.max_wait_s) == (TABLE, GROUP, 5.0, pytest.approx(4.85), 2)
     assert b.key == {"pk": {"S": f"budget#{GROUP}"}}
-    b.throttled()  # through the client from_settings built: moto answers
+    b.throttled()  # through the given client: moto answers
     assert b.stats.fallbacks == 0
     with pytest.raises(ConfigError, match="QUOTA_CALLS_PER_SECOND"):
         load_settings({"DATASET_ARN": arn, "STATE_TABLE": TABLE, "QUOTA_CALLS_PER_SECOND": "0"})
