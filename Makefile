@@ -41,7 +41,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 types: $(STAMP)
-	$(VENV)/bin/mypy lambda_src infra localcloud bench app.py tests
+	$(VENV)/bin/mypy lambda_src infra localcloud ops bench app.py tests
 
 test: install lint types
 	$(VENV)/bin/pytest

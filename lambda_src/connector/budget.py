@@ -27,7 +27,8 @@ up to ``block_max`` (8: one write per 8 calls); as soon as another holder's bloc
 it drops to a quarter second of slots (2 at 9.7/s), so concurrent holders get equal blocks (equal shares), the
 queue stays short (bounded waits, rate cuts felt quickly) and a backlogged holder still pays one write per two
 calls; a holder that misses slots or cannot keep up with them halves ``k``. A slot missed by more than
-``slack`` is skipped, never used late.
+``slack`` is skipped, never used late. A holder built with ``max_share`` < 1 (a backfill beside the stream) takes
+at most that share of the rate while others reserve too, and all of it alone.
 
 **Never over the quota.** Every rate is capped at ``quota × headroom`` (default 9.7 calls/s for a quota of 10)
 and an attempt leaves in ``[slot, slot + slack]`` with ``slack = 1/(quota × headroom) − 1/quota``, so two
@@ -167,11 +168,14 @@ class SharedBudget:
         block_max: int = 8,
         settle_s: float = SETTLE_S,
         retry_table_s: float = 30.0,
+        max_share: float = 1.0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if quota <= 0:
             raise ValueError("quota must be positive")
+        if not 0 < max_share <= 1:
+            raise ValueError("max_share must be in (0, 1]")
         if not 0 < headroom <= 0.99:
             raise ValueError("headroom must be in (0, 0.99]: slots need some slack for late wake-ups")
         self.client = client
@@ -185,6 +189,7 @@ class SharedBudget:
         self.block_max = max(1, block_max)
         self.settle_s = settle_s
         self.retry_table_s = retry_table_s
+        self.max_share = max_share
         self.stats = BudgetStats()
         self._clock = clock
         self._sleep = sleep
@@ -213,6 +218,11 @@ class SharedBudget:
         """Block until this attempt may be sent; return the seconds waited. Raise :class:`BudgetTimeout` rather
         than wait longer than ``max_wait_s``; never raise because the table is unavailable."""
         t0 = self._clock()
+        if self.max_share < 1:
+            with self._lock:
+                pause = self._share_pause(t0)
+            if pause > 0:
+                self._sleep(pause)
         while True:
             with self._lock:
                 slot = self._take(t0)
@@ -391,6 +401,14 @@ class SharedBudget:
                 self._table_down_until = None
             return True
         return False  # persistent contention: pace this attempt locally
+
+    def _share_pause(self, now: float) -> float:
+        """How long a holder with ``max_share`` < 1 stays off the timeline before its next attempt: while others
+        reserve too, it sends at most ``max_share`` of the shared rate; alone, it takes everything. It waits
+        before reserving, never inside the timeline, so the slots it leaves go to the others."""
+        if self._slots or not self._contended or self._table_down(now):
+            return 0.0  # a reserved slot is used, never skipped
+        return max(0.0, self._last_slot + 1 / (self.max_share * self._law.rate(now)) - now)
 
     def _next_k(self, now: float) -> int:
         """The next block's size: halve it if this holder missed or could not keep up with a slot; while others

@@ -1,0 +1,17 @@
+"""``python -m ops redrive``: not built yet (issue 9)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ops.common import OpsError
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("redrive", help="(not built yet)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    raise OpsError("redrive is not built yet")
