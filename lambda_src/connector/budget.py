@@ -28,7 +28,7 @@ it drops to a quarter second of slots (2 at 9.7/s), so concurrent holders get eq
 queue stays short (bounded waits, rate cuts felt quickly) and a backlogged holder still pays one write per two
 calls; a holder that misses slots or cannot keep up with them halves ``k``. A slot missed by more than
 ``slack`` is skipped, never used late. A holder built with ``max_share`` < 1 (a backfill beside the stream) takes
-at most that share of the rate while others reserve too, and all of it alone.
+at most that share of the rate while others reserve too, and all of it alone (:meth:`share_pause`).
 
 **Never over the quota.** Every rate is capped at ``quota × headroom`` (default 9.7 calls/s for a quota of 10)
 and an attempt leaves in ``[slot, slot + slack]`` with ``slack = 1/(quota × headroom) − 1/quota``, so two
@@ -205,6 +205,8 @@ class SharedBudget:
         self._contended = False  # another holder's block sits between this holder's last two blocks
         self._last_slot = 0.0
         self._block_rate = self.ceiling  # the rate the current block was reserved at
+        self._share_tokens, self._share_at, self._share_due = 0.0, 0.0, 0.0  # max_share < 1: a token bucket
+        self._paused = 0.0  # share pauses since the last attempt
         self._lead = 0.02  # seconds between asking for a block and its first slot; tracks 2 × the table's RTT
         # Local pacing, while the table is unavailable.
         fallback = self.ceiling / 4 if fallback_rate is None else min(fallback_rate, self.ceiling)
@@ -218,11 +220,11 @@ class SharedBudget:
         """Block until this attempt may be sent; return the seconds waited. Raise :class:`BudgetTimeout` rather
         than wait longer than ``max_wait_s``; never raise because the table is unavailable."""
         t0 = self._clock()
-        if self.max_share < 1:
+        pause = self.share_pause()
+        if pause > 0:
+            self._sleep(pause)
             with self._lock:
-                pause = self._share_pause(t0)
-            if pause > 0:
-                self._sleep(pause)
+                self._share_due = 0.0
         while True:
             with self._lock:
                 slot = self._take(t0)
@@ -313,6 +315,38 @@ class SharedBudget:
             else:
                 self._next_slot = math.ceil(unused[0] * 1000) / 1000
 
+    def share_pause(self) -> float:
+        """Seconds a holder with ``max_share`` < 1 stays off the timeline before its next attempt (:meth:`wait`
+        sleeps them first): while others reserve too, a local token bucket at ``max_share`` of the shared rate
+        (burst: one block) caps it at that share; alone, it takes everything. It waits before reserving, never
+        inside the timeline, so the slots it leaves go to the others. It is a cap, not a reservation: while it
+        pauses, backlogged holders queue more blocks, so beside them it gets between about half of
+        ``max_share`` and all of it (``tests/unit/test_budget.py`` measures it)."""
+        if self.max_share >= 1:
+            return 0.0
+        now = self._clock()
+        with self._lock:
+            if self._share_due:  # a pause was already given for the next attempt (and its token taken)
+                if now < self._share_due:
+                    return self._share_due - now
+                self._share_due = 0.0
+                return 0.0
+            rate = self.max_share * self._law.rate(now)
+            burst = float(max(1, self._k))
+            if not self._contended or self._table_down(now):
+                self._share_tokens, self._share_at = burst, now
+                return 0.0
+            self._share_tokens = min(burst, self._share_tokens + (now - self._share_at) * rate)
+            self._share_at = now
+            if self._slots or self._share_tokens >= 1:  # a slot already held is used, never skipped
+                self._share_tokens -= 1
+                return 0.0
+            pause = (1 - self._share_tokens) / rate
+            self._share_tokens, self._share_at = 0.0, now + pause  # the token it waits for is taken now
+            self._share_due = now + pause
+            self._paused += pause  # a gap of its own making: not a sign that it cannot keep up
+            return pause
+
     def rate(self) -> float:
         """The shared rate as this holder last saw it, in calls/s (local pacing's while the table is down)."""
         now = self._clock()
@@ -337,8 +371,9 @@ class SharedBudget:
                 if self._slots[0] > latest:
                     break
                 slot = self._slots.popleft()
-                if t0 - self._last_slot > 1 / self._law.rate(t0) + self.slack:
+                if t0 - self._last_slot > 1 / self._law.rate(t0) + self.slack + self._paused:
                     self._block_clean = False  # this holder is slower than the slots: larger blocks would be wasted
+                self._paused = 0.0
                 self._last_slot = slot
                 if not self._slots:
                     self._k = self._next_k(t0)
@@ -352,6 +387,7 @@ class SharedBudget:
 
     def _reserve(self, now: float, latest: float) -> bool:
         """Reserve a block into ``self._slots``; False if the table failed (pace locally instead)."""
+        guess_busy = self._contended  # others were reserving: guess the timeline is still busy (once)
         for _ in range(MAX_TRIES):
             start = now + self._lead
             rate = self._law.rate(start)
@@ -363,7 +399,7 @@ class SharedBudget:
                 ":exp": _n(int(now + TTL_S)),
             }
             cut_ok = "(attribute_not_exists(#cut) OR #cut = :cut)"
-            busy = self._next_slot >= start or self._contended  # a guess; a wrong one costs a retry
+            busy = self._next_slot >= start or guess_busy  # a guess; a wrong one costs a retry
             if busy:
                 update = "SET #next = #next + :dur, #exp = :exp"
                 condition = f"#next BETWEEN :start AND :latest AND {cut_ok}"
@@ -379,7 +415,8 @@ class SharedBudget:
                 end = Decimal(reply["Attributes"]["next_slot"]["N"])  # atomic: the end of this holder's block
                 first = end - Decimal(values[":dur"]["N"]) if busy else Decimal(values[":start"]["N"])
             except _Conflict as conflict:
-                self._learn(conflict.item)
+                self._learn(conflict.item)  # from now on the stored timeline decides, not the guess
+                guess_busy = False
                 if self._next_slot > latest:
                     self.stats.timeouts += 1
                     raise BudgetTimeout(dataset_group=self.dataset_group, max_wait_s=self.max_wait_s) from None
@@ -401,14 +438,6 @@ class SharedBudget:
                 self._table_down_until = None
             return True
         return False  # persistent contention: pace this attempt locally
-
-    def _share_pause(self, now: float) -> float:
-        """How long a holder with ``max_share`` < 1 stays off the timeline before its next attempt: while others
-        reserve too, it sends at most ``max_share`` of the shared rate; alone, it takes everything. It waits
-        before reserving, never inside the timeline, so the slots it leaves go to the others."""
-        if self._slots or not self._contended or self._table_down(now):
-            return 0.0  # a reserved slot is used, never skipped
-        return max(0.0, self._last_slot + 1 / (self.max_share * self._law.rate(now)) - now)
 
     def _next_k(self, now: float) -> int:
         """The next block's size: halve it if this holder missed or could not keep up with a slot; while others
