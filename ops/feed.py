@@ -318,10 +318,16 @@ class Feeder:
     # --- DynamoDB items: put, then verify -------------------------------------------------------------------
 
     def feed_table(
-        self, table: Table, images: Iterable[Image | tuple[Image, None]], tally: Tally | None = None
+        self,
+        table: Table,
+        images: Iterable[Image | tuple[Image, None]],
+        tally: Tally | None = None,
+        *,
+        old: Mapping[KeyTuple, Image] | None = None,
     ) -> None:
         """Write the current state of items of ``table``: each element is an item image (DynamoDB JSON, as
-        Scan returns it), or ``(key, None)`` for an item known to be gone. Put, then verify (module docstring)."""
+        Scan returns it), or ``(key, None)`` for an item known to be gone, written as a ``REMOVE`` whose
+        ``OldImage`` is ``old[key]`` if given. Put, then verify (module docstring)."""
         written: dict[KeyTuple, tuple[Image, Image | None]] = {}  # key → (key, image written or None)
         for entry in images:
             if isinstance(entry, tuple):
@@ -329,7 +335,8 @@ class Feeder:
             else:
                 key, image = table.key_of(entry), entry
             written[key_tuple(key)] = (key, image)
-        last_image: dict[KeyTuple, Image] = {k: img for k, (_, img) in written.items() if img is not None}
+        last_image: dict[KeyTuple, Image] = dict(old or {})
+        last_image.update({k: img for k, (_, img) in written.items() if img is not None})
         todo = dict(written)
         first = True
         while todo:
@@ -354,22 +361,29 @@ class Feeder:
             todo = changed
 
     def read_current(self, table: Table, keys: list[Image]) -> dict[KeyTuple, Image]:
-        """The current images of ``keys`` (ConsistentRead), by key; a missing item is absent from the answer."""
-        found: dict[KeyTuple, Image] = {}
-        for start in range(0, len(keys), BATCH_GET_MAX):
-            chunk = keys[start : start + BATCH_GET_MAX]
-            request: dict[str, Any] = {table.name: {"Keys": chunk, "ConsistentRead": True}}
-            delay = 0.05
-            while request:
-                answer = self.dynamodb.batch_get_item(RequestItems=request)
-                for image in answer.get("Responses", {}).get(table.name, []):
-                    found[key_tuple(table.key_of(image))] = image
-                request = answer.get("UnprocessedKeys") or {}
-                if request:
-                    if self.stop.wait(delay):
-                        raise Stopped(len(request[table.name]["Keys"]))
-                    delay = min(delay * 2, 5.0)
-        return found
+        return read_current(self.dynamodb, table, keys, self.stop)
+
+
+def read_current(
+    dynamodb: Any, table: Table, keys: list[Image], stop: threading.Event | None = None
+) -> dict[KeyTuple, Image]:
+    """The current images of ``keys`` (BatchGetItem, ConsistentRead), by key; a missing item is absent."""
+    stop = stop or threading.Event()
+    found: dict[KeyTuple, Image] = {}
+    for start in range(0, len(keys), BATCH_GET_MAX):
+        chunk = keys[start : start + BATCH_GET_MAX]
+        request: dict[str, Any] = {table.name: {"Keys": chunk, "ConsistentRead": True}}
+        delay = 0.05
+        while request:
+            answer = dynamodb.batch_get_item(RequestItems=request)
+            for image in answer.get("Responses", {}).get(table.name, []):
+                found[key_tuple(table.key_of(image))] = image
+            request = answer.get("UnprocessedKeys") or {}
+            if request:
+                if stop.wait(delay):
+                    raise Stopped(len(request[table.name]["Keys"]))
+                delay = min(delay * 2, 5.0)
+    return found
 
 
 def _sequence_number(record: Mapping[str, Any]) -> str | None:
@@ -383,3 +397,95 @@ def _sequence_number(record: Mapping[str, Any]) -> str | None:
 def rate_text(done: float, started: float, clock: Callable[[], float] = time.monotonic) -> str:
     elapsed = max(1e-9, clock() - started)
     return f"{done / elapsed:,.1f}/s"
+
+
+# --- records that failed once (DLQ, on-failure destination): what to feed for each ---------------------------
+
+
+@dataclass(slots=True)
+class Plan:
+    """What to feed for a set of original records (``redrive``, ``replay``).
+
+    * a DynamoDB Streams record: the table's **current** item, re-read by its keys (never the old image, which
+      may be older than what the stream has written since); a missing item becomes a ``REMOVE`` with the
+      record's image as ``OldImage``;
+    * CDC over Kinesis: the original record (the version guard refuses it if a newer version was written);
+    * a plain Kinesis document: the original record with ``force``, else it is left (no version: it may regress);
+    * a record that cannot be parsed: the original record, so the pipeline dead-letters it with its reason.
+    """
+
+    tables: dict[str, dict[KeyTuple, tuple[Image, Image | None]]] = field(
+        default_factory=dict
+    )  # name → key → (key, old)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    left: list[tuple[int, str]] = field(default_factory=list)  # (index in the input, why it is not fed)
+    accepted: list[int] = field(default_factory=list)  # indexes of the input that the plan feeds
+
+
+UNVERSIONED = (
+    "a Kinesis JSON document carries no version: replaying it can overwrite a newer update of the item that the "
+    "stream has written since; pass --force to replay it anyway"
+)
+
+
+def plan(records: list[Any], *, force: bool = False) -> Plan:
+    out = Plan()
+    for index, raw in enumerate(records):
+        if not isinstance(raw, dict) or raw.get("truncated") is True:
+            out.left.append(
+                (
+                    index,
+                    "the record was too big for the message and was truncated: read it from the stream by its "
+                    "eventSourceARN and sequenceNumber while the stream retains it",
+                )
+            )
+            continue
+        parsed = source.parse_event({"Records": [raw]})[0]
+        if parsed.error is None and parsed.format is source.Format.DYNAMODB_STREAM:
+            name = table_name_from_arn(parsed.event_source_arn or "")
+            if name and parsed.keys:
+                old = parsed.new_image or parsed.old_image
+                out.tables.setdefault(name, {})[key_tuple(parsed.keys)] = (parsed.keys, old)
+                out.accepted.append(index)
+                continue
+        if parsed.error is None and parsed.format is source.Format.KINESIS_DOCUMENT and not force:
+            out.left.append((index, UNVERSIONED))
+            continue
+        out.records.append(raw)
+        out.accepted.append(index)
+    return out
+
+
+def _by_stream_order(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Original records grouped by source, each in stream order (the pipeline's order within a batch)."""
+    return sorted(records, key=lambda r: (str(r.get("eventSourceARN", "")), change.sequence_value(_sequence_number(r))))
+
+
+def feed_plan(feeder: Feeder, p: Plan, tally: Tally | None = None) -> None:
+    """Feed everything ``p`` accepted (see :class:`Plan`); raise :class:`Stopped` if the operator stops."""
+    for name, keys in p.tables.items():
+        table = describe_table(feeder.dynamodb, name)
+        wanted = [key for key, _ in keys.values()]
+        current = feeder.read_current(table, wanted)
+        entries: list[Image | tuple[Image, None]] = [current.get(k) or (key, None) for k, (key, _) in keys.items()]
+        old = {k: img for k, (_, img) in keys.items() if img is not None}
+        feeder.feed_table(table, entries, tally, old=old)
+    ordered = _by_stream_order(p.records)
+    for start in range(0, len(ordered), FEED_BATCH):
+        feeder.feed(ordered[start : start + FEED_BATCH], tally)
+
+
+def preview_plan(p: Plan, settings: Settings, dynamodb: Any) -> Counter[str]:
+    """``--dry-run``: what :func:`feed_plan` would do with the current mapping and the current table items."""
+    counts: Counter[str] = Counter()
+    seq = SequenceNumbers()
+    for name, keys in p.tables.items():
+        table = describe_table(dynamodb, name)
+        current = read_current(dynamodb, table, [key for key, _ in keys.values()])
+        records = [
+            table_record(table, key, current.get(k), seq(), old=None if k in current else old)
+            for k, (key, old) in keys.items()
+        ]
+        counts.update(preview(records, settings))
+    counts.update(preview(_by_stream_order(p.records), settings))
+    return counts
