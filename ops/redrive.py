@@ -113,6 +113,7 @@ class Redrive:
         personalize: Any = None,
         stop: threading.Event | None = None,
         show_progress: bool = True,
+        wait_s: int = 1,
     ) -> None:
         if not settings.dlq_url:
             raise OpsError("DLQ_URL is not set: pass --dlq-url, the stack's DLQ URL")
@@ -123,6 +124,7 @@ class Redrive:
         self.settings, self.batch, self.visibility_s = settings, batch, visibility_s
         self.force, self.max_messages, self.dry_run, self.show_progress = force, max_messages, dry_run, show_progress
         self.dlq_url: str = settings.dlq_url
+        self.wait_s = wait_s  # long polling on an empty queue before the run ends
         self.sqs = RecordingSQS(sqs or client("sqs"))
         self.dynamodb = dynamodb or client("dynamodb")
         self.stop = stop or threading.Event()
@@ -184,7 +186,7 @@ class Redrive:
                 QueueUrl=self.dlq_url,
                 MaxNumberOfMessages=min(10, want - len(out)),
                 VisibilityTimeout=self.visibility_s,
-                WaitTimeSeconds=1,
+                WaitTimeSeconds=self.wait_s,
             ).get("Messages", [])
             if not got:
                 break
