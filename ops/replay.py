@@ -328,7 +328,7 @@ def _seq(record: dict[str, Any]) -> str | None:
 def _dynamodb_event_record(r: dict[str, Any], arn: str) -> dict[str, Any]:
     """A DynamoDB Streams GetRecords record in the shape of a Lambda event record (epoch seconds, the ARN)."""
     body = dict(r.get("dynamodb", {}))
-    ts = body.get("ApproximateCreationDateTime")
+    ts: Any = body.get("ApproximateCreationDateTime")
     if hasattr(ts, "timestamp"):
         body["ApproximateCreationDateTime"] = int(ts.timestamp())
     return {**r, "dynamodb": body, "eventSourceARN": arn}

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from connector.handler import build_runtime
 from connector.response import Outcome, Verdict, dlq_message
 from connector.source import parse_event
 from ops.backfill import Backfill
@@ -153,4 +152,3 @@ def test_dry_run_reports_with_the_current_mapping_and_touches_nothing(cloud: Clo
     report = redrive(cloud, dry_run=True).run()
     assert report.received == 4 and report.would == {"put": 3, "poison": 1}
     assert cloud.personalize.calls == [] and cloud.dlq_depth() == 4
-    assert build_runtime  # the runtime is not built in a dry run (no writes); imported for the type only
