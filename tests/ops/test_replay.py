@@ -1,0 +1,161 @@
+"""``ops replay``: the S3 on-failure destination's invocation records and SQS coordinates re-read from the stream."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import boto3
+
+from ops.replay import REPLAYED_PREFIX, Replay, _dynamodb_event_record, parse_invocation_record
+from tests.ops.conftest import TABLE, Cloud
+
+# The documented example, copied from the AWS Lambda Developer Guide, "Retain discarded records for a DynamoDB event
+# source in Lambda", "Example Amazon S3 invocation record"
+# (https://docs.aws.amazon.com/lambda/latest/dg/services-dynamodb-errors.html): "the payload field contains the
+# original invocation record as an escaped JSON string". The page shows "payload": "<Whole Event>"; the tests put a
+# real event there.
+DOCUMENTED_S3_RECORD: dict[str, Any] = {
+    "requestContext": {
+        "requestId": "316aa6d0-8154-xmpl-9af7-85d5f4a6bc81",
+        "functionArn": "arn:aws:lambda:us-east-2:123456789012:function:myfunction",
+        "condition": "RetryAttemptsExhausted",
+        "approximateInvokeCount": 1,
+    },
+    "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+    "version": "1.0",
+    "timestamp": "2019-11-14T00:13:49.717Z",
+    "DDBStreamBatchInfo": {
+        "shardId": "shardId-00000001573689847184-864758bb",
+        "startSequenceNumber": "800000000003126276362",
+        "endSequenceNumber": "800000000003126276362",
+        "approximateArrivalOfFirstRecord": "2019-11-14T00:13:19Z",
+        "approximateArrivalOfLastRecord": "2019-11-14T00:13:19Z",
+        "batchSize": 1,
+        "streamArn": "arn:aws:dynamodb:us-east-2:123456789012:table/mytable/stream/2019-11-14T00:04:06.388",
+    },
+    "payload": "<Whole Event>",
+}
+BUCKET = "on-failure"
+
+
+def replay(cloud: Cloud, **kwargs: Any) -> Replay:
+    return Replay(
+        cloud.settings(),
+        dynamodb=cloud.ddb,
+        sqs=cloud.sqs,
+        personalize=cloud.personalize.client,
+        s3=boto3.client("s3", region_name="us-east-1"),
+        streams=boto3.client("dynamodbstreams", region_name="us-east-1"),
+        show_progress=False,
+        **kwargs,
+    )
+
+
+def stream_batch(cloud: Cloud) -> tuple[str, str, list[dict[str, Any]]]:
+    """The table's stream: its ARN, its shard and every record so far (as the event source mapping reads them)."""
+    streams = boto3.client("dynamodbstreams", region_name="us-east-1")
+    arn = cloud.ddb.describe_table(TableName=TABLE)["Table"]["LatestStreamArn"]
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    it = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    records = streams.get_records(ShardIterator=it, Limit=1000)["Records"]
+    return arn, shard, [_dynamodb_event_record(r, arn) for r in records]
+
+
+def batch_info(arn: str, shard: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    info = copy.deepcopy(DOCUMENTED_S3_RECORD["DDBStreamBatchInfo"])
+    info.update(
+        streamArn=arn,
+        shardId=shard,
+        startSequenceNumber=records[0]["dynamodb"]["SequenceNumber"],
+        endSequenceNumber=records[-1]["dynamodb"]["SequenceNumber"],
+        batchSize=len(records),
+    )
+    return info
+
+
+def test_the_documented_example_parses() -> None:
+    doc = copy.deepcopy(DOCUMENTED_S3_RECORD)
+    event = {"Records": [{"eventSource": "aws:dynamodb", "dynamodb": {"SequenceNumber": "1"}}]}
+    doc["payload"] = json.dumps(event)  # "an escaped JSON string"
+    info, records = parse_invocation_record(json.dumps(doc))
+    assert info["startSequenceNumber"] == "800000000003126276362" and records == event["Records"]
+    del doc["payload"]  # an SQS or SNS destination: coordinates only
+    assert parse_invocation_record(json.dumps(doc)) == (doc["DDBStreamBatchInfo"], None)
+
+
+def test_replay_from_an_s3_object_feeds_the_current_items_and_moves_the_object(cloud: Cloud) -> None:
+    for i in range(12):
+        cloud.put(f"s{i:02d}", title=f"v1 {i}")
+    arn, shard, records = stream_batch(cloud)
+    cloud.put("s03", title="v2 since the failure")  # the payload's image is older than the table's
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    doc = copy.deepcopy(DOCUMENTED_S3_RECORD)
+    doc["DDBStreamBatchInfo"] = batch_info(arn, shard, records)
+    doc["payload"] = json.dumps({"Records": records})
+    key = f"aws/lambda/esm-uuid/{shard}/2026/11/30/2026-11-30T10.00.00-abc"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(doc).encode())
+
+    dry = replay(cloud, bucket=BUCKET, dry_run=True).run()
+    assert dry.would == {"put": 12} and cloud.personalize.calls == []
+
+    report = replay(cloud, bucket=BUCKET).run()
+    assert (report.batches, report.replayed, report.tally.put) == (1, 1, 12)
+    assert cloud.personalize.items == cloud.table_as_items()
+    assert cloud.personalize.items["s03"] == {"title": "v2 since the failure"}
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert keys == [REPLAYED_PREFIX + key]
+    again = replay(cloud, bucket=BUCKET).run()  # a replayed object is not replayed twice
+    assert again.batches == 0
+
+
+def test_replay_from_sqs_coordinates_rereads_the_shard_range(cloud: Cloud) -> None:
+    for i in range(8):
+        cloud.put(f"s{i:02d}", title=f"v1 {i}")
+    arn, shard, records = stream_batch(cloud)
+    queue = cloud.sqs.create_queue(QueueName="on-failure")["QueueUrl"]
+    doc = copy.deepcopy(DOCUMENTED_S3_RECORD)
+    del doc["payload"]
+    doc["DDBStreamBatchInfo"] = batch_info(arn, shard, records[2:6])  # a batch in the middle of the shard
+    cloud.sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(doc))
+
+    report = replay(cloud, queue_url=queue).run()
+    assert (report.batches, report.replayed, report.records, report.tally.put) == (1, 1, 4, 4)
+    assert set(cloud.personalize.items) == {f"s{i:02d}" for i in range(2, 6)}
+    assert cloud.sqs.receive_message(QueueUrl=queue).get("Messages") is None
+
+
+class TrimmedStreams:
+    """DynamoDB Streams after the range was trimmed: GetShardIterator answers TrimmedDataAccessException, as AWS
+    does for a sequence number older than the 24-hour retention (moto never trims)."""
+
+    def get_shard_iterator(self, **_: Any) -> Any:
+        from botocore.exceptions import ClientError
+
+        error = {"Code": "TrimmedDataAccessException", "Message": "the sequence number is beyond the trim horizon"}
+        raise ClientError({"Error": error}, "GetShardIterator")
+
+
+def test_coordinates_beyond_retention_are_reported_and_left_unless_discarded(cloud: Cloud) -> None:
+    cloud.put("s00", title="v1")
+    arn, shard, records = stream_batch(cloud)
+    queue = cloud.sqs.create_queue(QueueName="on-failure")["QueueUrl"]
+    doc = copy.deepcopy(DOCUMENTED_S3_RECORD)
+    del doc["payload"]
+    doc["DDBStreamBatchInfo"] = batch_info(arn, shard, records)
+    cloud.sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(doc))
+
+    trimmed = replay(cloud, queue_url=queue)
+    trimmed._streams = TrimmedStreams()
+    report = trimmed.run()
+    assert (report.batches, report.expired, report.replayed, report.discarded) == (1, 1, 0, 0)
+    assert cloud.personalize.items == {}
+    assert len(cloud.sqs.receive_message(QueueUrl=queue, VisibilityTimeout=0).get("Messages", [])) == 1
+
+    discarding = replay(cloud, queue_url=queue, discard_expired=True)
+    discarding._streams = TrimmedStreams()
+    discarded = discarding.run()
+    assert (discarded.expired, discarded.discarded) == (1, 1)
+    assert cloud.sqs.receive_message(QueueUrl=queue).get("Messages") is None
