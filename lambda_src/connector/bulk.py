@@ -118,6 +118,9 @@ class Converter:
         """``(item id, property map)`` for one exported item (DynamoDB JSON), exactly as the stream builds it
         for an INSERT of that image; raises :class:`Poison` for a reject."""
         keys = {n: image[n] for n in self.key_names if n in image}
+        if len(keys) != len(self.key_names) and self.mapping.item_id is None:
+            missing = [n for n in self.key_names if n not in image]
+            raise Poison(f"no item id: key attribute(s) {missing} missing from the exported item")
         record = SourceRecord(0, _EMPTY, DYNAMODB, None, None, Format.DYNAMODB_STREAM, "INSERT", keys, image)
         parsed = change.from_record(record, self.mapping)
         props = item.build(parsed, self.mapping)
@@ -159,7 +162,7 @@ class Converter:
 
         ``progress`` is called with the number of records read since its last call, every 10,000 and at the end.
         """
-        writer = csv.writer(out, lineterminator="\n")
+        writer = csv.writer(out)  # RFC 4180: CRLF rows, so a field holding \r or \n is quoted
         if header:
             writer.writerow(self.header)
         stats = Stats()
@@ -172,7 +175,7 @@ class Converter:
             image: Any = None
             try:
                 doc = loads(line)
-                image = doc["Item"] if isinstance(doc, dict) else None
+                image = doc.get("Item") if isinstance(doc, dict) else None
                 if not isinstance(image, dict):
                     raise Poison('line is not an export record {"Item": {...}}')
                 writerow(row(image))
@@ -203,7 +206,7 @@ class Converter:
         entry = {"line": number, "key": key, "reason": reason}
         if item_id is not None:
             entry["itemId"] = item_id
-        rejects.write(json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n")
+        rejects.write(json.dumps(entry, separators=(",", ":")) + "\n")  # ASCII: safe for any line reader
 
 
 def open_data_file(raw: IO[bytes], name: str) -> IO[bytes]:
