@@ -4,6 +4,7 @@ import-job reader, so types survive the CSV round trip too."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
@@ -76,14 +77,9 @@ class StreamPath:
         return item_id, props
 
 
-_stream: StreamPath | None = None
-
-
+@functools.cache
 def stream() -> StreamPath:
-    global _stream
-    if _stream is None:
-        _stream = StreamPath(DOC)
-    return _stream
+    return StreamPath(DOC)
 
 
 def convert(items: list[dict[str, Any]], doc: dict[str, Any] = DOC, keys: list[str] = KEYS) -> tuple[str, list]:
