@@ -151,7 +151,7 @@ def import_export(c: dict[str, Any], export_arn: str, job: str, mode: str = "FUL
 
 
 def wait(c: dict[str, Any], arn: str) -> dict[str, Any]:
-    seen = []
+    seen: list[str] = []
     for _ in range(400):
         job: dict[str, Any] = c["personalize"].describe_dataset_import_job(datasetImportJobArn=arn)["datasetImportJob"]
         if not seen or seen[-1] != job["status"]:
