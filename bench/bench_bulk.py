@@ -94,7 +94,7 @@ def run_naive(data: bytes) -> int:
                 elif isinstance(value, bool):
                     value = "true" if value else "false"
                 elif name == "CREATION_TIMESTAMP":
-                    value = int(value) // 1000
+                    value = int(str(value)) // 1000
                 row.append("" if value is None else str(value))
             writer.writerow(row)
             rows += 1
