@@ -102,6 +102,9 @@ def _admin(state: EmulatorState, method: str, path: str, body: bytes) -> Respons
         if (method, route) == ("GET", "/items"):
             arn = query.get("datasetArn", "")
             return _json_response(200, {"datasetArn": arn, "items": state.items(arn)})
+        if (method, route) == ("GET", "/bulk"):
+            arn = query.get("datasetArn", "")
+            return _json_response(200, {"datasetArn": arn, "items": state.bulk_items(arn)})
         if (method, route) == ("GET", "/stats"):
             return _json_response(200, state.stats())
         if (method, route) == ("GET", "/calls"):
@@ -123,7 +126,8 @@ def _admin(state: EmulatorState, method: str, path: str, body: bytes) -> Respons
             return _json_response(200, {"ok": True})
         return _json_response(404, {"error": f"no admin route {method} {route}"})
     except KeyError as exc:
-        return _json_response(404 if route == "/items" else 400, {"error": str(exc.args[0] if exc.args else exc)})
+        status = 404 if route in ("/items", "/bulk") else 400
+        return _json_response(status, {"error": str(exc.args[0] if exc.args else exc)})
     except (ValueError, TypeError) as exc:
         return _json_response(400, {"error": str(exc)})
 
@@ -225,6 +229,7 @@ class PersonalizeEmulator(_Knobs):
         seed: int | None = None,
         call_log_limit: int = 1_000_000,
         log_items: bool = False,
+        s3_endpoint_url: str | None = None,
     ) -> None:
         self.host, self._requested_port = host, port
         self.state = EmulatorState(
@@ -248,6 +253,7 @@ class PersonalizeEmulator(_Knobs):
             call_log_limit=call_log_limit,
             log_items=log_items,
         )
+        self.state.imports.s3_endpoint_url = s3_endpoint_url  # import jobs read their CSV from here
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -313,6 +319,10 @@ class PersonalizeEmulator(_Knobs):
 
     def items(self, dataset_arn: str) -> dict[str, dict[str, Any]]:
         return self.state.items(dataset_arn)
+
+    def bulk_items(self, dataset_arn: str) -> dict[str, dict[str, Any]]:
+        """The bulk layer (what import jobs wrote); :meth:`items` is what the dataset exposes."""
+        return self.state.bulk_items(dataset_arn)
 
     def stats(self) -> dict[str, Any]:
         return self.state.stats()
@@ -409,6 +419,10 @@ class EmulatorClient(_Knobs):
         result: dict[str, dict[str, Any]] = self._call("GET", "/items", query={"datasetArn": dataset_arn})["items"]
         return result
 
+    def bulk_items(self, dataset_arn: str) -> dict[str, dict[str, Any]]:
+        result: dict[str, dict[str, Any]] = self._call("GET", "/bulk", query={"datasetArn": dataset_arn})["items"]
+        return result
+
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/stats")
         return result
@@ -493,6 +507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_quota_arguments(parser)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--log-items", action="store_true", help="keep the accepted-items log (/_emulator/accepted)")
+    parser.add_argument(
+        "--s3-endpoint-url", default=None, help="where import jobs read their CSV (default: AWS_ENDPOINT_URL_S3)"
+    )
     parser.add_argument("--ready-file", type=Path, help="write the endpoint URL here once listening")
     args = parser.parse_args(argv)
     if len(args.schema) > len(args.dataset):
@@ -513,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **quota_kwargs(args),
         seed=args.seed,
         log_items=args.log_items,
+        s3_endpoint_url=args.s3_endpoint_url,
     )
     try:
         for i, arn in enumerate(args.dataset):

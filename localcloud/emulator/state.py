@@ -21,6 +21,7 @@ from localcloud.emulator.errors import (
     _outcome_of,
     _validation,
 )
+from localcloud.emulator.imports import FULL_MAX_BYTES, INCREMENTAL_MAX_BYTES, TARGET_PREFIX, ImportJobs
 from localcloud.emulator.quota import DEFAULT_MODEL, QUOTA_MODELS, Quotas, QuotaSettings
 from localcloud.emulator.schema import Schema, _jlen
 
@@ -63,8 +64,15 @@ class Dataset:
     schema: Schema | None = None
     status: str = "ACTIVE"
     access_denied: bool = False
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)  # the PutItems layer
     writes: int = 0
+    bulk: dict[str, dict[str, Any]] = field(default_factory=dict)  # the bulk layer (import jobs)
+
+    def visible(self) -> dict[str, dict[str, Any]]:
+        """What the dataset exposes: an item's PutItems version if it has one, else its bulk version."""
+        if not self.bulk:
+            return self.records
+        return {**self.bulk, **self.records}
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -74,8 +82,9 @@ class Dataset:
             "status": self.status,
             "accessDenied": self.access_denied,
             "schema": self.schema.avro if self.schema else None,
-            "records": len(self.records),
+            "records": len(self.visible()),
             "writes": self.writes,
+            "bulkRecords": len(self.bulk),
         }
 
 
@@ -123,6 +132,12 @@ class Config:
     quota_burst: float | None = None  # token bucket's burst; None: tps
     foreign_share: float = 0.0  # share of the quota another writer to the dataset group attempts
     request_jitter_ms: float = 0.0  # network delay before a call reaches the quota: uniform in [0, this]
+    # Import jobs (localcloud.emulator.imports): the time per state, the size limits, and the assumption that an
+    # INCREMENTAL import replaces items written with PutItems (AWS does not say; the pessimistic case).
+    import_step_ms: float = 50.0
+    import_full_max_bytes: int = FULL_MAX_BYTES
+    import_incremental_max_bytes: int = INCREMENTAL_MAX_BYTES
+    incremental_replaces_put_items: bool = True
 
     _CAMEL = {
         "tps": "tps",
@@ -139,6 +154,10 @@ class Config:
         "quotaBurst": "quota_burst",
         "foreignShare": "foreign_share",
         "requestJitterMs": "request_jitter_ms",
+        "importStepMs": "import_step_ms",
+        "importFullMaxBytes": "import_full_max_bytes",
+        "importIncrementalMaxBytes": "import_incremental_max_bytes",
+        "incrementalReplacesPutItems": "incremental_replaces_put_items",
     }
 
     def quota_settings(self) -> QuotaSettings:
@@ -224,6 +243,7 @@ class EmulatorState:
         self._counters: dict[str, dict[str, int]] = collections.defaultdict(_new_counters)
         self._items_per_call: collections.Counter[int] = collections.Counter()
         self.endpoint_url = ""
+        self.imports = ImportJobs(self)
 
     # ---- admin ---------------------------------------------------------------------------------------
     def register_dataset(
@@ -254,7 +274,15 @@ class EmulatorState:
             ds = self._datasets.get(dataset_arn)
             if ds is None:
                 raise KeyError(f"dataset not registered: {dataset_arn}")
-            return json.loads(json.dumps(ds.records))  # a deep copy
+            return json.loads(json.dumps(ds.visible()))  # a deep copy
+
+    def bulk_items(self, dataset_arn: str) -> dict[str, dict[str, Any]]:
+        """The dataset's bulk layer (what import jobs wrote), for checks."""
+        with self._lock:
+            ds = self._datasets.get(dataset_arn)
+            if ds is None:
+                raise KeyError(f"dataset not registered: {dataset_arn}")
+            return json.loads(json.dumps(ds.bulk))
 
     def configure(self, **changes: Any) -> dict[str, Any]:
         """Change knobs at runtime; keys are Config field names (snake_case) or their camelCase forms."""
@@ -277,7 +305,7 @@ class EmulatorState:
             v = getattr(c, name)
             if not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
-        for name in ("latency_ms", "jitter_ms", "slow_ms", "request_jitter_ms"):
+        for name in ("latency_ms", "jitter_ms", "slow_ms", "request_jitter_ms", "import_step_ms"):
             v = getattr(c, name)
             if not isinstance(v, int | float) or v < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -312,7 +340,9 @@ class EmulatorState:
                 self._datasets.clear()
             for ds in self._datasets.values():
                 ds.records.clear()
+                ds.bulk.clear()
                 ds.writes = 0
+            self.imports.reset()
             self._quota.clear()
             self._scripted.clear()
             self._call_log.clear()
@@ -383,6 +413,14 @@ class EmulatorState:
                 wait = self._rng.uniform(0.0, jitter_ms) / 1000.0
             time.sleep(wait)
         arrival_wall, arrival = time.time(), time.monotonic()
+        target = _header(headers, "x-amz-target") or ""
+        if method == "POST" and target.startswith(TARGET_PREFIX):  # the control plane (JSON 1.1): import jobs
+            try:
+                _check_sigv4(headers)
+            except EmulatorError as err:
+                return _json_error(err.status, err.code, err.message)
+            status, payload = self.imports.handle(target, body)
+            return Response(status, json.dumps(payload).encode(), {"Content-Type": "application/x-amz-json-1.1"})
         route = path.split("?", 1)[0].rstrip("/") or "/"
         op = _OPS.get(route)
         name = op.name if op else ("PutEvents" if route == "/events" else None)
@@ -639,6 +677,11 @@ def _check_sigv4(headers: Mapping[str, str]) -> None:
         raise EmulatorError(
             "InvalidSignatureException", f"Credential should be scoped to correct service: '{SIGNING_NAME}'."
         )
+
+
+def _json_error(status: int, code: str, message: str) -> Response:
+    body = json.dumps({"__type": code, "message": message}).encode()
+    return Response(status, body, {"Content-Type": "application/x-amz-json-1.1"})
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
