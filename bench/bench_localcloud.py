@@ -862,6 +862,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="rewrite the Markdown and the chart from the last run's saved results",
     )
+    parser.add_argument("--shards", help="comma-separated shard counts (default 1,2,4,8; --quick: 2,4)")
+    parser.add_argument("--models", help=f"comma-separated quota models (default all: {','.join(QUOTA_MODELS)})")
+    parser.add_argument("--strategies", help="comma-separated: shared,serial,alone (default all three)")
+    parser.add_argument(
+        "--skip-single", action="store_true", help="skip the single-shard workloads against the naive baseline"
+    )
     args = parser.parse_args(argv)
     if args.render_only:
         saved = pickle.loads(LAST_RUN.read_bytes())  # noqa: S301 - our own file, written by the previous run
@@ -870,7 +876,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:  # a smoke run: small workloads, a 1 s batching window instead of the stack's
         n_single, n_shards, shard_counts, models, min_box, window = 300, 400, (2, 4), QUOTA_MODELS[::3], 6.0, 1.0
     else:
-        n_single, n_shards, shard_counts, models, min_box, window = 2_500, 1_500, (2, 4), QUOTA_MODELS, 15.0, None
+        n_single, n_shards, shard_counts, models, min_box, window = 2_500, 1_500, (1, 2, 4, 8), QUOTA_MODELS, 15.0, None
+    if args.shards:
+        shard_counts = tuple(int(x) for x in args.shards.split(","))
+    if args.models:
+        models = tuple(args.models.split(","))
+        if unknown := set(models) - set(QUOTA_MODELS):
+            parser.error(f"unknown quota model(s) {sorted(unknown)}; choose from {', '.join(QUOTA_MODELS)}")
+    strategies = tuple(args.strategies.split(",")) if args.strategies else ("shared", "serial", "alone")
+    if unknown := set(strategies) - {"shared", "serial", "alone"}:
+        parser.error(f"unknown strateg(ies) {sorted(unknown)}; choose from shared, serial, alone")
     max_box = 150.0
     began = time.monotonic()
 
@@ -902,7 +917,8 @@ def main(argv: list[str] | None = None) -> int:
         return run
 
     try:
-        single = [make_workload(k, n_single, seed=args.seed) for k in ("unique", "zipf", "poison")]
+        keys = () if args.skip_single else ("unique", "zipf", "poison")
+        single = [make_workload(k, n_single, seed=args.seed) for k in keys]
         for workload in single:
             conn = one(workload, connector("shared", 1), "sliding-window")
             results.append(conn)
@@ -914,11 +930,12 @@ def main(argv: list[str] | None = None) -> int:
         for shards in shard_counts:
             workload = make_workload("shards", n_shards, seed=args.seed, shards=shards)
             for model in models:
-                for mode in ("shared", "serial", "alone"):
+                for mode in strategies:
                     pacing.append(one(workload, connector(mode, shards), model))
-            pacing.append(one(workload, connector("shared", shards), models[0], foreign=0.2))
-            if not args.quick:
-                pacing.append(one(workload, connector("shared", shards), "strict-spacing", foreign=0.2))
+            if "shared" in strategies:
+                pacing.append(one(workload, connector("shared", shards), models[0], foreign=0.2))
+                if not args.quick and "strict-spacing" in models:
+                    pacing.append(one(workload, connector("shared", shards), "strict-spacing", foreign=0.2))
     finally:
         bench.close()
 

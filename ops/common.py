@@ -28,8 +28,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from connector import budget
-from connector.budget import SharedBudget
 from connector.config import ConfigError, Settings, load_settings
 
 console = Console(stderr=True)
@@ -82,18 +80,6 @@ def client(service: str, *, attempts: int = 5, read_timeout: float = 30.0) -> An
         service,
         config=Config(retries={"mode": "standard", "total_max_attempts": attempts}, read_timeout=read_timeout),
     )
-
-
-def shared_budget(settings: Settings, dynamodb: Any, *, max_share: float = 1.0) -> SharedBudget:
-    """The dataset group's shared PutItems budget; the operator tools refuse to write without one, so that
-    they can never crowd the stream out of the quota."""
-    b = budget.from_settings(settings, dynamodb, max_share=max_share)
-    if b is None:
-        raise OpsError(
-            "STATE_TABLE is not set: the operator tools share the PutItems quota with the stream through it "
-            "(pass --state-table, the stack's StateTableName output)"
-        )
-    return b
 
 
 def describe_client_error(exc: ClientError) -> str:

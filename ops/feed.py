@@ -257,12 +257,11 @@ class Feeder:
             raise OpsError(f"--share {max_share:g} must be in (0, 1]")
         self.settings = settings
         self.dynamodb = dynamodb  # reads of the source table (not the state table)
-        self.runtime: Runtime = build_runtime(settings, personalize=personalize, sqs=sqs, dynamodb=state_dynamodb)
+        self.runtime: Runtime = build_runtime(
+            settings, personalize=personalize, sqs=sqs, dynamodb=state_dynamodb, max_share=max_share
+        )
         if self.runtime.budget is None:  # build_runtime wires budget.from_settings when STATE_TABLE is set
             raise OpsError("the shared PutItems budget could not be built from STATE_TABLE")
-        # build_runtime builds the budget with a share of 1 (the stream's); a tool yields to the stream.
-        # (Asked of the lead: a max_share argument to build_runtime.)
-        self.runtime.budget.max_share = max_share
         self.stop = stop or threading.Event()
         self.tally = Tally()
         self.seq = SequenceNumbers()

@@ -7,7 +7,7 @@ publishes the outcome counts. Every AWS client is a plain boto3 client, so ``AWS
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import boto3
@@ -32,6 +32,8 @@ SQS_ATTEMPTS, SQS_CONNECT_TIMEOUT_S, SQS_READ_TIMEOUT_S = 2, 1.0, 2.0
 # The state-table client (version guard): small requests, short timeouts, a bounded worst case; the deadline must
 # leave that worst case before each read or write of the state table.
 STATE_ATTEMPTS, STATE_CONNECT_TIMEOUT_S, STATE_READ_TIMEOUT_S = 2, 1.0, 1.0
+# The shared budget's counters logged per batch (``budget_<name>``): its cost and where slots went.
+BUDGET_LOGGED = ("requests", "reservations", "conflicts", "wasted", "local", "timeouts", "waited_s")
 
 
 @dataclass(slots=True)
@@ -50,7 +52,11 @@ class Runtime:
 _runtime: Runtime | None = None
 
 
-def build_runtime(settings: Settings, *, personalize: Any = None, sqs: Any = None, dynamodb: Any = None) -> Runtime:
+def build_runtime(
+    settings: Settings, *, personalize: Any = None, sqs: Any = None, dynamodb: Any = None, max_share: float = 1.0
+) -> Runtime:
+    """The clients, the sink and the pacing for ``settings``; ``max_share`` < 1 caps this runtime's share of the
+    shared PutItems budget while others use it too (the operator tools, beside the stream)."""
     if personalize is None:
         personalize = boto3.client(
             "personalize-events",
@@ -82,7 +88,7 @@ def build_runtime(settings: Settings, *, personalize: Any = None, sqs: Any = Non
                 ),
             )
         guard = VersionGuard(dynamodb, settings.state_table, settings.dataset_arn, worst_ms=state_worst_ms)
-        pacer = budget.from_settings(settings, dynamodb)
+        pacer = budget.from_settings(settings, dynamodb, max_share=max_share)
     sink = PutItemsSink(
         personalize,
         settings.dataset_arn,
@@ -129,7 +135,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
         logger.exception("The connector is misconfigured; every invocation fails until it is fixed")
         raise
     deadline = Deadline.from_context(context, rt.settings.deadline_margin_ms)
-    waited0, local0 = (rt.budget.stats.waited_s, rt.budget.stats.local) if rt.budget else (0.0, 0)
+    before = replace(rt.budget.stats) if rt.budget else None
     result = pipeline.run(
         event,
         settings=rt.settings,
@@ -140,14 +146,15 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
         guard=rt.guard,
     )
     counts, report = result.counts, result.report
-    if rt.budget is not None:
+    budget_log: dict[str, float] = {}
+    if rt.budget is not None and before is not None:
         rt.budget.release()  # hand back the block's unused slots for the next holder
+        after = rt.budget.stats
+        budget_log = {f"budget_{f}": round(getattr(after, f) - getattr(before, f), 3) for f in BUDGET_LOGGED}
         metrics.add_metric(
-            name="BudgetWaitMs", unit=MetricUnit.Milliseconds, value=(rt.budget.stats.waited_s - waited0) * 1000
+            name="BudgetWaitMs", unit=MetricUnit.Milliseconds, value=budget_log["budget_waited_s"] * 1000
         )
-        metrics.add_metric(
-            name="BudgetFallbacks", unit=MetricUnit.Count, value=1 if rt.budget.stats.local > local0 else 0
-        )
+        metrics.add_metric(name="BudgetFallbacks", unit=MetricUnit.Count, value=1 if budget_log["budget_local"] else 0)
     # A dependency is broken (not just a near deadline): slow down instead of being invoked again at once.
     failed = (report.stopped not in (None, "deadline")) or result.state_errors > 0
     backoff_s = rt.backoff.after(failed, deadline)
@@ -186,6 +193,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
             "stale_skipped": result.stale,
             "state_errors": result.state_errors,
             "backoff_s": round(backoff_s, 3),
+            **budget_log,
         },
     )
     return result.response

@@ -275,10 +275,27 @@ def test_a_holder_late_for_its_slot_skips_it_rather_than_send_close_to_the_next(
     while len(b._slots) < 2:
         clock.now += b.wait()
     missed = b._slots[0]
-    clock.now = missed + 0.02  # 20 ms late: beyond the 3 ms slack
+    clock.now = missed + b.slack + 0.005  # beyond the slack
     sent = clock.now + b.wait()
     assert b.stats.wasted == 1
     assert sent == pytest.approx(missed + 1 / 9.7, abs=1e-6)  # the next slot of the block, not the missed one
+
+
+@pytest.mark.parametrize("quota", [10.0, 1000.0])
+def test_late_sends_within_the_slack_plus_10ms_of_network_jitter_never_put_quota_plus_1_in_a_second(
+    ddb: Any, clock: Clock, quota: float
+) -> None:
+    import random
+
+    b = budget(ddb, clock, quota=quota)
+    rng = random.Random(7)
+    slots = [T0 + i / b.ceiling for i in range(int(60 * quota))]  # one timeline, as the holders share it
+    n = int(quota) + 1
+    at_random = [t + rng.uniform(0, b.slack) + rng.uniform(0, 0.01) for t in slots]
+    # the worst case: the first of every quota + 1 consecutive attempts as late as allowed, the rest on time
+    worst = [t + (b.slack + 0.01 if i % n == 0 else 0.0) for i, t in enumerate(slots)]
+    assert max_in_window(at_random) <= quota
+    assert max_in_window(worst) <= quota
 
 
 # --- AIMD: learning the real limit ------------------------------------------------------------------------
