@@ -80,6 +80,10 @@ TPS, LATENCY_MS, JITTER_MS = 10.0, 50.0, 10.0
 CEILING = TPS * 10  # items/s: 10 calls/s x 10 items
 OFFERED_PER_S = 150.0  # changes/s the writer offers: above the ceiling, so throughput is measured saturated
 HEADROOM = 0.97  # the "headroom" pacing mode: MAX_CALLS_PER_SECOND = 10 x 0.97 / shards
+# Prices (us-east-1, list prices as published by AWS; check the pricing pages before relying on them): Lambda arm64
+# per GB-second, DynamoDB on-demand per write request unit (every budget request is one small UpdateItem).
+LAMBDA_ARM_USD_PER_GB_S = 0.0000133334
+DDB_USD_PER_WRITE = 0.625 / 1e6
 GENRES = ("action", "comedy", "drama", "horror", "romance", "sci-fi", "thriller", "western")
 STATUSES = ("active", "preorder", "discontinued")
 
@@ -172,13 +176,13 @@ def mapping_file() -> Path:
     return path
 
 
-_templates: dict[tuple[Source, int, int | None, bool], Path] = {}
+_templates: dict[tuple[Source, int, int | None, bool, int], Path] = {}
 
 
-def template_for(source: Source, shards: int, reserved: int | None, state_table: bool) -> Path:
+def template_for(source: Source, shards: int, reserved: int | None, state_table: bool, memory_mb: int = 1024) -> Path:
     """Synthesize the real app (cdk.json's context, overridden for the source) once per source, shard count,
     reserved concurrency (``None``: none, the stack's default) and state table (on by default)."""
-    key = (source, shards, reserved, state_table)
+    key = (source, shards, reserved, state_table, memory_mb)
     if key not in _templates:
         from infra.synth import synth
 
@@ -192,7 +196,7 @@ def template_for(source: Source, shards: int, reserved: int | None, state_table:
                 "kinesis": {"source": "new", "capacity": "provisioned", "shards": shards},
                 "dynamodb": {"source": "none"},
             }
-        function: dict[str, Any] = {"timeoutSeconds": 300, "memoryMb": 1024}
+        function: dict[str, Any] = {"timeoutSeconds": 300, "memoryMb": memory_mb}
         if reserved is not None:
             function["reservedConcurrency"] = reserved
         context = {
@@ -202,7 +206,7 @@ def template_for(source: Source, shards: int, reserved: int | None, state_table:
             "stateTable": {"enabled": state_table},
         }
         began = time.monotonic()
-        name = f"cdk.out-{source}-{shards}-{reserved or 'none'}-{'state' if state_table else 'nostate'}"
+        name = f"cdk.out-{source}-{shards}-{reserved or 'none'}-{'state' if state_table else 'nostate'}-{memory_mb}"
         _templates[key] = synth(STATE / name, context, nag=False)
         print(f"  synthesized the {source} stack ({shards} shard(s)) in {time.monotonic() - began:.1f} s", flush=True)
     return _templates[key]
@@ -216,18 +220,20 @@ class Deployment:
     env: Mapping[str, str] = field(default_factory=dict)
     reserved: int | None = None  # reserved concurrency (None: none)
     state_table: bool = True  # STATE_TABLE: the shared budget
+    memory_mb: int = 1024  # the function's memory (Lambda gives CPU in proportion; billed GB-seconds)
 
 
-def connector(pacing: str, shards: int) -> Deployment:
+def connector(pacing: str, shards: int, memory_mb: int = 1024) -> Deployment:
     if pacing == "shared":  # the stack's default: the shared budget in STATE_TABLE, no reserved concurrency
-        return Deployment("connector", "connector, shared budget (STATE_TABLE)", "shared")
+        return Deployment("connector", "connector, shared budget (STATE_TABLE)", "shared", memory_mb=memory_mb)
     if pacing == "serial":  # the earlier default: reserved concurrency 1, one invocation paced 3 % under the quota
         label = f"reserved concurrency 1, {TPS * HEADROOM:.3g}/s"
-        return Deployment("connector", label, "serial", reserved=1, state_table=False)
+        return Deployment("connector", label, "serial", reserved=1, state_table=False, memory_mb=memory_mb)
     if pacing == "alone":  # no coordination: each invocation paces itself at its share of the quota
         rate = TPS * HEADROOM / shards
         env = {"MAX_CALLS_PER_SECOND": f"{rate:.4g}"}
-        return Deployment("connector", f"each invocation alone, {rate:.3g}/s", "alone", env, state_table=False)
+        label = f"each invocation alone, {rate:.3g}/s"
+        return Deployment("connector", label, "alone", env, state_table=False, memory_mb=memory_mb)
     raise ValueError(f"unknown pacing {pacing!r}")
 
 
@@ -311,6 +317,23 @@ class RunResult:
     quota_model: str = "sliding-window"
     foreign_share: float = 0.0
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds from the first write, items)
+    memory_mb: int = 1024
+    state_requests: int = 0  # state-table requests of the shared budget (the handler's budget_requests)
+
+    @property
+    def gb_s_per_million(self) -> float:
+        """Billed Lambda GB-seconds per million changes settled."""
+        return self.handler_s_per_1k * 1000 * self.memory_mb / 1024
+
+    @property
+    def state_per_call(self) -> float:
+        return self.state_requests / self.calls if self.calls else 0.0
+
+    @property
+    def cost_per_million(self) -> float:
+        """USD per million changes: Lambda arm64 GB-seconds plus the state table's on-demand writes."""
+        writes_per_million = self.state_requests / max(1, self.visible) * 1e6
+        return self.gb_s_per_million * LAMBDA_ARM_USD_PER_GB_S + writes_per_million * DDB_USD_PER_WRITE
 
     @property
     def label(self) -> str:
@@ -420,7 +443,9 @@ def run_once(
     foreign_share: float = 0.0,
     sandbox: bool = True,
 ) -> RunResult:
-    template = template_for(workload.source, workload.shards, deployment.reserved, deployment.state_table)
+    template = template_for(
+        workload.source, workload.shards, deployment.reserved, deployment.state_table, deployment.memory_mb
+    )
     bench.reset()
     bench.emulator.configure(quota_model=quota_model, foreign_share=foreign_share)
     resources = provision(template, endpoint_url=bench.moto_url)
@@ -570,6 +595,8 @@ def run_once(
     busy = _union_seconds(intervals)
     timeline = _timeline(accepted, began_wall)
     return RunResult(
+        memory_mb=deployment.memory_mb,
+        state_requests=_budget_requests(log_dir),
         workload=workload,
         deployment=deployment,
         seconds=seconds,
@@ -598,6 +625,17 @@ def run_once(
         foreign_share=foreign_share,
         timeline=timeline,
     )
+
+
+def _budget_requests(log_dir: Path) -> int:
+    """The shared budget's state-table requests, summed from the handler's ``Batch done`` lines."""
+    total = 0
+    for path in log_dir.glob("*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if '"Batch done"' in line:
+                with contextlib.suppress(ValueError):
+                    total += int(json.loads(line).get("budget_requests", 0))
+    return total
 
 
 def _union_seconds(intervals: Sequence[tuple[float, float]]) -> float:
@@ -666,8 +704,8 @@ def main_table(results: Sequence[RunResult]) -> str:
 def pacing_table(results: Sequence[RunResult]) -> str:
     lines = [
         "| shards | quota model | strategy | run s | items/s | end-to-end items/s | throttled | Lambda throttles | "
-        "latency p50 / p99 | redelivered | handler s / 1k changes | verdict |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "latency p50 / p99 | redelivered | handler s / 1k changes | GB-s / M | state req / call | $ / M | verdict |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         foreign = r.foreign_share > 0
@@ -677,7 +715,8 @@ def pacing_table(results: Sequence[RunResult]) -> str:
         lines.append(
             f"| {r.workload.shards} | {model} | {r.label} | {r.seconds:.0f} | {r.items_per_s:.1f} | "
             f"{r.items_per_s_span:.1f} | {r.throttled_share:.1%} | "
-            f"{r.lambda_throttles:,} | {_latency(r)} | {r.redeliveries:,} | {r.handler_s_per_1k:.0f} | {verdict} |"
+            f"{r.lambda_throttles:,} | {_latency(r)} | {r.redeliveries:,} | {r.handler_s_per_1k:.0f} | "
+            f"{r.gb_s_per_million:,.0f} | {r.state_per_call:.2f} | {r.cost_per_million:.2f} | {verdict} |"
         )
     return "\n".join(lines)
 
@@ -816,6 +855,20 @@ def conclusion(pacing: Sequence[RunResult]) -> str:
             f"- **{mode}** ({shards} shards): throttled at most {worst_throttle:.1%}, "
             f"at least {worst_rate:.1f} items/s → {verdict}."
         )
+    serial = {(r.workload.shards, r.quota_model): r for r in pacing if r.deployment.pacing == "serial"}
+    ratios = [
+        (r, r.cost_per_million / serial[(r.workload.shards, r.quota_model)].cost_per_million)
+        for r in pacing
+        if r.deployment.pacing == "shared" and not r.foreign_share and (r.workload.shards, r.quota_model) in serial
+    ]
+    if ratios:
+        worst, ratio = max(ratios, key=lambda x: x[1])
+        lines.append(
+            f"- **cost** (Lambda GB-seconds + state-table writes per million changes, same memory): the shared "
+            f"budget costs {min(x for _, x in ratios):.2f}-{ratio:.2f}x the serial design (worst: "
+            f"{worst.workload.shards} shards, {worst.quota_model}) → "
+            + ("within 2x." if ratio <= 2 else "over 2x: concurrent invocations are billed while they wait.")
+        )
     return "\n".join(lines)
 
 
@@ -868,11 +921,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-single", action="store_true", help="skip the single-shard workloads against the naive baseline"
     )
+    parser.add_argument(
+        "--memory-mb", type=int, help="the function's memory for every strategy (default: cdk.json's lambda.memoryMb)"
+    )
     args = parser.parse_args(argv)
     if args.render_only:
         saved = pickle.loads(LAST_RUN.read_bytes())  # noqa: S301 - our own file, written by the previous run
         write_outputs(saved["results"], saved["pacing"], saved["header"])
         return 0
+    shard_counts: tuple[int, ...]
     if args.quick:  # a smoke run: small workloads, a 1 s batching window instead of the stack's
         n_single, n_shards, shard_counts, models, min_box, window = 300, 400, (2, 4), QUOTA_MODELS[::3], 6.0, 1.0
     else:
@@ -883,6 +940,7 @@ def main(argv: list[str] | None = None) -> int:
         models = tuple(args.models.split(","))
         if unknown := set(models) - set(QUOTA_MODELS):
             parser.error(f"unknown quota model(s) {sorted(unknown)}; choose from {', '.join(QUOTA_MODELS)}")
+    memory = args.memory_mb or int(json.loads((ROOT / "cdk.json").read_text())["context"]["lambda"]["memoryMb"])
     strategies = tuple(args.strategies.split(",")) if args.strategies else ("shared", "serial", "alone")
     if unknown := set(strategies) - {"shared", "serial", "alone"}:
         parser.error(f"unknown strateg(ies) {sorted(unknown)}; choose from shared, serial, alone")
@@ -920,7 +978,7 @@ def main(argv: list[str] | None = None) -> int:
         keys = () if args.skip_single else ("unique", "zipf", "poison")
         single = [make_workload(k, n_single, seed=args.seed) for k in keys]
         for workload in single:
-            conn = one(workload, connector("shared", 1), "sliding-window")
+            conn = one(workload, connector("shared", 1, memory), "sliding-window")
             results.append(conn)
             box = min(max_box, max(min_box, conn.seconds))
             log(f"{workload.title}: naive baseline (time box {box:.0f} s, the connector's time)")
@@ -931,11 +989,11 @@ def main(argv: list[str] | None = None) -> int:
             workload = make_workload("shards", n_shards, seed=args.seed, shards=shards)
             for model in models:
                 for mode in strategies:
-                    pacing.append(one(workload, connector(mode, shards), model))
+                    pacing.append(one(workload, connector(mode, shards, memory), model))
             if "shared" in strategies:
-                pacing.append(one(workload, connector("shared", shards), models[0], foreign=0.2))
+                pacing.append(one(workload, connector("shared", shards, memory), models[0], foreign=0.2))
                 if not args.quick and "strict-spacing" in models:
-                    pacing.append(one(workload, connector("shared", shards), "strict-spacing", foreign=0.2))
+                    pacing.append(one(workload, connector("shared", shards, memory), "strict-spacing", foreign=0.2))
     finally:
         bench.close()
 
