@@ -80,6 +80,11 @@ class StreamToPersonalizeStack(cdk.Stack):
             log_level=lam.log_level,
             service_name=lam.service_name,
             log_retention=_retention(lam.log_retention_days),
+            on_failure=config.on_failure.destination,
+            on_failure_expire_days=config.on_failure.expire_days,
+            on_failure_removal_policy=(
+                cdk.RemovalPolicy.RETAIN if config.on_failure.removal_policy == "retain" else cdk.RemovalPolicy.DESTROY
+            ),
         )
 
         self.dynamodb_source: DynamoDbSource | None = None
@@ -136,7 +141,10 @@ class StreamToPersonalizeStack(cdk.Stack):
 
         cdk.CfnOutput(self, "FunctionName", value=self.connector.function.function_name)
         cdk.CfnOutput(self, "PoisonRecordsQueueUrl", value=self.connector.dlq.queue_url)
-        cdk.CfnOutput(self, "FailedBatchesQueueUrl", value=self.connector.failure_queue.queue_url)
+        if self.connector.failure_queue is not None:
+            cdk.CfnOutput(self, "FailedBatchesQueueUrl", value=self.connector.failure_queue.queue_url)
+        if self.connector.failure_bucket is not None:
+            cdk.CfnOutput(self, "FailedBatchesBucketName", value=self.connector.failure_bucket.bucket_name)
         cdk.CfnOutput(self, "DatasetArn", value=dataset_arn)
         if self.monitoring.dashboard is not None:
             name = self.monitoring.dashboard.dashboard_name

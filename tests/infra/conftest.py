@@ -24,8 +24,10 @@ POWERTOOLS_LAYER_ARN = "arn:aws:lambda:us-east-1:017000801446:layer:AWSLambdaPow
 #: A few variants beside the example cdk.json, chosen to cover every source mode in three synths.
 VARIANTS: dict[str, dict[str, Any]] = {
     # Existing DynamoDB stream only; the mapping shipped as a file in the asset; an alarm email topic; no state
-    # table but reserved concurrency (the old serial design); the example dataset ARN explicitly allowed.
+    # table but reserved concurrency (the old serial design); the example dataset ARN explicitly allowed; the
+    # on-failure destination an SQS queue of coordinates (the option beside the default S3 bucket).
     "existing_table": {
+        "onFailure": {"destination": "sqs"},
         "dynamodb": {"source": "existing", "streamArn": EXISTING_TABLE_STREAM_ARN},
         "kinesis": {"source": "none"},
         "configDelivery": "file",

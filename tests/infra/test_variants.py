@@ -50,6 +50,30 @@ def test_existing_table_stream(variant_app: Variant) -> None:
     assert [s["Resource"] for s in stream_read] == [EXISTING_TABLE_STREAM_ARN]
 
 
+def test_sqs_on_failure_destination_option(variant_app: Variant) -> None:
+    app = variant_app("existing_table")
+    app.template.resource_count_is("AWS::S3::Bucket", 0)
+    queues = app.template.find_resources("AWS::SQS::Queue")
+    assert len(queues) == 2
+    (esm,) = app.template.find_resources("AWS::Lambda::EventSourceMapping").values()
+    failure_id = esm["Properties"]["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0]
+    (fn,) = app.template.find_resources("AWS::Lambda::Function").values()
+    assert failure_id in queues and {"Ref": failure_id} != fn["Properties"]["Environment"]["Variables"]["DLQ_URL"]
+    sends = [s for s in _statements(app) if "sqs:SendMessage" in s["Action"]]
+    sent_to = {
+        r["Fn::GetAtt"][0]
+        for s in sends
+        for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])
+    }
+    assert sent_to == set(queues)
+    assert not [s for s in _statements(app) if any(str(a).startswith("s3:") for a in s["Action"])]
+    outputs = app.raw["Outputs"]
+    assert "FailedBatchesQueueUrl" in outputs and "FailedBatchesBucketName" not in outputs
+    names = [a["Properties"].get("MetricName") for a in app.template.find_resources("AWS::CloudWatch::Alarm").values()]
+    assert names.count("ApproximateNumberOfMessagesVisible") == 2  # both queues' depth
+    assert names.count("OnFailureDestinationDeliveredEventCount") == 1
+
+
 def test_config_file_shipped_in_the_asset(variant_app: Variant) -> None:
     app = variant_app("existing_table")
     (fn,) = app.template.find_resources("AWS::Lambda::Function").values()
