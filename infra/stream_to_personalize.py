@@ -210,6 +210,9 @@ class StreamToPersonalize(Construct):
         self.dlq.grant_send_messages(self.role)
 
         code, config_env = self._code(code_dir, config_delivery)
+        #: The asset and the mapping's variables, for other functions of the same runtime (the bulk converter).
+        self.code: lambda_.Code = code
+        self.config_env: dict[str, str] = dict(config_env)
         if powertools_layer_arn is not None:
             layer_arn = powertools_layer_arn
         else:

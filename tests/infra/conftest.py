@@ -50,7 +50,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "monitoring": {"alarmTopicArn": EXISTING_TOPIC_ARN, "dashboard": False, "notifyOnOk": True},
         "lambda": {"powertoolsLayerArn": POWERTOOLS_LAYER_ARN},
     },
-    # New composite-key table with its own filter, new on-demand stream, unreserved concurrency.
+    # New composite-key table with its own filter, new on-demand stream, unreserved concurrency; the bulk load.
     "new_on_demand": {
         "dynamodb": {
             "source": "new",
@@ -60,6 +60,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         },
         "kinesis": {"source": "new", "capacity": "onDemand"},
         "lambda": {"reservedConcurrency": "none", "maxCallsPerSecond": 10},
+        "bulkLoad": {"enabled": True, "exportBucketName": "catalog-exports"},
     },
 }
 
