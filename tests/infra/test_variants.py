@@ -394,3 +394,40 @@ def test_bulk_load_logs_and_traces(variant_app: Variant) -> None:
     assert machine["Properties"]["TracingConfiguration"] == {"Enabled": True}
     outputs = app.raw["Outputs"]
     assert {"BulkLoadStateMachineArn", "BulkLoadStagingBucketName", "BulkLoadImportRoleArn"} <= set(outputs)
+
+
+def test_moto_cannot_run_the_bulk_load_map_locally(variant_app: Variant, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented local-cloud gap: moto 5.2.5's Step Functions interpreter runs a Distributed Map with an S3
+    ItemReader of InputType JSON (an array) but refuses JSONL, which a DynamoDB export's manifest-files.json is
+    (and it would invoke the converter through moto's Lambda, which needs Docker). Locally, ``python -m ops
+    bulk-load`` runs the same converter file by file instead. If this test fails, moto has learnt JSONL: run the
+    state machine on the local cloud and drop the gap from docs/ops/on-failure-and-bulk-on-aws.md."""
+    import boto3
+    from moto import mock_aws
+    from moto.core.config import default_user_config
+
+    app = variant_app("new_on_demand")
+    reader = _definition(app)["States"]["ConvertDataFiles"]["ItemReader"]
+    definition = {
+        "StartAt": "Map",
+        "States": {
+            "Map": {
+                "Type": "Map",
+                "ItemReader": {**reader, "Parameters": {"Bucket": "catalog-exports", "Key": "manifest-files.json"}},
+                "ItemProcessor": {
+                    "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+                    "StartAt": "File",
+                    "States": {"File": {"Type": "Pass", "End": True}},
+                },
+                "End": True,
+            }
+        },
+    }
+    monkeypatch.setitem(default_user_config, "stepfunctions", {"execute_state_machine": True})
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        sfn = boto3.client("stepfunctions")
+        with pytest.raises(sfn.exceptions.ClientError, match="'JSONL' is not a valid InputTypeValue"):
+            sfn.create_state_machine(
+                name="bulk", definition=json.dumps(definition), roleArn="arn:aws:iam::123456789012:role/r"
+            )
