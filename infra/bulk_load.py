@@ -27,7 +27,7 @@ create and describe import jobs of this dataset, and pass only the Personalize r
 Personalize role trusts ``personalize.amazonaws.com`` (for this account, ``aws:SourceAccount``) and may read
 only the staging bucket; the staging bucket's policy also lets the service read it, as Personalize requires
 (https://docs.aws.amazon.com/personalize/latest/dg/granting-personalize-s3-access.html). The staging bucket:
-SSE-S3, SSL-only, private, objects expire after ``bulkLoad.csvExpireDays``.
+SSE-S3, SSL-only, private, objects expire after ``bulkLoad.csvExpireDays``, retained when the stack is deleted.
 
 Ordering that keeps the result right (see docs/ops/on-failure-and-bulk-on-aws.md): a FULL import replaces earlier
 *bulk* data but not items written with PutItems, and the stream keeps writing while the import runs; deploy the
@@ -104,7 +104,9 @@ class BulkLoad(Construct):
                     abort_incomplete_multipart_upload_after=cdk.Duration.days(1),
                 )
             ],
-            removal_policy=cdk.RemovalPolicy.DESTROY,
+            # Retained: CloudFormation cannot delete a bucket that still holds objects, and a failed delete would
+            # leave the stack in DELETE_FAILED; its objects expire on their own.
+            removal_policy=cdk.RemovalPolicy.RETAIN,
         )
         acknowledge(
             self.staging_bucket,
