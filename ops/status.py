@@ -5,7 +5,8 @@ What it shows, and where each number comes from (the same calls on AWS and on th
 * **event source mappings**: the function's ``IteratorAge`` (CloudWatch ``AWS/Lambda``, dimension ``FunctionName``,
   Maximum over the window: how far behind the stream the connector is) and, per mapping, the records Lambda sent
   to the on-failure destination in the window (``OnFailureDestinationDeliveredEventCount``, dimension
-  ``EventSourceMappingUUID``). The mappings come from Lambda's ``ListEventSourceMappings``, else ``--esm-uuid``;
+  ``EventSourceMappingUUID``). The mappings come from Lambda's ``ListEventSourceMappings``, ``--esm-uuid`` and
+  the UUIDs in the S3 on-failure destination's keys;
 * **poison DLQ**: ``ApproximateNumberOfMessages`` (+ ``NotVisible``, being redriven), and the newest few
   messages' reasons (``--errors N``);
 * **on-failure destination**: an S3 bucket: objects under ``aws/lambda/`` (not yet replayed; the replay tool moves
@@ -265,7 +266,7 @@ def _mappings(resources: Resources, clients: Callable[[str], Any], start: dt.dat
     except ClientError as exc:
         note = f"ListEventSourceMappings: {describe_client_error(exc)}"
     known = {m["UUID"]: m for m in listed}
-    for uuid in resources.esm_uuids:
+    for uuid in [*resources.esm_uuids, *_uuids_in_bucket(resources, clients)]:
         known.setdefault(uuid, {"UUID": uuid})
     for uuid, m in known.items():
         delivered = _statistic(
@@ -292,6 +293,20 @@ def _mappings(resources: Resources, clients: Callable[[str], Any], start: dt.dat
         "mappings": mappings,
         **({"note": note} if note else {}),
     }
+
+
+def _uuids_in_bucket(resources: Resources, clients: Callable[[str], Any]) -> list[str]:
+    """Mapping UUIDs that already wrote to the S3 on-failure destination (``aws/lambda/<UUID>/...``): found even
+    where ``ListEventSourceMappings`` lists nothing (the local cloud) or is not allowed."""
+    if not resources.on_failure_bucket:
+        return []
+    try:
+        answer = clients("s3").list_objects_v2(
+            Bucket=resources.on_failure_bucket, Prefix=ON_FAILURE_PREFIX, Delimiter="/", MaxKeys=100
+        )
+    except ClientError:
+        return []  # the on-failure section reports the error
+    return [p["Prefix"][len(ON_FAILURE_PREFIX) :].rstrip("/") for p in answer.get("CommonPrefixes", [])]
 
 
 def _statistic(

@@ -229,3 +229,12 @@ def test_names_from_the_stack_outputs(cloud: dict[str, str]) -> None:
 def test_nothing_to_show_is_a_clear_error() -> None:
     with pytest.raises(status.OpsError, match="--stack-name"):
         status.resolve_resources(_args(), env={})
+
+
+def test_mapping_uuids_found_in_the_on_failure_keys(cloud: dict[str, str]) -> None:
+    # no --esm-uuid, and moto's Lambda lists no mapping: the UUID comes from aws/lambda/<UUID>/... in the bucket
+    resources = status.resolve_resources(
+        _args(function_name=FUNCTION, on_failure_bucket=BUCKET, dlq_url=cloud["dlq"]), env={}
+    )
+    report = status.collect(resources, boto3.client, errors=0)
+    assert [(m["uuid"], m["onFailureDelivered"]) for m in report["mappings"]["mappings"]] == [(ESM_UUID, 7)]
