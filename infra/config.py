@@ -22,6 +22,9 @@ Context keys (all but ``datasetArn``/``createDataset`` optional; see docs/deploy
 ``monitoring``        alarm thresholds and notifications (see :class:`MonitoringConfig`).
 ``stateTable``        the connector's state table (shared PutItems budget, CDC version guard; see
                       :class:`StateTableConfig`): created by default, ``{"enabled": false}`` to opt out.
+``onFailure``         the event source mappings' on-failure destination (see :class:`OnFailureConfig`): an S3
+                      bucket keeping whole invocation records for replay (default), or an SQS queue of coordinates.
+``bulkLoad``          the opt-in bulk-load state machine (see :class:`BulkLoadConfig`).
 ``filterPatternQuota`` Lambda filter patterns allowed per event source mapping (default 5, Lambda's default
                       quota); raise it only after raising the quota in Service Quotas.
 ``allowExampleDatasetArn`` ``true`` lets the documentation's example dataset ARN (account 111122223333)
@@ -44,6 +47,7 @@ from pydantic.alias_generators import to_camel
 
 __all__ = [
     "DATASET_ARN_PATTERN",
+    "BulkLoadConfig",
     "ConfigError",
     "ConnectorConfig",
     "CreateDatasetConfig",
@@ -52,6 +56,7 @@ __all__ = [
     "KinesisSourceConfig",
     "LambdaConfig",
     "MonitoringConfig",
+    "OnFailureConfig",
     "StateTableConfig",
     "context_json_schema",
     "is_example_dataset_arn",
@@ -93,6 +98,8 @@ CONTEXT_KEYS = (
     "lambda",
     "monitoring",
     "stateTable",
+    "onFailure",
+    "bulkLoad",
     "filterPatternQuota",
     "allowExampleDatasetArn",
     "account",
@@ -441,6 +448,42 @@ class StateTableConfig(_Section):
     version written per item, which the guard re-learns); ``retain`` keeps it when the stack is deleted."""
 
 
+class OnFailureConfig(_Section):
+    """Where the event source mappings send a batch that exhausted its retries or its record age (``onFailure``).
+
+    ``s3`` (default): a bucket; for stream sources Lambda writes one object per failed batch with the batch's
+    coordinates **and the whole invocation record** (the records themselves, ``payload``), so ``python -m ops
+    replay`` can replay it after the stream has dropped the records. ``sqs``: a queue that only gets the batch
+    coordinates (shard and sequence range); replaying it needs the records to still be in the stream.
+    """
+
+    destination: Annotated[Literal["s3", "sqs"], OneOf("s3", "sqs")] = "s3"
+    expire_days: Annotated[int, IntIn(1, 3650)] = 30
+    """Days an object stays in the bucket (an S3 lifecycle expiry; ``s3`` only). Replay, or copy, within it."""
+    removal_policy: Annotated[Literal["destroy", "retain"], OneOf("destroy", "retain")] = "retain"
+    """``retain`` (default): the bucket (records of failed batches) outlives the stack; ``destroy`` deletes it
+    with the stack, which CloudFormation can only do once it is empty (``s3`` only)."""
+
+
+class BulkLoadConfig(_Section):
+    """The opt-in bulk load on AWS (``bulkLoad``): a Step Functions state machine that converts a DynamoDB
+    export to the Items CSV (a Distributed Map, one Lambda per data file, the runtime's converter
+    ``connector.bulk.handler``) and imports it with ``CreateDatasetImportJob``."""
+
+    enabled: Bool = False
+    export_bucket_name: (
+        Annotated[str, Text(re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"), "an S3 bucket name")] | None
+    ) = None
+    """The bucket the DynamoDB exports are written to (the state machine reads only that bucket). Required."""
+    max_concurrency: Annotated[int, IntIn(1, 1000)] = 20
+    """Data files converted at once (the Distributed Map's MaxConcurrency)."""
+    converter_memory_mb: Annotated[int, IntIn(128, 10240)] = 1769
+    """Memory of the converter Lambda (1,769 MB is one full vCPU)."""
+    converter_timeout_seconds: Annotated[int, IntIn(30, 900)] = 900
+    csv_expire_days: Annotated[int, IntIn(1, 3650)] = 7
+    """Days the converted CSV and rejects reports stay in the staging bucket."""
+
+
 class CreateDatasetConfig(_Section):
     """Create the Personalize dataset group, schema and Items dataset (``createDataset``, when no ``datasetArn``
     is given). The schema's name gets a hash of its content appended."""
@@ -466,6 +509,8 @@ class ConnectorConfig:
     lambda_: LambdaConfig
     monitoring: MonitoringConfig
     state_table: StateTableConfig = field(default_factory=StateTableConfig)
+    on_failure: OnFailureConfig = field(default_factory=OnFailureConfig)
+    bulk_load: BulkLoadConfig = field(default_factory=BulkLoadConfig)
     allow_example_dataset_arn: bool = False
     filter_pattern_quota: int = 5
     account: str | None = None
@@ -509,6 +554,8 @@ class CdkContext(BaseModel):
     lambda_: LambdaConfig | None = Field(default=None, alias="lambda")
     monitoring: MonitoringConfig | None = None
     state_table: StateTableConfig | None = None
+    on_failure: OnFailureConfig | None = None
+    bulk_load: BulkLoadConfig | None = None
     filter_pattern_quota: Annotated[int, IntIn(1, 1000)] = 5
     allow_example_dataset_arn: Bool = False
     account: Annotated[str, Text(ACCOUNT_PATTERN, "12 digits")] | None = None
@@ -836,6 +883,31 @@ def _state_table(value: Any) -> StateTableConfig:
     return cfg
 
 
+def _on_failure(value: Any) -> OnFailureConfig:
+    key = "onFailure"
+    cfg = _validate(OnFailureConfig, key, _object(key, value))
+    if cfg.destination == "sqs":
+        extra = sorted(set(_set(cfg)) - {"destination"})
+        if extra:
+            raise _fail(f"{key}.{extra[0]}", "only allowed when onFailure.destination is 's3'")
+    return cfg
+
+
+def _bulk_load(value: Any) -> BulkLoadConfig:
+    key = "bulkLoad"
+    cfg = _validate(BulkLoadConfig, key, _object(key, value))
+    if not cfg.enabled:
+        extra = sorted(set(_set(cfg)) - {"enabled"})
+        if extra:
+            raise _fail(f"{key}.{extra[0]}", "not allowed when bulkLoad.enabled is false")
+    elif cfg.export_bucket_name is None:
+        raise _fail(
+            f"{key}.exportBucketName",
+            "required when bulkLoad.enabled is true: the bucket your DynamoDB exports go to",
+        )
+    return cfg
+
+
 def _mapping(context: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
     if "mapping" in context and "mappingFile" in context:
         raise _fail("mappingFile", "give either 'mapping' (inline object) or 'mappingFile' (a path), not both")
@@ -1011,6 +1083,14 @@ def load_config(context: Mapping[str, Any], *, base_dir: Path) -> ConnectorConfi
     lambda_cfg = _lambda(ctx["lambda"]) if "lambda" in ctx else LambdaConfig()
     monitoring = _monitoring(ctx["monitoring"]) if "monitoring" in ctx else MonitoringConfig()
     state_table = _state_table(ctx["stateTable"]) if "stateTable" in ctx else StateTableConfig()
+    on_failure = _on_failure(ctx["onFailure"]) if "onFailure" in ctx else OnFailureConfig()
+    bulk_load = _bulk_load(ctx["bulkLoad"]) if "bulkLoad" in ctx else BulkLoadConfig()
+    if bulk_load.enabled and "schema" not in mapping:
+        raise _fail(
+            "bulkLoad.enabled",
+            "a bulk import needs an Items schema (the CSV header is the schema's fields): set 'schemaFile' or "
+            "put a 'schema' in the mapping document",
+        )
     allow_example = (
         _bool("allowExampleDatasetArn", ctx["allowExampleDatasetArn"]) if "allowExampleDatasetArn" in ctx else False
     )
@@ -1040,6 +1120,8 @@ def load_config(context: Mapping[str, Any], *, base_dir: Path) -> ConnectorConfi
         lambda_=lambda_cfg,
         monitoring=monitoring,
         state_table=state_table,
+        on_failure=on_failure,
+        bulk_load=bulk_load,
         allow_example_dataset_arn=allow_example,
         filter_pattern_quota=filter_quota,
         account=account,

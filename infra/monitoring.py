@@ -196,12 +196,37 @@ class ConnectorMonitoring(Construct):
             threshold=cfg.dlq_depth,
             description="Records that can never land are waiting in the poison-record DLQ (see 'reason').",
         )
-        self.failed_batches_alarm = alarm(
-            "FailedBatchesQueueDepth",
-            connector.failure_queue.metric_approximate_number_of_messages_visible(period=period, statistic="Maximum"),
-            threshold=cfg.dlq_depth,
-            description="Batches exhausted their retries or record age; the on-failure queue holds their coordinates.",
+        self.failed_batches_alarm: cloudwatch.Alarm | None = None
+        if connector.failure_queue is not None:
+            self.failed_batches_alarm = alarm(
+                "FailedBatchesQueueDepth",
+                connector.failure_queue.metric_approximate_number_of_messages_visible(
+                    period=period, statistic="Maximum"
+                ),
+                threshold=cfg.dlq_depth,
+                description="Batches exhausted their retries or record age; the on-failure queue holds their "
+                "coordinates. Replay them (python -m ops replay) while the stream still retains the records.",
+            )
+        # Whatever the destination: a batch that reached it needs replay (an S3 bucket has no depth metric).
+        self.on_failure_delivered_alarms: list[cloudwatch.Alarm] = []
+        where = (
+            "the on-failure bucket holds its whole invocation record"
+            if connector.failure_bucket is not None
+            else "the on-failure queue holds its coordinates"
         )
+        for index, source in enumerate(connector.event_sources):
+            self.on_failure_delivered_alarms.append(
+                alarm(
+                    "OnFailureDelivered" if index == 0 else f"OnFailureDelivered{index + 1}",
+                    connector.metric_event_count(source, "OnFailureDestinationDeliveredEventCount", period=period),
+                    threshold=1,
+                    description=(
+                        "An event source mapping gave up on a batch (retries or maximum record age exhausted) and "
+                        f"sent it to the on-failure destination: {where}. Those records did not land: replay them "
+                        "(python -m ops replay) once the cause is fixed."
+                    ),
+                )
+            )
 
         self.dashboard: cloudwatch.Dashboard | None = None
         if cfg.dashboard:
@@ -350,12 +375,16 @@ class ConnectorMonitoring(Construct):
                     width=8,
                 )
             )
+        queue_depths = [_queue_depth(connector.dlq, "Poison records", period)]
+        if connector.failure_queue is not None:
+            queue_depths.append(_queue_depth(connector.failure_queue, "Failed batches", period))
         stream_metrics.append(
             cloudwatch.GraphWidget(
-                title="Queues: poison records, failed batches",
-                left=[
-                    _queue_depth(connector.dlq, "Poison records", period),
-                    _queue_depth(connector.failure_queue, "Failed batches", period),
+                title="Poison records (DLQ depth), batches sent to the on-failure destination",
+                left=queue_depths,
+                right=[
+                    connector.metric_event_count(source, "OnFailureDestinationDeliveredEventCount", period=period)
+                    for source in connector.event_sources
                 ],
                 width=8,
             )

@@ -11,6 +11,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
+from infra.bulk_load import BulkLoad
 from infra.config import EXAMPLE_ACCOUNT, ConnectorConfig, LambdaConfig
 from infra.monitoring import AlarmTopic, ConnectorMonitoring
 from infra.personalize import PersonalizeItemsDataset
@@ -80,6 +81,11 @@ class StreamToPersonalizeStack(cdk.Stack):
             log_level=lam.log_level,
             service_name=lam.service_name,
             log_retention=_retention(lam.log_retention_days),
+            on_failure=config.on_failure.destination,
+            on_failure_expire_days=config.on_failure.expire_days,
+            on_failure_removal_policy=(
+                cdk.RemovalPolicy.RETAIN if config.on_failure.removal_policy == "retain" else cdk.RemovalPolicy.DESTROY
+            ),
         )
 
         self.dynamodb_source: DynamoDbSource | None = None
@@ -116,6 +122,40 @@ class StreamToPersonalizeStack(cdk.Stack):
             self.connector.use_state_table(self.state_table)
             cdk.CfnOutput(self, "StateTableName", value=self.state_table.table_name)
 
+        self.bulk_load: BulkLoad | None = None
+        if config.bulk_load.enabled:
+            bulk = config.bulk_load
+            assert bulk.export_bucket_name is not None  # validated by load_config
+            keys = (
+                [k for k in (config.dynamodb.partition_key, config.dynamodb.sort_key) if k]
+                if config.dynamodb.source == "new"
+                else []
+            )
+            self.bulk_load = BulkLoad(
+                self,
+                "BulkLoad",
+                dataset_arn=dataset_arn,
+                code=self.connector.code,
+                environment={
+                    "DATASET_ARN": dataset_arn,
+                    **self.connector.config_env,
+                    "POWERTOOLS_SERVICE_NAME": f"{lam.service_name}-bulk",
+                    "POWERTOOLS_METRICS_NAMESPACE": "StreamToPersonalize",
+                    "POWERTOOLS_LOG_LEVEL": lam.log_level,
+                },
+                layers=[self.connector.powertools_layer],
+                export_bucket_name=bulk.export_bucket_name,
+                default_keys=keys,
+                max_concurrency=bulk.max_concurrency,
+                memory_mb=bulk.converter_memory_mb,
+                timeout=cdk.Duration.seconds(bulk.converter_timeout_seconds),
+                csv_expire_days=bulk.csv_expire_days,
+                log_retention=_retention(lam.log_retention_days),
+            )
+            cdk.CfnOutput(self, "BulkLoadStateMachineArn", value=self.bulk_load.state_machine.state_machine_arn)
+            cdk.CfnOutput(self, "BulkLoadStagingBucketName", value=self.bulk_load.staging_bucket.bucket_name)
+            cdk.CfnOutput(self, "BulkLoadImportRoleArn", value=self.bulk_load.import_role.role_arn)
+
         mon = config.monitoring
         topic: sns.ITopic | None = None
         if mon.alarm_topic_arn:
@@ -136,7 +176,10 @@ class StreamToPersonalizeStack(cdk.Stack):
 
         cdk.CfnOutput(self, "FunctionName", value=self.connector.function.function_name)
         cdk.CfnOutput(self, "PoisonRecordsQueueUrl", value=self.connector.dlq.queue_url)
-        cdk.CfnOutput(self, "FailedBatchesQueueUrl", value=self.connector.failure_queue.queue_url)
+        if self.connector.failure_queue is not None:
+            cdk.CfnOutput(self, "FailedBatchesQueueUrl", value=self.connector.failure_queue.queue_url)
+        if self.connector.failure_bucket is not None:
+            cdk.CfnOutput(self, "FailedBatchesBucketName", value=self.connector.failure_bucket.bucket_name)
         cdk.CfnOutput(self, "DatasetArn", value=dataset_arn)
         if self.monitoring.dashboard is not None:
             name = self.monitoring.dashboard.dashboard_name

@@ -15,7 +15,9 @@ It owns:
   layer pinned to requirements.txt, X-Ray tracing) and its log group;
 * ``dlq``: the poison-record queue (``DLQ_URL``), JSON messages ``{reason, source, eventSourceARN,
   sequenceNumber, itemId, record}`` written by the connector;
-* ``failure_queue``: the event source mappings' on-failure destination (batch coordinates, written by Lambda);
+* the event source mappings' on-failure destination, written by Lambda: ``failure_bucket`` (default, S3: whole
+  invocation records, the records included, for ``python -m ops replay``; see :mod:`infra.failed_batches`) or
+  ``failure_queue`` (``on_failure="sqs"``: batch coordinates only);
 * a role with ``personalize:PutItems`` on the dataset ARN only, send on its own queues, and stream read as
   the L2 grants give it; with :meth:`StreamToPersonalize.use_state_table`, GetItem/BatchGetItem/PutItem/
   UpdateItem on that table only.
@@ -49,6 +51,7 @@ from constructs import Construct
 
 from infra import asset_wheels
 from infra.config import INLINE_CONFIG_MAX_BYTES, EsmSettings, compact_json
+from infra.failed_batches import FailedBatchesBucket, S3OnFailureDestination
 from infra.nag import acknowledge
 from infra.powertools import REPO_ROOT, layer_parameter_name, powertools_version
 from infra.state_table import StateTable
@@ -116,6 +119,9 @@ class StreamToPersonalize(Construct):
         powertools_layer_version: str | None = None,
         powertools_layer_arn: str | None = None,
         queue_retention: cdk.Duration | None = None,
+        on_failure: Literal["s3", "sqs"] = "s3",
+        on_failure_expire_days: int = 30,
+        on_failure_removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
     ) -> None:
         """Create the function, its queues and its role.
 
@@ -139,7 +145,9 @@ class StreamToPersonalize(Construct):
         :param powertools_layer_version: default: the ``aws-lambda-powertools`` pin in requirements.txt.
         :param powertools_layer_arn: use this layer ARN instead of the public SSM parameter (which AWS does not
             publish in every region).
-        :param queue_retention: retention of both queues; default 14 days (the SQS maximum).
+        :param queue_retention: retention of the queues; default 14 days (the SQS maximum).
+        :param on_failure: the event source mappings' on-failure destination: ``s3`` (a bucket of whole invocation
+            records, kept ``on_failure_expire_days`` days) or ``sqs`` (a queue of batch coordinates).
         """
         super().__init__(scope, construct_id)
         self.dataset_arn = dataset_arn
@@ -158,14 +166,29 @@ class StreamToPersonalize(Construct):
             enforce_ssl=True,
             retention_period=retention,
         )
-        self.failure_queue = sqs.Queue(
-            self,
-            "FailedBatches",
-            encryption=sqs.QueueEncryption.SQS_MANAGED,
-            enforce_ssl=True,
-            retention_period=retention,
-        )
-        for queue, what in ((self.dlq, "poison records"), (self.failure_queue, "failed batch coordinates")):
+        self.failure_queue: sqs.Queue | None = None
+        self.failure_bucket: FailedBatchesBucket | None = None
+        if on_failure == "sqs":
+            self.failure_queue = sqs.Queue(
+                self,
+                "FailedBatches",
+                encryption=sqs.QueueEncryption.SQS_MANAGED,
+                enforce_ssl=True,
+                retention_period=retention,
+            )
+        elif on_failure == "s3":
+            self.failure_bucket = FailedBatchesBucket(
+                self,
+                "FailedBatchesBucket",
+                expire_days=on_failure_expire_days,
+                removal_policy=on_failure_removal_policy,
+            )
+        else:
+            raise ValueError(f"on_failure must be 's3' or 'sqs', got {on_failure!r}")
+        queues = [(self.dlq, "poison records")]
+        if self.failure_queue is not None:
+            queues.append((self.failure_queue, "failed batch coordinates"))
+        for queue, what in queues:
             acknowledge(
                 queue,
                 "AwsSolutions-SQS3",
@@ -187,6 +210,9 @@ class StreamToPersonalize(Construct):
         self.dlq.grant_send_messages(self.role)
 
         code, config_env = self._code(code_dir, config_delivery)
+        #: The asset and the mapping's variables, for other functions of the same runtime (the bulk converter).
+        self.code: lambda_.Code = code
+        self.config_env: dict[str, str] = dict(config_env)
         if powertools_layer_arn is not None:
             layer_arn = powertools_layer_arn
         else:
@@ -240,6 +266,18 @@ class StreamToPersonalize(Construct):
             "X-Ray PutTraceSegments/PutTelemetryRecords (active tracing) and dynamodb:ListStreams (stream "
             "read) do not support resource-level permissions.",
         )
+        if self.failure_bucket is not None:
+            stack = cdk.Stack.of(self)
+            cfn_bucket = self.failure_bucket.bucket.node.default_child
+            assert isinstance(cfn_bucket, cdk.CfnElement)
+            bucket_id = stack.resolve(stack.get_logical_id(cfn_bucket))
+            acknowledge(
+                policy,
+                f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/*]",
+                "s3:PutObject on the on-failure bucket's objects: Lambda names each object itself "
+                "(aws/lambda/<ESM UUID>/<shard>/<date>/...), so the key cannot be narrowed; limited to this bucket "
+                "and to buckets of this account (s3:ResourceAccount), as the Lambda guide recommends.",
+            )
 
     # ------------------------------------------------------------------------------------------------
     # State
@@ -322,11 +360,17 @@ class StreamToPersonalize(Construct):
             "bisect_batch_on_error": s.bisect_batch_on_error,
             "parallelization_factor": s.parallelization_factor,
             "report_batch_item_failures": True,
-            "on_failure": sources.SqsDlq(self.failure_queue),
+            "on_failure": self._on_failure_destination(),
             "filters": list(criteria) or None,
             "metrics_config": lambda_.MetricsConfig(metrics=[lambda_.MetricType.EVENT_COUNT]),
             "enabled": s.enabled,
         }
+
+    def _on_failure_destination(self) -> lambda_.IEventSourceDlq:
+        if self.failure_bucket is not None:
+            return S3OnFailureDestination(self.failure_bucket)
+        assert self.failure_queue is not None
+        return sources.SqsDlq(self.failure_queue)
 
     # ------------------------------------------------------------------------------------------------
     # Metrics

@@ -321,11 +321,29 @@ class LocalCloud:
     def mapping(self, source: str) -> MappingConfig | None:
         return next((m for m in self._runner().mappings if m.source == source), None)
 
+    def read_on_failure(self) -> list[dict[str, Any]]:
+        """Everything the event source mappings sent to their on-failure destination, whichever kind it is: the
+        messages of an SQS queue, or the invocation records (JSON objects) in an S3 bucket."""
+        arns = {m.on_failure_arn for m in self._runner().mappings if m.on_failure_arn}
+        found: list[dict[str, Any]] = []
+        for arn in sorted(arns):
+            if arn.startswith("arn:aws:s3:::"):
+                bucket = arn.split(":::", 1)[1]
+                s3 = self.client("s3")
+                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="aws/lambda/"):
+                    for obj in page.get("Contents", []):
+                        body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+                        try:
+                            found.append(json.loads(body))
+                        except json.JSONDecodeError:
+                            found.append({"unparsable": body.decode(errors="replace")})
+        return found + self.read_queue(self.on_failure_url)
+
     @property
     def on_failure_url(self) -> str | None:
         arns = {m.on_failure_arn for m in self._runner().mappings if m.on_failure_arn}
         for resource in self.resources.values():
-            if resource.attributes.get("Arn") in arns:
+            if resource.attributes.get("Arn") in arns and resource.type == "AWS::SQS::Queue":
                 return resource.attributes.get("QueueUrl", resource.ref)
         return None
 
@@ -897,7 +915,7 @@ def _drive(
     emulator_stats = emulator.stats()
     landed = emulator.items(cloud.dataset_arn)
     dlq = cloud.read_queue(cloud.dlq_url)
-    on_failure = cloud.read_queue(cloud.on_failure_url)
+    on_failure = cloud.read_on_failure()
     totals = handler_totals(cloud.function_log)
     source_records: dict[str, list[str]] = {}
     kinesis_mapping, ddb_mapping = cloud.mapping("kinesis"), cloud.mapping("dynamodb")

@@ -17,7 +17,12 @@ type                              ``Ref``                ``Fn::GetAtt``
 ``AWS::DynamoDB::GlobalTable``    table name             ``Arn``, ``StreamArn`` (CDK ``TableV2``)
 ``AWS::Kinesis::Stream``          stream name            ``Arn``
 ``AWS::SQS::Queue``               queue URL              ``Arn``, ``QueueName``, ``QueueUrl``
+``AWS::S3::Bucket``               bucket name            ``Arn``, ``DomainName``
 ================================  =====================  ===============================================
+
+S3 buckets (the on-failure destination, the bulk load's staging bucket) are created empty; their encryption,
+public access block, lifecycle and policies are left to the template's tests: moto would accept them, and nothing
+local depends on them.
 
 Provisioning is idempotent: resources that already exist (same physical name) are reused, so ``up`` can be
 run twice. Names that the template leaves to CloudFormation are generated deterministically from the stack
@@ -56,7 +61,8 @@ DEFAULT_ACCOUNT_ID = "123456789012"  # moto's default account
 TABLE_TYPES = ("AWS::DynamoDB::Table", "AWS::DynamoDB::GlobalTable")
 STREAM_TYPE = "AWS::Kinesis::Stream"
 QUEUE_TYPE = "AWS::SQS::Queue"
-SUPPORTED_TYPES = (*TABLE_TYPES, STREAM_TYPE, QUEUE_TYPE)
+BUCKET_TYPE = "AWS::S3::Bucket"
+SUPPORTED_TYPES = (*TABLE_TYPES, STREAM_TYPE, QUEUE_TYPE, BUCKET_TYPE)
 
 # SQS queue attributes that are passed through to moto as they are (stringified).
 _QUEUE_ATTRIBUTES = (
@@ -210,7 +216,7 @@ def _client(service: str, endpoint_url: str, region: str) -> Any:
         region_name=region,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",  # noqa: S106 - moto's fake credentials
-        config=Config(retries={"max_attempts": 3, "mode": "standard"}),
+        config=Config(retries={"max_attempts": 3, "mode": "standard"}, s3={"addressing_style": "path"}),
     )
 
 
@@ -223,7 +229,7 @@ def provision(
     stack_name: str | None = None,
     parameters: Mapping[str, str] | None = None,
 ) -> dict[str, ProvisionedResource]:
-    """Create the template's tables, streams and queues in the moto server at ``endpoint_url``.
+    """Create the template's tables, streams, queues and buckets in the moto server at ``endpoint_url``.
 
     Returns ``{logical id: ProvisionedResource}`` for the resources it created (or found already there).
     Resources of other types are ignored. Properties that reference something unresolvable are dropped
@@ -258,6 +264,8 @@ def provision(
                 resources[logical_id] = _create_table(client("dynamodb"), logical_id, kind, props, stack)
             elif kind == STREAM_TYPE:
                 resources[logical_id] = _create_stream(client("kinesis"), logical_id, props, stack)
+            elif kind == BUCKET_TYPE:
+                resources[logical_id] = _create_bucket(client("s3"), logical_id, props, stack, region)
             else:
                 resources[logical_id] = _create_queue(client("sqs"), logical_id, props, stack)
             del pending[logical_id]
@@ -267,7 +275,7 @@ def provision(
     return resources
 
 
-_REQUIRED = frozenset({"KeySchema", "AttributeDefinitions", "TableName", "QueueName", "Name"})
+_REQUIRED = frozenset({"KeySchema", "AttributeDefinitions", "TableName", "QueueName", "Name", "BucketName"})
 
 
 def _references(value: Any) -> set[str]:
@@ -385,6 +393,22 @@ def _create_queue(sqs: Any, logical_id: str, props: Mapping[str, Any], stack: st
     url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     return ProvisionedResource(logical_id, QUEUE_TYPE, url, {"Arn": arn, "QueueName": name, "QueueUrl": url})
+
+
+def _create_bucket(s3: Any, logical_id: str, props: Mapping[str, Any], stack: str, region: str) -> ProvisionedResource:
+    # CloudFormation's generated bucket names are lower case, at most 63 characters
+    name = props.get("BucketName") or generated_name(stack, logical_id, max_len=63).lower()
+    args: dict[str, Any] = {"Bucket": name}
+    if region != "us-east-1":
+        args["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    try:
+        s3.create_bucket(**args)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+            raise
+    return ProvisionedResource(
+        logical_id, BUCKET_TYPE, name, {"Arn": f"arn:aws:s3:::{name}", "DomainName": f"{name}.s3.amazonaws.com"}
+    )
 
 
 def _attr(value: Any) -> str:

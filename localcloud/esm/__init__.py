@@ -26,7 +26,12 @@ What it does, per mapping and per shard (one thread each, so one batch in flight
 * on a function error (raise, timeout, crash, invalid response) retries the batch; with
   ``BisectBatchOnFunctionError`` splits it in halves first (splits do not consume the retry budget); after
   ``MaximumRetryAttempts`` retries, or once records are older than ``MaximumRecordAgeInSeconds``, sends the
-  on-failure message -- batch *coordinates* only -- to the SQS ``DestinationConfig.OnFailure`` queue and moves on.
+  on-failure message to ``DestinationConfig.OnFailure`` and moves on: to an SQS queue the batch *coordinates*
+  only; to an S3 bucket one object per batch, ``aws/lambda/<ESM UUID>/<shard id>/YYYY/MM/DD/
+  YYYY-MM-DDTHH.MM.SS-<uuid>``, with the coordinates and ``payload``, the invocation event as an escaped JSON
+  string, as AWS documents it (:mod:`.batch_policy`; the ESM UUID is derived from the stack and logical id);
+* publishes Lambda's metrics to moto's CloudWatch (:mod:`.metrics`): ``AWS/Lambda`` ``IteratorAge`` by
+  ``FunctionName`` after every batch, ``OnFailureDestinationDeliveredEventCount`` by ``EventSourceMappingUUID``;
 
 * polls each shard at Lambda's documented base rate -- Kinesis once a second, DynamoDB Streams four times a
   second -- with jitter (``poll_interval``, ``poll_jitter``) whenever the last read found nothing new; with a
@@ -47,7 +52,7 @@ Undocumented choices, pessimistic by default and switchable: ``partial_counts_as
 that moved the checkpoint still counts against ``MaximumRetryAttempts``; default True).
 
 Known gaps (documented, not emulated): ``ParallelizationFactor`` above 1 is treated as 1; tumbling windows,
-KPL de-aggregation, enhanced fan-out, SNS/S3 on-failure destinations and the account-level (unreserved)
+KPL de-aggregation, enhanced fan-out, SNS on-failure destinations and the account-level (unreserved)
 concurrency limit are not modelled; checkpoints live in memory only.
 
 Usage::

@@ -1,9 +1,22 @@
-"""The batch policy: Lambda's ReportBatchItemFailures rules and the on-failure destination's message."""
+"""The batch policy: Lambda's ReportBatchItemFailures rules and the on-failure destination's message.
+
+The on-failure message is the documented invocation record of a stream event source mapping
+(https://docs.aws.amazon.com/lambda/latest/dg/services-dynamodb-errors.html,
+https://docs.aws.amazon.com/lambda/latest/dg/kinesis-on-failure-destination.html): ``requestContext``,
+``responseContext``, ``version``, ``timestamp`` and ``DDBStreamBatchInfo`` / ``KinesisBatchInfo``. An SQS or SNS
+destination gets only that; an S3 destination also gets ``payload``, "the original invocation record as an escaped
+JSON string" (the event the function was invoked with, ``{"Records": [...]}``), in an object named
+``aws/lambda/<ESM-UUID>/<shardID>/YYYY/MM/DD/YYYY-MM-DDTHH.MM.SS-<Random UUID>``
+(:func:`on_failure_s3_key`). ``tests/fixtures/on_failure_s3_record.json`` holds AWS's documented example.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
+import uuid
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from localcloud.esm.config import MappingConfig
@@ -95,3 +108,15 @@ def build_on_failure_message(
             "streamArn": mapping.source_arn,
         },
     }
+
+
+def build_on_failure_s3_record(message: Mapping[str, Any], event: Mapping[str, Any]) -> dict[str, Any]:
+    """The object Lambda writes to an S3 on-failure destination: the message plus ``payload``, the invocation
+    event as an escaped JSON string."""
+    return {**message, "payload": json.dumps(event, separators=(",", ":"))}
+
+
+def on_failure_s3_key(esm_uuid: str, shard_id: str, *, now: float | None = None, random_id: str | None = None) -> str:
+    """``aws/lambda/<ESM-UUID>/<shardID>/YYYY/MM/DD/YYYY-MM-DDTHH.MM.SS-<Random UUID>`` (UTC)."""
+    moment = dt.datetime.fromtimestamp(time.time() if now is None else now, tz=dt.UTC)
+    return f"aws/lambda/{esm_uuid}/{shard_id}/{moment:%Y/%m/%d}/{moment:%Y-%m-%dT%H.%M.%S}-{random_id or uuid.uuid4()}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ class MappingConfig:
     max_record_age_s: int = -1  # -1: no limit
     parallelization_factor: int = 1
     on_failure_arn: str | None = None
+    uuid: str = ""  # the mapping's UUID (on AWS, the resource's Ref); locally derived from the stack and logical id
 
     @property
     def stream_name(self) -> str:
@@ -150,6 +152,7 @@ def parse_template(
                 max_record_age_s=int(props.get("MaximumRecordAgeInSeconds", -1)),
                 parallelization_factor=parallelization,
                 on_failure_arn=str(resolver.resolve(on_failure)) if on_failure else None,
+                uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"localcloud:{stack}/{logical_id}")),
             )
         )
     return mappings

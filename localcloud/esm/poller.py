@@ -378,4 +378,11 @@ class _ShardPoller(threading.Thread):
             invoke_count=segment.invokes,
             function_error=segment.last_function_error,
         )
-        self.runner._deliver_on_failure(self.mapping, message, len(records), expired=condition == "RecordAgeExceeded")
+        self.runner._deliver_on_failure(
+            self.mapping,
+            message,
+            len(records),
+            expired=condition == "RecordAgeExceeded",
+            shard_id=self.shard_id,
+            event={"Records": [r.event for r in records]},
+        )

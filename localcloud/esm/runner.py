@@ -21,7 +21,12 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from localcloud.esm.batch_policy import Outcome, evaluate_batch_response
+from localcloud.esm.batch_policy import (
+    Outcome,
+    build_on_failure_s3_record,
+    evaluate_batch_response,
+    on_failure_s3_key,
+)
 from localcloud.esm.config import EsmConfigError, FunctionConfig, MappingConfig, parse_template
 from localcloud.esm.function_pool import (
     WORKER_SCRIPT,
@@ -32,6 +37,7 @@ from localcloud.esm.function_pool import (
     _WorkerInitError,
 )
 from localcloud.esm.ledger import _COUNTERS, Invocation, RunnerStats
+from localcloud.esm.metrics import MetricPublisher
 from localcloud.esm.poller import POLL_INTERVAL_S, _canonical_keys, _Record, _ShardPoller
 from localcloud.esm.sandbox import cpu_share, find_python, lambda_site_packages
 from localcloud.provision import (
@@ -110,6 +116,7 @@ class EsmRunner:
         seed: int | None = None,
         on_invocation: Callable[[Invocation], None] | None = None,
         mapping_overrides: Mapping[str, Any] | None = None,
+        publish_metrics: bool = True,
     ) -> None:
         self.region = region
         self.account_id = account_id
@@ -178,6 +185,7 @@ class EsmRunner:
         self._discovery: threading.Thread | None = None
         self._started = False
         self._thread_local = threading.local()
+        self._metrics = MetricPublisher(lambda: self._client("cloudwatch"), enabled=publish_metrics)
 
     # -- public API --------------------------------------------------------------------------------------------
     def add_env_overrides(self, overrides: Mapping[str, str]) -> None:
@@ -200,6 +208,7 @@ class EsmRunner:
                 isolated=self.sandbox,
                 cpu=cpu_share(function.memory_mb) if self.sandbox else 1.0,
             )
+        self._metrics.start()
         self._discover(initial=True)
         self._discovery = threading.Thread(target=self._discovery_loop, name="esm-discovery", daemon=True)
         self._discovery.start()
@@ -214,6 +223,7 @@ class EsmRunner:
             poller.join(timeout=10)
         if self._discovery is not None:
             self._discovery.join(timeout=10)
+        self._metrics.stop()
 
     def __enter__(self) -> EsmRunner:
         return self.start()
@@ -409,7 +419,7 @@ class EsmRunner:
             region_name=self.region,
             aws_access_key_id="testing",
             aws_secret_access_key="testing",  # noqa: S106 - moto's fake credentials
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}),
         )
 
     def _control_client(self, service: str) -> Any:
@@ -533,6 +543,8 @@ class EsmRunner:
         # IteratorAge: how old the batch's last record is when the batch finishes
         age_ms = max(0.0, (time.time() - records[-1].arrival) * 1000)
         poller.iterator_age_ms = age_ms
+        # ... published as Lambda does: AWS/Lambda IteratorAge by FunctionName, so `ops status` reads it here too
+        self._metrics.add("IteratorAge", age_ms, unit="Milliseconds", dimensions={"FunctionName": function.name})
         sequence_numbers = [r.sequence_number for r in records]
         detail: str | None = None
         outcome: Outcome
@@ -594,20 +606,41 @@ class EsmRunner:
         return invocation
 
     def _deliver_on_failure(
-        self, mapping: MappingConfig, message: Mapping[str, Any], records: int, *, expired: bool
+        self,
+        mapping: MappingConfig,
+        message: Mapping[str, Any],
+        records: int,
+        *,
+        expired: bool,
+        shard_id: str = "",
+        event: Mapping[str, Any] | None = None,
     ) -> None:
+        """Send the on-failure message as Lambda does: to an SQS queue (coordinates), or to an S3 bucket as one
+        object per batch with the whole invocation event in ``payload``."""
         self._count(mapping, "records_to_on_failure", records)
         if expired:
             self._count(mapping, "records_expired", records)
         if not mapping.on_failure_arn:
             log.warning("%s: %d records discarded (no on-failure destination)", mapping.logical_id, records)
             return
-        if ":sqs:" not in mapping.on_failure_arn:
+        if ":sqs:" in mapping.on_failure_arn:
+            url = self._queue_url(mapping.on_failure_arn)
+            self._control_client("sqs").send_message(QueueUrl=url, MessageBody=json.dumps(message))
+        elif mapping.on_failure_arn.startswith("arn:aws:s3:::"):
+            bucket = mapping.on_failure_arn.split(":::", 1)[1]
+            key = on_failure_s3_key(mapping.uuid, shard_id)
+            body = build_on_failure_s3_record(message, event or {"Records": []})
+            self._control_client("s3").put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
+        else:
             log.warning("%s: on-failure destination %s is not emulated", mapping.logical_id, mapping.on_failure_arn)
             return
-        url = self._queue_url(mapping.on_failure_arn)
-        self._control_client("sqs").send_message(QueueUrl=url, MessageBody=json.dumps(message))
         self._count(mapping, "on_failure_messages")
+        self._metrics.add(
+            "OnFailureDestinationDeliveredEventCount",
+            records,
+            unit="Count",
+            dimensions={"EventSourceMappingUUID": mapping.uuid},
+        )
 
     def _queue_url(self, arn: str) -> str:
         for resource in self.resources.values():

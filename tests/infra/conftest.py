@@ -24,8 +24,10 @@ POWERTOOLS_LAYER_ARN = "arn:aws:lambda:us-east-1:017000801446:layer:AWSLambdaPow
 #: A few variants beside the example cdk.json, chosen to cover every source mode in three synths.
 VARIANTS: dict[str, dict[str, Any]] = {
     # Existing DynamoDB stream only; the mapping shipped as a file in the asset; an alarm email topic; no state
-    # table but reserved concurrency (the old serial design); the example dataset ARN explicitly allowed.
+    # table but reserved concurrency (the old serial design); the example dataset ARN explicitly allowed; the
+    # on-failure destination an SQS queue of coordinates (the option beside the default S3 bucket).
     "existing_table": {
+        "onFailure": {"destination": "sqs"},
         "dynamodb": {"source": "existing", "streamArn": EXISTING_TABLE_STREAM_ARN},
         "kinesis": {"source": "none"},
         "configDelivery": "file",
@@ -48,7 +50,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "monitoring": {"alarmTopicArn": EXISTING_TOPIC_ARN, "dashboard": False, "notifyOnOk": True},
         "lambda": {"powertoolsLayerArn": POWERTOOLS_LAYER_ARN},
     },
-    # New composite-key table with its own filter, new on-demand stream, unreserved concurrency.
+    # New composite-key table with its own filter, new on-demand stream, unreserved concurrency; the bulk load.
     "new_on_demand": {
         "dynamodb": {
             "source": "new",
@@ -58,6 +60,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         },
         "kinesis": {"source": "new", "capacity": "onDemand"},
         "lambda": {"reservedConcurrency": "none", "maxCallsPerSecond": 10},
+        "bulkLoad": {"enabled": True, "exportBucketName": "catalog-exports"},
     },
 }
 

@@ -370,6 +370,37 @@ ERRORS: list[tuple[str, dict[str, Any], str]] = [
         {"mapping": {"schema": {"type": "record", "fields": [{"name": "X", "type": "string"}]}}},
         r"'mapping.schema': an Items schema needs an ITEM_ID field",
     ),
+    (
+        "on-failure destination",
+        {"onFailure": {"destination": "sns"}},
+        r"'onFailure.destination': got 'sns'; allowed values: 's3', 'sqs'",
+    ),
+    (
+        "on-failure expiry with sqs",
+        {"onFailure": {"destination": "sqs", "expireDays": 7}},
+        r"'onFailure.expireDays': only allowed when onFailure.destination is 's3'",
+    ),
+    ("on-failure expiry range", {"onFailure": {"expireDays": 0}}, r"'onFailure.expireDays': expected an integer"),
+    (
+        "bulk load without bucket",
+        {"bulkLoad": {"enabled": True}},
+        r"'bulkLoad.exportBucketName': required when bulkLoad.enabled is true",
+    ),
+    (
+        "bulk load disabled with settings",
+        {"bulkLoad": {"maxConcurrency": 5}},
+        r"'bulkLoad.maxConcurrency': not allowed when bulkLoad.enabled is false",
+    ),
+    (
+        "bulk load bucket name",
+        {"bulkLoad": {"enabled": True, "exportBucketName": "Not_A_Bucket"}},
+        r"'bulkLoad.exportBucketName': 'Not_A_Bucket' does not match an S3 bucket name",
+    ),
+    (
+        "bulk load without schema",
+        {"schemaFile": None, "bulkLoad": {"enabled": True, "exportBucketName": "exports"}},
+        r"'bulkLoad.enabled': a bulk import needs an Items schema",
+    ),
     ("config delivery", {"configDelivery": "s3"}, r"'configDelivery': got 's3'; allowed values: 'auto', 'env', 'file'"),
     ("account", {"account": "123"}, r"'account': '123' does not match 12 digits"),
     (

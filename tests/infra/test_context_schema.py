@@ -46,6 +46,8 @@ def test_cdk_json_and_the_test_variants_validate() -> None:
         (("dynamodb", "source"), "table"),
         (("stateTable", "removalPolicy"), "snapshot"),
         (("monitoring", "alarmTopicArn"), "ops"),
+        (("onFailure", "destination"), "sns"),
+        (("bulkLoad", "maxConcurrency"), 0),
     ],
 )
 def test_schema_refuses_what_the_app_refuses(path: tuple[str, ...], value: Any) -> None:

@@ -167,23 +167,59 @@ def test_kinesis_esm_and_stream(default_app: Synthesized) -> None:
     )
 
 
-def test_on_failure_queue_is_not_the_poison_dlq(default_app: Synthesized) -> None:
-    _, fn = _only(default_app, "AWS::Lambda::Function")
-    poison_id = fn["Properties"]["Environment"]["Variables"]["DLQ_URL"]["Ref"]
+def test_on_failure_destination_is_one_s3_bucket(default_app: Synthesized) -> None:
     esms = _resources(default_app, "AWS::Lambda::EventSourceMapping")
     assert len(esms) == 2
-    destinations = {
-        e["Properties"]["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0] for e in esms.values()
+    destinations = {json.dumps(e["Properties"]["DestinationConfig"]["OnFailure"]["Destination"]) for e in esms.values()}
+    (bucket_id,) = _resources(default_app, "AWS::S3::Bucket")
+    assert destinations == {json.dumps({"Fn::GetAtt": [bucket_id, "Arn"]})}
+    _, fn = _only(default_app, "AWS::Lambda::Function")
+    (queue_id,) = _resources(default_app, "AWS::SQS::Queue")  # only the poison DLQ: no on-failure queue
+    assert fn["Properties"]["Environment"]["Variables"]["DLQ_URL"] == {"Ref": queue_id}
+
+
+def test_on_failure_bucket_is_private_encrypted_ssl_only_and_expires(default_app: Synthesized) -> None:
+    (bucket_id, bucket) = _only(default_app, "AWS::S3::Bucket")
+    props = bucket["Properties"]
+    assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "AES256"
     }
-    assert len(destinations) == 1
-    (failure_id,) = destinations
-    assert failure_id != poison_id
-    assert set(_resources(default_app, "AWS::SQS::Queue")) == {poison_id, failure_id}
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    assert "VersioningConfiguration" not in props
+    (rule,) = props["LifecycleConfiguration"]["Rules"]
+    assert rule["ExpirationInDays"] == 30 and rule["Status"] == "Enabled"
+    assert bucket["DeletionPolicy"] == "Retain"  # it holds records that did not land
+    default_app.template.has_resource_properties(
+        "AWS::S3::BucketPolicy",
+        {
+            "Bucket": {"Ref": bucket_id},
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [Match.object_like({"Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})]
+                )
+            },
+        },
+    )
+
+
+def test_on_failure_grant_is_exactly_what_lambda_documents(default_app: Synthesized) -> None:
+    (bucket_id,) = _resources(default_app, "AWS::S3::Bucket")
+    s3 = [s for s in _statements(default_app) if any(a.startswith("s3:") for a in _actions(s))]
+    assert len(s3) == 1
+    assert sorted(_actions(s3[0])) == ["s3:ListBucket", "s3:PutObject"]
+    arn = {"Fn::GetAtt": [bucket_id, "Arn"]}
+    assert s3[0]["Resource"] == [arn, {"Fn::Join": ["", [arn, "/*"]]}]
+    assert s3[0]["Condition"] == {"StringEquals": {"s3:ResourceAccount": {"Ref": "AWS::AccountId"}}}
 
 
 def test_queues_encrypted_ssl_only_14_days(default_app: Synthesized) -> None:
     queues = _resources(default_app, "AWS::SQS::Queue")
-    assert len(queues) == 2
+    assert len(queues) == 1
     for queue_id, queue in queues.items():
         assert queue["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600
         assert queue["Properties"].get("SqsManagedSseEnabled") or queue["Properties"].get("KmsMasterKeyId")
@@ -328,6 +364,7 @@ def test_wildcard_resources_are_only_for_actions_without_resource_scoping(defaul
         ("AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds", 600_000),
         ("AWS/Lambda", "Errors", 1),
         ("StreamToPersonalize", "SystemicErrors", 1),
+        ("AWS/Lambda", "OnFailureDestinationDeliveredEventCount", 1),
     ],
 )
 def test_alarms(default_app: Synthesized, namespace: str, metric: str, threshold: int) -> None:
@@ -382,9 +419,22 @@ def test_only_meaningful_alarms(default_app: Synthesized) -> None:
             "SystemicErrors",
             "math",
             "ApproximateNumberOfMessagesVisible",
-            "ApproximateNumberOfMessagesVisible",
+            "OnFailureDestinationDeliveredEventCount",
+            "OnFailureDestinationDeliveredEventCount",
         ]
     )
+
+
+def test_on_failure_delivered_alarm_per_event_source_mapping(default_app: Synthesized) -> None:
+    alarms = default_app.template.find_resources(
+        "AWS::CloudWatch::Alarm", {"Properties": {"MetricName": "OnFailureDestinationDeliveredEventCount"}}
+    )
+    watched = {a["Properties"]["Dimensions"][0]["Value"]["Ref"] for a in alarms.values()}
+    assert watched == set(_resources(default_app, "AWS::Lambda::EventSourceMapping"))
+    for alarm in alarms.values():
+        assert alarm["Properties"]["Dimensions"][0]["Name"] == "EventSourceMappingUUID"
+        assert alarm["Properties"]["Statistic"] == "Sum"
+        assert "replay" in alarm["Properties"]["AlarmDescription"]
 
 
 def test_dlq_depth_alarms_on_both_queues(default_app: Synthesized) -> None:
@@ -456,13 +506,14 @@ def test_what_cdk_destroy_removes_and_keeps(default_app: Synthesized) -> None:
     assert by_type["AWS::Kinesis::Stream"] == {"Retain"}
     assert by_type["AWS::Logs::LogGroup"] == {"Retain"}
     assert by_type["AWS::SQS::Queue"] == {"Delete"}
+    assert by_type["AWS::S3::Bucket"] == {"Retain"}
 
 
 def test_outputs_a_user_needs(default_app: Synthesized) -> None:
     assert set(default_app.raw["Outputs"]) >= {
         "FunctionName",
         "PoisonRecordsQueueUrl",
-        "FailedBatchesQueueUrl",
+        "FailedBatchesBucketName",
         "StateTableName",
         "DashboardName",
         "DashboardUrl",

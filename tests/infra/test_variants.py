@@ -50,6 +50,30 @@ def test_existing_table_stream(variant_app: Variant) -> None:
     assert [s["Resource"] for s in stream_read] == [EXISTING_TABLE_STREAM_ARN]
 
 
+def test_sqs_on_failure_destination_option(variant_app: Variant) -> None:
+    app = variant_app("existing_table")
+    app.template.resource_count_is("AWS::S3::Bucket", 0)
+    queues = app.template.find_resources("AWS::SQS::Queue")
+    assert len(queues) == 2
+    (esm,) = app.template.find_resources("AWS::Lambda::EventSourceMapping").values()
+    failure_id = esm["Properties"]["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0]
+    (fn,) = app.template.find_resources("AWS::Lambda::Function").values()
+    assert failure_id in queues and {"Ref": failure_id} != fn["Properties"]["Environment"]["Variables"]["DLQ_URL"]
+    sends = [s for s in _statements(app) if "sqs:SendMessage" in s["Action"]]
+    sent_to = {
+        r["Fn::GetAtt"][0]
+        for s in sends
+        for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])
+    }
+    assert sent_to == set(queues)
+    assert not [s for s in _statements(app) if any(str(a).startswith("s3:") for a in s["Action"])]
+    outputs = app.raw["Outputs"]
+    assert "FailedBatchesQueueUrl" in outputs and "FailedBatchesBucketName" not in outputs
+    names = [a["Properties"].get("MetricName") for a in app.template.find_resources("AWS::CloudWatch::Alarm").values()]
+    assert names.count("ApproximateNumberOfMessagesVisible") == 2  # both queues' depth
+    assert names.count("OnFailureDestinationDeliveredEventCount") == 1
+
+
 def test_config_file_shipped_in_the_asset(variant_app: Variant) -> None:
     app = variant_app("existing_table")
     (fn,) = app.template.find_resources("AWS::Lambda::Function").values()
@@ -142,7 +166,9 @@ def test_new_composite_table_on_demand_stream(variant_app: Variant) -> None:
 
 def test_unreserved_concurrency(variant_app: Variant) -> None:
     app = variant_app("new_on_demand")
-    (fn,) = app.template.find_resources("AWS::Lambda::Function").values()
+    (fn,) = app.template.find_resources(
+        "AWS::Lambda::Function", {"Properties": {"Handler": "connector.handler.handler"}}
+    ).values()
     assert "ReservedConcurrentExecutions" not in fn["Properties"]
     assert fn["Properties"]["Environment"]["Variables"]["MAX_CALLS_PER_SECOND"] == "10"
 
@@ -247,3 +273,161 @@ def test_schema_name_changes_with_the_schema_and_fits() -> None:
 def test_state_table_and_no_reservation_need_no_warning(variant_app: Variant) -> None:
     app = variant_app("new_on_demand")
     assert not [w for w in _warnings(app) if "reservedConcurrency" in w or "pace alone" in w]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The bulk load (opt-in; in the new_on_demand variant)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _definition(app: Synthesized) -> dict[str, Any]:
+    (machine,) = app.template.find_resources("AWS::StepFunctions::StateMachine").values()
+    parts = machine["Properties"]["DefinitionString"]["Fn::Join"][1]
+    text = "".join(p if isinstance(p, str) else "TOKEN" for p in parts)
+    return json.loads(text)
+
+
+def test_bulk_load_is_opt_in(variant_app: Variant) -> None:
+    app = variant_app("existing_table")
+    app.template.resource_count_is("AWS::StepFunctions::StateMachine", 0)
+    assert "BulkLoadStateMachineArn" not in app.raw["Outputs"]
+
+
+def test_bulk_load_state_machine_shape(variant_app: Variant) -> None:
+    app = variant_app("new_on_demand")
+    states = _definition(app)["States"]
+    assert _definition(app)["StartAt"] == "StackDefaults"
+    # the table's keys and FULL are the defaults an execution's input overrides
+    assert states["StackDefaults"]["Result"] == {"keys": ["pk", "sk"], "importMode": "FULL"}
+    assert "States.JsonMerge($.defaults, $$.Execution.Input, false)" in json.dumps(states["Defaults"])
+    # a Distributed Map reads the export's manifest-files.json (JSON lines) itself: one item per data file
+    convert = states["ConvertDataFiles"]
+    assert convert["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+    reader = convert["ItemReader"]
+    assert reader["ReaderConfig"] == {"InputType": "JSONL"}
+    assert reader["Resource"].endswith(":states:::s3:getObject")
+    assert reader["Parameters"]["Bucket"] == "catalog-exports"
+    assert reader["Parameters"]["Key.$"] == "States.Format('{}manifest-files.json', $.input.merged.exportPrefix)"
+    # the converter gets exactly the connector.bulk event contract
+    selector = convert["ItemSelector"]
+    assert set(selector) == {"bucket", "key.$", "keys.$", "outputBucket", "outputPrefix.$"}
+    assert selector["key.$"] == "$$.Map.Item.Value.dataFileS3Key"
+    assert "ToleratedFailurePercentage" not in convert and "ToleratedFailureCount" not in convert
+    assert convert["ItemProcessor"]["States"]["ConvertOneFile"]["Retry"]  # Lambda's transient errors
+    assert convert["ResultWriter"]["Parameters"]["Prefix"] == "bulk/results"
+    # then the import job on the execution's CSV folder, and a wait loop that fails with the job's reason
+    create = states["CreateDatasetImportJob"]
+    assert create["Resource"].endswith(":states:::aws-sdk:personalize:createDatasetImportJob")
+    assert create["Parameters"]["ImportMode.$"] == "$.input.merged.importMode"
+    assert "bulk/{}/" in create["Parameters"]["DataSource"]["DataLocation.$"]
+    assert states["DescribeDatasetImportJob"]["Resource"].endswith(":personalize:describeDatasetImportJob")
+    choices = {c["StringEquals"]: c["Next"] for c in states["ImportDone"]["Choices"]}
+    assert choices == {"ACTIVE": "Imported", "CREATE FAILED": "ImportFailed"}
+    assert states["ImportDone"]["Default"] == "WaitForImport"
+    assert states["ImportFailed"]["CausePath"] == "$.job.detail.FailureReason"
+
+
+def test_bulk_load_converter_is_the_connector_asset(variant_app: Variant) -> None:
+    app = variant_app("new_on_demand")
+    functions = app.template.find_resources("AWS::Lambda::Function")
+    by_handler = {f["Properties"]["Handler"]: f for f in functions.values()}
+    converter, connector = by_handler["connector.bulk.handler"], by_handler["connector.handler.handler"]
+    assert converter["Properties"]["Code"] == connector["Properties"]["Code"]  # one asset, the runtime's code
+    assert converter["Metadata"]["aws:asset:path"] == connector["Metadata"]["aws:asset:path"]
+    assert converter["Properties"]["Layers"] == connector["Properties"]["Layers"]
+    env, connector_env = converter["Properties"]["Environment"]["Variables"], connector["Properties"]["Environment"]
+    assert env["DATASET_ARN"] == connector_env["Variables"]["DATASET_ARN"]
+    assert env["CONNECTOR_CONFIG"] == connector_env["Variables"]["CONNECTOR_CONFIG"]
+    assert converter["Properties"]["Timeout"] == 900
+
+
+def test_bulk_load_iam_is_least_privilege(variant_app: Variant) -> None:
+    app = variant_app("new_on_demand")
+    roles = app.template.find_resources("AWS::IAM::Role")
+    policies = app.template.find_resources("AWS::IAM::Policy")
+
+    def statements_of(role_prefix: str) -> list[dict[str, Any]]:
+        (role_id,) = [k for k in roles if k.startswith(role_prefix)]
+        return [
+            s
+            for p in policies.values()
+            if {"Ref": role_id} in p["Properties"]["Roles"]
+            for s in p["Properties"]["PolicyDocument"]["Statement"]
+        ]
+
+    def actions(statement: dict[str, Any]) -> set[str]:
+        a = statement["Action"]
+        return {a} if isinstance(a, str) else set(a)
+
+    converter = statements_of("BulkLoadConverterRole")
+    s3_actions = set().union(*(actions(s) for s in converter if any(a.startswith("s3:") for a in actions(s))))
+    assert s3_actions == {"s3:GetObject", "s3:PutObject"}
+    # Personalize's role: trusted by the service for this account only, read-only on the staging bucket
+    (import_role_id,) = [k for k in roles if k.startswith("BulkLoadPersonalizeImportRole")]
+    trust = roles[import_role_id]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]
+    assert trust["Principal"] == {"Service": "personalize.amazonaws.com"}
+    assert "aws:SourceAccount" in json.dumps(trust["Condition"])
+    assert set().union(*(actions(s) for s in statements_of("BulkLoadPersonalizeImportRole"))) == {
+        "s3:GetObject",
+        "s3:ListBucket",
+    }
+    # the state machine passes only that role, only to Personalize
+    machine = statements_of("BulkLoadStateMachineRole")
+    (pass_role,) = [s for s in machine if "iam:PassRole" in actions(s)]
+    assert pass_role["Resource"] == {"Fn::GetAtt": [import_role_id, "Arn"]}
+    assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "personalize.amazonaws.com"}}
+    personalize = set().union(*(actions(s) for s in machine if any(a.startswith("personalize:") for a in actions(s))))
+    assert personalize == {"personalize:CreateDatasetImportJob", "personalize:DescribeDatasetImportJob"}
+    # and the staging bucket lets Personalize read it (documented requirement), SSL-only
+    (bucket_policy,) = [
+        p
+        for p in app.template.find_resources("AWS::S3::BucketPolicy").values()
+        if "personalize.amazonaws.com" in json.dumps(p)
+    ]
+    assert "aws:SecureTransport" in json.dumps(bucket_policy)
+
+
+def test_bulk_load_logs_and_traces(variant_app: Variant) -> None:
+    app = variant_app("new_on_demand")
+    (machine,) = app.template.find_resources("AWS::StepFunctions::StateMachine").values()
+    assert machine["Properties"]["LoggingConfiguration"]["Level"] == "ALL"
+    assert machine["Properties"]["TracingConfiguration"] == {"Enabled": True}
+    outputs = app.raw["Outputs"]
+    assert {"BulkLoadStateMachineArn", "BulkLoadStagingBucketName", "BulkLoadImportRoleArn"} <= set(outputs)
+
+
+def test_moto_cannot_run_the_bulk_load_map_locally(variant_app: Variant, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented local-cloud gap: moto 5.2.5's Step Functions interpreter runs a Distributed Map with an S3
+    ItemReader of InputType JSON (an array) but refuses JSONL, which a DynamoDB export's manifest-files.json is
+    (and it would invoke the converter through moto's Lambda, which needs Docker). Locally, ``python -m ops
+    bulk-load`` runs the same converter file by file instead. If this test fails, moto has learnt JSONL: run the
+    state machine on the local cloud and drop the gap from docs/ops/on-failure-and-bulk-on-aws.md."""
+    import boto3
+    from moto import mock_aws
+    from moto.core.config import default_user_config
+
+    app = variant_app("new_on_demand")
+    reader = _definition(app)["States"]["ConvertDataFiles"]["ItemReader"]
+    definition = {
+        "StartAt": "Map",
+        "States": {
+            "Map": {
+                "Type": "Map",
+                "ItemReader": {**reader, "Parameters": {"Bucket": "catalog-exports", "Key": "manifest-files.json"}},
+                "ItemProcessor": {
+                    "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+                    "StartAt": "File",
+                    "States": {"File": {"Type": "Pass", "End": True}},
+                },
+                "End": True,
+            }
+        },
+    }
+    monkeypatch.setitem(default_user_config, "stepfunctions", {"execute_state_machine": True})
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        sfn = boto3.client("stepfunctions")
+        with pytest.raises(sfn.exceptions.ClientError, match="'JSONL' is not a valid InputTypeValue"):
+            sfn.create_state_machine(
+                name="bulk", definition=json.dumps(definition), roleArn="arn:aws:iam::123456789012:role/r"
+            )
