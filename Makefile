@@ -54,6 +54,7 @@ demo: install
 
 bench: $(STAMP)
 	$(PY) -m bench.bench_runtime $(ARGS)
+	$(PY) -m bench.bench_memory $(ARGS)
 	$(PY) -m bench.bench_budget $(ARGS)
 	$(PY) -m bench.bench_localcloud $(ARGS)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -11,32 +12,11 @@ import boto3
 from ops.replay import REPLAYED_PREFIX, Replay, _dynamodb_event_record, parse_invocation_record
 from tests.ops.conftest import TABLE, Cloud
 
-# The documented example, copied from the AWS Lambda Developer Guide, "Retain discarded records for a DynamoDB event
-# source in Lambda", "Example Amazon S3 invocation record"
-# (https://docs.aws.amazon.com/lambda/latest/dg/services-dynamodb-errors.html): "the payload field contains the
-# original invocation record as an escaped JSON string". The page shows "payload": "<Whole Event>"; the tests put a
-# real event there.
-DOCUMENTED_S3_RECORD: dict[str, Any] = {
-    "requestContext": {
-        "requestId": "316aa6d0-8154-xmpl-9af7-85d5f4a6bc81",
-        "functionArn": "arn:aws:lambda:us-east-2:123456789012:function:myfunction",
-        "condition": "RetryAttemptsExhausted",
-        "approximateInvokeCount": 1,
-    },
-    "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
-    "version": "1.0",
-    "timestamp": "2019-11-14T00:13:49.717Z",
-    "DDBStreamBatchInfo": {
-        "shardId": "shardId-00000001573689847184-864758bb",
-        "startSequenceNumber": "800000000003126276362",
-        "endSequenceNumber": "800000000003126276362",
-        "approximateArrivalOfFirstRecord": "2019-11-14T00:13:19Z",
-        "approximateArrivalOfLastRecord": "2019-11-14T00:13:19Z",
-        "batchSize": 1,
-        "streamArn": "arn:aws:dynamodb:us-east-2:123456789012:table/mytable/stream/2019-11-14T00:04:06.388",
-    },
-    "payload": "<Whole Event>",
-}
+# The documented example (AWS Lambda Developer Guide, "Example Amazon S3 invocation record"), shared with the local
+# ESM runner's tests: one copy of AWS's format for the writer and the reader. The page shows "payload": "<Whole
+# Event>"; the fixture puts a real one-record event there.
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "on_failure_s3_record.json"
+DOCUMENTED_S3_RECORD: dict[str, Any] = json.loads(FIXTURE.read_text())["record"]
 BUCKET = "on-failure"
 
 
@@ -159,3 +139,10 @@ def test_coordinates_beyond_retention_are_reported_and_left_unless_discarded(clo
     discarded = discarding.run()
     assert (discarded.expired, discarded.discarded) == (1, 1)
     assert cloud.sqs.receive_message(QueueUrl=queue).get("Messages") is None
+
+
+def test_the_documented_record_as_the_local_runner_writes_it_parses_to_its_batch_and_records() -> None:
+    info, records = parse_invocation_record(json.dumps(DOCUMENTED_S3_RECORD))
+    assert info["streamArn"] == DOCUMENTED_S3_RECORD["DDBStreamBatchInfo"]["streamArn"]
+    assert records is not None and len(records) == DOCUMENTED_S3_RECORD["DDBStreamBatchInfo"]["batchSize"]
+    assert records[0]["dynamodb"]["SequenceNumber"] == info["startSequenceNumber"]
