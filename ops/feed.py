@@ -113,12 +113,16 @@ class Table:
         return {k: image[k] for k in self.keys}
 
 
+class TableMissing(OpsError):
+    """The table a record came from does not exist (any more, or in this account and region)."""
+
+
 def describe_table(dynamodb: Any, name: str) -> Table:
     try:
         t = dynamodb.describe_table(TableName=name)["Table"]
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
-            raise OpsError(f"table {name!r} does not exist (in this account and region)") from None
+            raise TableMissing(f"table {name!r} does not exist (in this account and region)") from None
         raise
     keys = tuple(k["AttributeName"] for k in t["KeySchema"])
     return Table(t["TableName"], t["TableArn"], keys, int(t.get("ItemCount", 0)))
@@ -290,11 +294,11 @@ class Feeder:
                     deadline=Deadline.unbounded(),
                     dlq_worst_ms=self.runtime.dlq_worst_ms,
                     guard=self.runtime.guard,
+                    respond=False,  # retried by outcome below, not by Lambda's sequence-number report
                 )
                 if self.runtime.budget is not None:
                     self.runtime.budget.release()
             counts = result.counts
-            failed = {f["itemIdentifier"] for f in result.response["batchItemFailures"]}
             outcome = {
                 "put": counts.get(Outcome.PUT, 0),
                 "poison": counts.get(Outcome.POISON, 0),
@@ -306,9 +310,9 @@ class Feeder:
             self.tally.add(
                 calls=result.report.calls, items_sent=result.report.items_sent, throttles=result.report.throttles
             )
-            if not failed:
+            todo = [r for r, o in zip(todo, result.outcomes, strict=True) if o is Outcome.RETRY]
+            if not todo:
                 return
-            todo = [r for r in todo if _sequence_number(r) in failed]
             self.tally.add(retries=len(todo))
             if self.stop.wait(delay):
                 raise Stopped(len(todo))
@@ -419,6 +423,11 @@ class Plan:
     records: list[dict[str, Any]] = field(default_factory=list)
     left: list[tuple[int, str]] = field(default_factory=list)  # (index in the input, why it is not fed)
     accepted: list[int] = field(default_factory=list)  # indexes of the input that the plan feeds
+    table_of: dict[int, str] = field(default_factory=dict)  # index in the input → its table (DynamoDB records)
+
+    def unfed(self, missing: Mapping[str, str]) -> list[tuple[int, str]]:
+        """The accepted records whose table :func:`feed_plan` found missing, with the reason."""
+        return [(i, missing[self.table_of[i]]) for i in self.accepted if self.table_of.get(i) in missing]
 
 
 UNVERSIONED = (
@@ -446,6 +455,7 @@ def plan(records: list[Any], *, force: bool = False) -> Plan:
                 old = parsed.new_image or parsed.old_image
                 out.tables.setdefault(name, {})[key_tuple(parsed.keys)] = (parsed.keys, old)
                 out.accepted.append(index)
+                out.table_of[index] = name
                 continue
         if parsed.error is None and parsed.format is source.Format.KINESIS_DOCUMENT and not force:
             out.left.append((index, UNVERSIONED))
@@ -460,10 +470,18 @@ def _by_stream_order(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: (str(r.get("eventSourceARN", "")), change.sequence_value(_sequence_number(r))))
 
 
-def feed_plan(feeder: Feeder, p: Plan, tally: Tally | None = None) -> None:
-    """Feed everything ``p`` accepted (see :class:`Plan`); raise :class:`Stopped` if the operator stops."""
+def feed_plan(feeder: Feeder, p: Plan, tally: Tally | None = None) -> dict[str, str]:
+    """Feed everything ``p`` accepted (see :class:`Plan`); raise :class:`Stopped` if the operator stops.
+
+    Returns the tables that no longer exist, with the reason: their records were not fed (:meth:`Plan.unfed`),
+    and one such record must not stop the others."""
+    missing: dict[str, str] = {}
     for name, keys in p.tables.items():
-        table = describe_table(feeder.dynamodb, name)
+        try:
+            table = describe_table(feeder.dynamodb, name)
+        except TableMissing as exc:
+            missing[name] = str(exc)
+            continue
         wanted = [key for key, _ in keys.values()]
         current = feeder.read_current(table, wanted)
         entries: list[Image | tuple[Image, None]] = [current.get(k) or (key, None) for k, (key, _) in keys.items()]
@@ -472,6 +490,7 @@ def feed_plan(feeder: Feeder, p: Plan, tally: Tally | None = None) -> None:
     ordered = _by_stream_order(p.records)
     for start in range(0, len(ordered), FEED_BATCH):
         feeder.feed(ordered[start : start + FEED_BATCH], tally)
+    return missing
 
 
 def preview_plan(p: Plan, settings: Settings, dynamodb: Any) -> Counter[str]:
@@ -479,7 +498,11 @@ def preview_plan(p: Plan, settings: Settings, dynamodb: Any) -> Counter[str]:
     counts: Counter[str] = Counter()
     seq = SequenceNumbers()
     for name, keys in p.tables.items():
-        table = describe_table(dynamodb, name)
+        try:
+            table = describe_table(dynamodb, name)
+        except TableMissing:
+            counts["left: the table no longer exists"] += len(keys)
+            continue
         current = read_current(dynamodb, table, [key for key, _ in keys.values()])
         records = [
             table_record(table, key, current.get(k), seq(), old=None if k in current else old)

@@ -238,9 +238,14 @@ class Redrive:
             self.held.extend(m["ReceiptHandle"] for m in done)
             return
         assert self.feeder is not None
-        feed_plan(self.feeder, p)  # raises Stopped on Ctrl-C: nothing of this round is deleted
-        handled = [m for i in p.accepted for m in owners[i]] + done
-        self.seen.update(k for k, i in by_key.items() if i in set(p.accepted))
+        missing = feed_plan(self.feeder, p)  # raises Stopped on Ctrl-C: nothing of this round is deleted
+        unfed = dict(p.unfed(missing))
+        for index, why in unfed.items():  # left in the queue with the reason, like the plan's own leftovers
+            r.left[why] = r.left.get(why, 0) + len(owners[index])
+            self.held.extend(m["ReceiptHandle"] for m in owners[index])
+        fed = [i for i in p.accepted if i not in unfed]
+        handled = [m for i in fed for m in owners[i]] + done
+        self.seen.update(k for k, i in by_key.items() if i in set(fed))
         self._delete(handled)
 
     def _delete(self, messages: list[dict[str, Any]]) -> None:

@@ -106,7 +106,10 @@ def parse_invocation_record(body: str | bytes) -> tuple[dict[str, Any], list[dic
     payload = doc.get("payload")
     if payload is None:
         return info, None
-    event = json.loads(payload) if isinstance(payload, str) else payload  # documented: an escaped JSON string
+    try:
+        event = json.loads(payload) if isinstance(payload, str) else payload  # documented: an escaped JSON string
+    except ValueError:
+        raise OpsError("the invocation record's payload is not JSON (truncated?)") from None
     if not isinstance(event, dict) or not isinstance(event.get("Records"), list):
         raise OpsError("the invocation record's payload is not a stream event with Records")
     return info, event["Records"]
@@ -194,8 +197,10 @@ class Replay:
                 self.report.would[name] = self.report.would.get(name, 0) + n
             return False
         assert self.feeder is not None
-        feed_plan(self.feeder, p)
-        return not p.left
+        unfed = p.unfed(feed_plan(self.feeder, p))
+        for _, why in unfed:
+            self.report.left[why] = self.report.left.get(why, 0) + 1
+        return not p.left and not unfed
 
     # --- S3 ----------------------------------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ class Result:
     dead_lettered: int
     stale: int = 0  # CDC changes the version guard refused
     state_errors: int = 0  # version-guard reads or writes that failed (those records are retried)
+    outcomes: list[Outcome] = field(default_factory=list)  # one per record, in delivery order
 
 
 @dataclass(slots=True)
@@ -70,8 +71,13 @@ def run(
     deadline: Deadline,
     dlq_worst_ms: float = 0,
     guard: VersionGuard | None = None,
+    respond: bool = True,
 ) -> Result:
-    """Run one batch; ``dlq_worst_ms`` is the worst case of one SendMessageBatch with the given ``sqs`` client."""
+    """Run one batch; ``dlq_worst_ms`` is the worst case of one SendMessageBatch with the given ``sqs`` client.
+
+    ``respond=False`` (the operator tools, which retry by ``Result.outcomes`` themselves) leaves
+    ``Result.response`` empty instead of building Lambda's partial response, which must fail the whole batch
+    (:class:`~connector.response.UnreportableRecordError`) when a retried record has no sequence number to report."""
     records = source.parse_event(event)
     verdicts: list[Verdict] = []
     changes: list[Change] = []
@@ -112,7 +118,10 @@ def run(
     _settle(plans, verdicts)
     ledger = Ledger(records)
     ledger.settle(verdicts)
-    result.response, result.counts = ledger.response(), ledger.counts()
+    result.outcomes = [o for o in ledger.outcomes if o is not None]
+    result.counts = ledger.counts()
+    if respond:
+        result.response = ledger.response()
     return result
 
 

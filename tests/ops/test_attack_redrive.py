@@ -1,8 +1,8 @@
 """Adversarial tests of ``ops.feed`` / ``ops redrive``: inputs and failures chosen to break "never lose a message".
 
-A test marked ``xfail(strict=True)`` documents a defect found by this attack: it fails today for the stated
-reason, and turns into an XPASS (a failure of the suite, because strict) as soon as the defect is fixed, so
-that the marker is then removed. The other tests are attacks the code withstood.
+Each test is an attack. The ones named after a defect failed when the attack was written and were fixed
+(``ops/feed.py`` retries by outcome, not by sequence number; a missing table leaves its messages with the
+reason; a truncated payload is one unreadable object, not the end of the run); the others held.
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ import threading
 import time
 from typing import Any
 
-import pytest
 from botocore.exceptions import ClientError
 
-from connector.response import Outcome, UnreportableRecordError, Verdict, dlq_message
+from connector.response import Outcome, Verdict, dlq_message
 from connector.source import parse_event
-from ops.common import OpsError
 from ops.feed import Feeder, Stopped
 from ops.redrive import Redrive
 from tests.factories import cdc_payload, kinesis_record
@@ -65,13 +63,6 @@ def stop_after(seconds: float) -> threading.Event:
 # --- Feeder.feed: every record ends put, poison or skipped, or feed() does not return ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="DEFECT: Feeder.feed retries only the records whose own sequence number is in batchItemFailures; the "
-    "runtime reports a retried record that has no sequence number by the nearest earlier one (response.py), so "
-    "feed() re-sends that earlier record and returns with the seq-less record neither landed nor dead-lettered",
-)
 def test_feed_does_not_return_while_a_record_without_a_sequence_number_is_still_retry(cloud: Cloud) -> None:
     stop = stop_after(1.0)
     feeder = Feeder(
@@ -120,13 +111,6 @@ def test_feed_counts_each_record_once_by_its_final_outcome(cloud: Cloud) -> None
 # --- redrive: a message is deleted only when its record was handled ---------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnreportableRecordError,
-    reason="DEFECT: a DLQ message whose record has no sequence number sorts first in the round (sequence_value 0); "
-    "when its re-dead-letter fails the runtime raises UnreportableRecordError, which escapes Redrive.run: the run "
-    "aborts and every rerun aborts again (the message is not lost, but it blocks the whole DLQ)",
-)
 def test_a_record_without_a_sequence_number_does_not_abort_the_redrive(cloud: Cloud) -> None:
     dead_letter(cloud, cdc("s1", "fine now", seq="100", ts=1_764_000_000_000))
     garbage = seqless(b"not json")
@@ -217,13 +201,6 @@ def test_a_stale_cdc_copy_in_the_dlq_cannot_regress_an_item_the_stream_updated_s
     assert cloud.personalize.items["s1"] == {"title": "new"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OpsError,
-    reason="DEFECT: one DLQ message from a table that no longer exists (renamed, recreated elsewhere) makes "
-    "describe_table raise OpsError out of Redrive.run: the whole redrive aborts and every rerun aborts again, "
-    "so the other messages can never be redriven; it should be left in the queue with its reason",
-)
 def test_a_message_from_a_deleted_table_does_not_block_the_redrive_of_the_others(cloud: Cloud) -> None:
     from tests.factories import dynamodb_record
 
