@@ -33,6 +33,7 @@ from localcloud.personalize_emulator import EmulatorClient, add_quota_arguments,
 STATE_FILE = demo.STATE_DIR / "state.json"
 DEFAULT_MOTO_PORT = 4566
 DEFAULT_PERSONALIZE_PORT = 4599
+DEFAULT_CATALOG = 3_000
 
 
 class CliError(RuntimeError):
@@ -163,6 +164,7 @@ def exports(state: dict[str, Any]) -> str:
         [
             f"export AWS_ENDPOINT_URL={state['motoEndpoint']}",
             f"export AWS_ENDPOINT_URL_PERSONALIZE_EVENTS={state['personalizeEndpoint']}",
+            f"export AWS_ENDPOINT_URL_PERSONALIZE={state['personalizeEndpoint']}  # control plane: import jobs",
             "export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1",
             "export AWS_ACCOUNT_ID_ENDPOINT_MODE=disabled",
             f"export TABLE_NAME={state['tableName']} STREAM_NAME={state['streamName']}",
@@ -247,6 +249,9 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
         console=console,
         emulator_options=quota_kwargs(args),
         cloud_options=_schema_options(args),
+        catalog=args.catalog,
+        catalog_load=args.catalog_load,
+        catalog_share=args.share,
     )
 
 
@@ -391,6 +396,28 @@ def build_parser() -> argparse.ArgumentParser:
         default="soft",
         help="REMOVEs: soft-delete as examples/mapping.json says (default), or run the mapping with "
         '"onRemove": "ignore" (a deleted item keeps its last image)',
+    )
+    act1 = run.add_argument_group("act 1: a catalog that exists before the stack")
+    act1.add_argument(
+        "--catalog",
+        type=int,
+        default=DEFAULT_CATALOG,
+        help="items in the table before the event source mappings start, with no stream records (default "
+        "%(default)s; 0: no first act, the demo as before)",
+    )
+    act1.add_argument(
+        "--catalog-load",
+        choices=["backfill", "bulk-load"],
+        default="backfill",
+        help="how act 1 loads the catalog while the stream flows: backfill (python -m ops backfill's code: a "
+        "parallel Scan through the runtime's pipeline, sharing the PutItems budget; default) or bulk-load (export "
+        "→ CSV → FULL import job through the emulator, the mappings started before the export time)",
+    )
+    act1.add_argument(
+        "--share",
+        type=float,
+        default=0.5,
+        help="backfill: the most of the shared PutItems rate it takes beside the stream (default %(default)s)",
     )
     add_quota_arguments(run)
     _add_schema_arguments(run)
