@@ -886,6 +886,7 @@ class CatalogLoad:
     job_status: str | None = None
     job_arn: str | None = None
     rows: int = 0
+    bulk_layer: int = 0  # items in the emulator's bulk layer after the import (bulk-load)
     problems: list[str] = field(default_factory=list)
     _thread: threading.Thread | None = field(default=None, repr=False)
 
@@ -996,13 +997,13 @@ class CatalogLoad:
                     PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
                 )
             # The stream flows first (the ordering rule), then the export.
-            while workload.counters.changes < 50 and not workload.counters.done:
-                time.sleep(0.1)
+            began = time.monotonic()
+            while workload.counters.catalog_updates < 10 and time.monotonic() - began < 5:
+                time.sleep(0.05)
             self.phase = "export"
             workload.gate.clear()  # hold the writer while moto's export thread reads the table
             try:
-                if not workload.counters.done:
-                    workload.held.wait(timeout=30)
+                workload.held.wait(timeout=5)
                 arn = ddb.export_table_to_point_in_time(TableArn=table_arn, S3Bucket=BULK_BUCKET, S3Prefix="exports")[
                     "ExportDescription"
                 ]["ExportArn"]
@@ -1054,6 +1055,8 @@ class CatalogLoad:
             if self.job_status != "ACTIVE":
                 raise RuntimeError(f"the import job failed: {job.get('failureReason')}")
             self.put = self.rows
+            assert cloud.emulator is not None
+            self.bulk_layer = len(cloud.emulator.bulk_items(cloud.dataset_arn))
             self.phase = "imported (FULL)"
 
         return run
@@ -1071,7 +1074,11 @@ def _live_table(
     table.add_column("value", justify="right")
     table.add_row("elapsed", f"{time.monotonic() - started:6.1f} s")
     if catalog is not None:
-        act = "act 1: loading the catalog while the stream flows" if not catalog.done else "act 2: the stream"
+        act = (
+            "act 1: loading the catalog while some of its items change"
+            if not catalog.done
+            else "act 2: the streaming workload"
+        )
         table.add_row("act", act)
         table.add_row(f"catalog ({catalog.method})", catalog.describe())
     table.add_row(
@@ -1215,15 +1222,25 @@ def _drive(
 
     def write() -> None:
         try:
+            if catalog is not None:  # act 1: the catalog is loaded while some of its items change
+                if catalog.method == "backfill":
+                    seconds = 0.8 * catalog.total / max(1.0, cloud.tps * 10 * catalog.share)
+                else:
+                    seconds = 3.0
+                workload.write_catalog_updates(
+                    cloud.client("dynamodb"), seconds=seconds, stop=lambda: stop_writing.is_set() or catalog.done
+                )
+                while not catalog.done and not stop_writing.is_set():
+                    time.sleep(0.1)
             workload.write(cloud.client("dynamodb"), cloud.client("kinesis"), stop=stop_writing.is_set)
         except BaseException as exc:
             errors.append(exc)
 
     started = time.monotonic()
-    writer = threading.Thread(target=write, name="workload-writer", daemon=True)
-    writer.start()
     if catalog is not None:
         catalog.start(cloud, workload)
+    writer = threading.Thread(target=write, name="workload-writer", daemon=True)
+    writer.start()
     last_write: float | None = None
     converged_at: float | None = None
     expected: dict[str, dict[str, Any]] | None = None

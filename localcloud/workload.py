@@ -200,8 +200,9 @@ class WorkloadSpec:
     # the old image) or "ignore" (the demo overrides the mapping; a deleted item keeps its last image).
     on_remove: Literal["soft", "ignore"] = "soft"
     # A catalog that exists before the stack (ids ``cat-00001`` ...): written by :meth:`Workload.write_catalog`
-    # before the event source mappings start, with no stream records (the demo's first act loads it). While the
-    # workload streams, ``catalog_update_share`` of those items are updated (through the stream, like any change).
+    # before the event source mappings start, with no stream records (the demo's first act loads it). While it
+    # is loaded, ``catalog_update_share`` of those items are updated through the stream
+    # (:meth:`Workload.write_catalog_updates`); the rest of the workload follows.
     catalog: int = 0
     catalog_update_share: float = 0.1
 
@@ -327,13 +328,27 @@ class Workload:
         self.catalog_ids = ids
         return len(ids)
 
-    def _catalog_update_steps(self, rounds: int, r: int) -> list[Callable[[Any, Any], None]]:
-        """This round's share of the updates to catalog items (none without a catalog)."""
-        if not self.catalog_ids:
-            return []
+    def write_catalog_updates(self, ddb: Any, *, seconds: float, stop: Callable[[], bool] = lambda: False) -> None:
+        """The first act's stream: ``catalog_update_share`` of the catalog items updated (through the stream),
+        spread over ``seconds``, until ``stop()``; honours :attr:`gate`. Updates only: a backfill's put-then-verify
+        is proved for concurrent updates (see :mod:`ops.feed`), not for concurrent deletes."""
         total = round(len(self.catalog_ids) * self.spec.catalog_update_share)
-        picks = self._catalog_rng.sample(self.catalog_ids, _chunk_len(total, rounds, r))
-        return [self._update_step(sku, catalog=True) for sku in picks]
+        picks = self._catalog_rng.sample(self.catalog_ids, min(total, len(self.catalog_ids)))
+        began = time.monotonic()
+        main_rng, self._rng = self._rng, self._catalog_rng
+        try:
+            for n, sku in enumerate(picks):
+                until = began + seconds * n / max(1, len(picks))
+                while not stop() and (time.monotonic() < until or not self.gate.is_set()):
+                    if not self.gate.is_set():
+                        self.held.set()
+                    time.sleep(0.02)
+                self.held.clear()
+                if stop():
+                    return
+                self._update_step(sku, catalog=True)(ddb, None)
+        finally:
+            self._catalog_rng, self._rng = self._rng, main_rng
 
     # -- generating values ---------------------------------------------------------------------------------
     def _title(self) -> str:
@@ -471,7 +486,6 @@ class Workload:
                 sku = rng.choices(popularity, weights)[0]
                 if sku in self.table and sku in written_set:
                     yield self._update_step(sku)
-            yield from self._catalog_update_steps(rounds, r)
             candidates = [s for s in written if s in self.table]
             for sku in rng.sample(candidates, min(len(candidates), _chunk_len(n_deletes, rounds, r))):
                 yield self._delete_step(sku)
@@ -518,7 +532,6 @@ class Workload:
                 sku = rng.choices(popularity, weights)[0]
                 if sku in written_set:
                     steps.append(self._update_step(sku))
-            steps.extend(self._catalog_update_steps(rounds, r))
             # Generated a round ahead of execution: this round's inserts are not in the table model yet.
             fresh = set(inserts)
             deletable = [s for s in written if s in self.table or s in fresh]
