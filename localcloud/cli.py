@@ -6,6 +6,8 @@
 * ``status``: read the state file and ask the running local cloud for its numbers.
 * ``down``: stop the ``up`` process (SIGTERM to the pid in the state file) and wait for it to exit.
 * ``demo``: the end-to-end demo with its convergence check (:mod:`localcloud.demo`); ``make demo`` runs it.
+  Act 1 loads a catalog that predates the stack (``--catalog``, ``--catalog-load backfill|bulk-load``,
+  ``--share``); act 2 is the streaming workload.
 * ``chaos``: about 20,000 changes under injected faults (throttles, 5xx, slow responses, killed and frozen
   handlers), with a convergence and zero-loss proof and the figures (:mod:`localcloud.chaos`).
 """
@@ -369,9 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "demo",
         help="the end-to-end demo with a convergence check (make demo)",
-        description="Synthesize the stack, boot the local cloud, write a catalog workload (DynamoDB inserts, "
-        "hot updates and deletes; Kinesis documents and CDC records; a few bad records), show live progress, "
-        "then report and check convergence. Exits 1 if the check fails.",
+        description="Synthesize the stack, boot the local cloud with a table that already holds a catalog "
+        "(--catalog), load it in act 1 by backfill or bulk-load while some of its items change, then write a "
+        "streaming workload (DynamoDB inserts, hot updates and deletes; Kinesis documents and CDC records; a few "
+        "bad records), show live progress, then report and check convergence over every item, the catalog "
+        "included. Exits 1 if the check fails.",
     )
     run.add_argument("--items", type=int, default=2000, help="DynamoDB items to write (default %(default)s)")
     run.add_argument("--seed", type=int, default=7, help="random seed of the workload (default %(default)s)")

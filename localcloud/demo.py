@@ -4,7 +4,17 @@ The steps: synthesize the real CDK app (:func:`synthesize`), boot the local clou
 server, the Personalize Events emulator at 10 calls/s with about 50 ms latency, the template's tables, streams
 and queues, and the event source mapping runner with the function's asset), write the catalog workload of
 :mod:`localcloud.workload` while showing live progress, wait until the connector has caught up, then print a
-report and **check convergence** (:func:`check`):
+report and **check convergence** (:func:`check`).
+
+**Act 1, a catalog that exists before the stack** (``--catalog N``, default 3,000 in ``make demo``; 0 skips it):
+before the event source mappings start, the table is filled with ``N`` items that make no stream record (as on
+AWS, where enabling a stream does not put a table's existing items into it; :meth:`LocalCloud.without_stream`).
+Then the first act loads them (:class:`CatalogLoad`) while about 10 % of them are updated through the stream:
+``backfill`` (the code of ``python -m ops backfill``, in this process, taking at most ``--share`` of the shared
+PutItems budget) or ``bulk-load`` (export → CSV by the asset's converter → a FULL import job through the
+emulator's control plane, the mappings started before the export time, which the check verifies). Act 2 is the
+streaming workload below. The convergence check then covers the whole catalog: the emulator's items (for a bulk
+load, its effective view: the PutItems layer over the bulk layer) equal the table's final state for every item.
 
 * every item in the emulator equals what the sources' final state implies (computed independently by
   :meth:`Workload.expected_items`), and there is no other item;
