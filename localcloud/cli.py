@@ -6,6 +6,8 @@
 * ``status``: read the state file and ask the running local cloud for its numbers.
 * ``down``: stop the ``up`` process (SIGTERM to the pid in the state file) and wait for it to exit.
 * ``demo``: the end-to-end demo with its convergence check (:mod:`localcloud.demo`); ``make demo`` runs it.
+  Act 1 loads a catalog that predates the stack (``--catalog``, ``--catalog-load backfill|bulk-load``,
+  ``--share``); act 2 is the streaming workload.
 * ``chaos``: about 20,000 changes under injected faults (throttles, 5xx, slow responses, killed and frozen
   handlers), with a convergence and zero-loss proof and the figures (:mod:`localcloud.chaos`).
 """
@@ -33,6 +35,7 @@ from localcloud.personalize_emulator import EmulatorClient, add_quota_arguments,
 STATE_FILE = demo.STATE_DIR / "state.json"
 DEFAULT_MOTO_PORT = 4566
 DEFAULT_PERSONALIZE_PORT = 4599
+DEFAULT_CATALOG = 3_000
 
 
 class CliError(RuntimeError):
@@ -163,6 +166,7 @@ def exports(state: dict[str, Any]) -> str:
         [
             f"export AWS_ENDPOINT_URL={state['motoEndpoint']}",
             f"export AWS_ENDPOINT_URL_PERSONALIZE_EVENTS={state['personalizeEndpoint']}",
+            f"export AWS_ENDPOINT_URL_PERSONALIZE={state['personalizeEndpoint']}  # control plane: import jobs",
             "export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1",
             "export AWS_ACCOUNT_ID_ENDPOINT_MODE=disabled",
             f"export TABLE_NAME={state['tableName']} STREAM_NAME={state['streamName']}",
@@ -247,6 +251,9 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
         console=console,
         emulator_options=quota_kwargs(args),
         cloud_options=_schema_options(args),
+        catalog=args.catalog,
+        catalog_load=args.catalog_load,
+        catalog_share=args.share,
     )
 
 
@@ -364,9 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "demo",
         help="the end-to-end demo with a convergence check (make demo)",
-        description="Synthesize the stack, boot the local cloud, write a catalog workload (DynamoDB inserts, "
-        "hot updates and deletes; Kinesis documents and CDC records; a few bad records), show live progress, "
-        "then report and check convergence. Exits 1 if the check fails.",
+        description="Synthesize the stack, boot the local cloud with a table that already holds a catalog "
+        "(--catalog), load it in act 1 by backfill or bulk-load while some of its items change, then write a "
+        "streaming workload (DynamoDB inserts, hot updates and deletes; Kinesis documents and CDC records; a few "
+        "bad records), show live progress, then report and check convergence over every item, the catalog "
+        "included. Exits 1 if the check fails.",
     )
     run.add_argument("--items", type=int, default=2000, help="DynamoDB items to write (default %(default)s)")
     run.add_argument("--seed", type=int, default=7, help="random seed of the workload (default %(default)s)")
@@ -391,6 +400,28 @@ def build_parser() -> argparse.ArgumentParser:
         default="soft",
         help="REMOVEs: soft-delete as examples/mapping.json says (default), or run the mapping with "
         '"onRemove": "ignore" (a deleted item keeps its last image)',
+    )
+    act1 = run.add_argument_group("act 1: a catalog that exists before the stack")
+    act1.add_argument(
+        "--catalog",
+        type=int,
+        default=DEFAULT_CATALOG,
+        help="items in the table before the event source mappings start, with no stream records (default "
+        "%(default)s; 0: no first act, the demo as before)",
+    )
+    act1.add_argument(
+        "--catalog-load",
+        choices=["backfill", "bulk-load"],
+        default="backfill",
+        help="how act 1 loads the catalog while the stream flows: backfill (python -m ops backfill's code: a "
+        "parallel Scan through the runtime's pipeline, sharing the PutItems budget; default) or bulk-load (export "
+        "→ CSV → FULL import job through the emulator, the mappings started before the export time)",
+    )
+    act1.add_argument(
+        "--share",
+        type=float,
+        default=0.5,
+        help="backfill: the most of the shared PutItems rate it takes beside the stream (default %(default)s)",
     )
     add_quota_arguments(run)
     _add_schema_arguments(run)

@@ -4,7 +4,17 @@ The steps: synthesize the real CDK app (:func:`synthesize`), boot the local clou
 server, the Personalize Events emulator at 10 calls/s with about 50 ms latency, the template's tables, streams
 and queues, and the event source mapping runner with the function's asset), write the catalog workload of
 :mod:`localcloud.workload` while showing live progress, wait until the connector has caught up, then print a
-report and **check convergence** (:func:`check`):
+report and **check convergence** (:func:`check`).
+
+**Act 1, a catalog that exists before the stack** (``--catalog N``, default 3,000 in ``make demo``; 0 skips it):
+before the event source mappings start, the table is filled with ``N`` items that make no stream record (as on
+AWS, where enabling a stream does not put a table's existing items into it; :meth:`LocalCloud.without_stream`).
+Then the first act loads them (:class:`CatalogLoad`) while about 10 % of them are updated through the stream:
+``backfill`` (the code of ``python -m ops backfill``, in this process, taking at most ``--share`` of the shared
+PutItems budget) or ``bulk-load`` (export → CSV by the asset's converter → a FULL import job through the
+emulator's control plane, the mappings started before the export time, which the check verifies). Act 2 is the
+streaming workload below. The convergence check then covers the whole catalog: the emulator's items (for a bulk
+load, its effective view: the PutItems layer over the bulk layer) equal the table's final state for every item.
 
 * every item in the emulator equals what the sources' final state implies (computed independently by
   :meth:`Workload.expected_items`), and there is no other item;
@@ -22,6 +32,7 @@ The exit code is non-zero, with a diff summary, when any of these fails.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -33,6 +44,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -46,7 +58,7 @@ from rich.table import Table
 
 from localcloud.esm_runner import EsmRunner, FunctionConfig, Invocation, MappingConfig, RunnerStats
 from localcloud.personalize_emulator import PersonalizeEmulator
-from localcloud.provision import DEFAULT_REGION, TABLE_TYPES, ProvisionedResource, provision
+from localcloud.provision import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, TABLE_TYPES, ProvisionedResource, provision
 from localcloud.workload import BadRecord, Workload, WorkloadSpec
 
 __all__ = [
@@ -178,14 +190,19 @@ class LocalCloud:
         allow_schemaless: bool = False,
         seed: int | None = None,
         on_remove: str | None = None,
+        before_runner: Callable[[LocalCloud], None] | None = None,
     ) -> None:
         """``throttle_rate`` ... ``slow_ms``: the emulator's injected faults. ``env_overrides``,
         ``function_overrides``, ``mapping_overrides`` and ``runner_options`` (``kill_worker_probability``,
         ``hang_worker_probability`` ...) go to :class:`EsmRunner`; ``emulator_options`` (``quota_model``,
         ``quota_burst``, ``foreign_share``, ``request_jitter_ms`` ...) go to :class:`PersonalizeEmulator`;
         ``seed`` seeds the emulator's and the runner's fault draws; ``on_remove`` (``"ignore"``) replaces the
-        ``onRemove`` of the function's mapping document."""
+        ``onRemove`` of the function's mapping document. ``before_runner`` is called with the provisioned local
+        cloud before the event source mappings start (the demo writes a pre-existing catalog then, see
+        :meth:`without_stream`)."""
         self.on_remove = on_remove
+        self.before_runner = before_runner
+        self.runner_started_at: float | None = None  # wall clock (epoch s) when the event source mappings started
         self.emulator_options = dict(emulator_options or {})
         self.dataset_schema, self.allow_schemaless = dataset_schema, allow_schemaless
         self.schema_source = ""  # where the registered dataset schema came from (set on start)
@@ -223,6 +240,7 @@ class LocalCloud:
             # moto's backends are global to the process: forget what an earlier local cloud in it left behind.
             reset = urllib.request.Request(f"{self.moto_url}/moto-api/reset", method="POST")  # noqa: S310 - our moto
             urllib.request.urlopen(reset, timeout=10).close()  # noqa: S310
+            emulator_options = {"s3_endpoint_url": self.moto_url, **self.emulator_options}  # import jobs read S3
             self.emulator = PersonalizeEmulator(
                 "127.0.0.1",
                 self.personalize_port,
@@ -234,7 +252,7 @@ class LocalCloud:
                 slow_rate=self.slow_rate,
                 slow_ms=self.slow_ms,
                 seed=self.seed,
-                **self.emulator_options,
+                **emulator_options,
             ).start()
             self.resources = provision(self.template, endpoint_url=self.moto_url)
             overrides = dict(self.mapping_overrides)
@@ -257,6 +275,9 @@ class LocalCloud:
                 self.runner.add_env_overrides({"CONNECTOR_CONFIG": json.dumps(document), "CONNECTOR_CONFIG_FILE": ""})
             self.emulator.register_dataset(self.dataset_arn, self._schema())
             self.interpreter = self.runner.interpreter()
+            if self.before_runner is not None:
+                self.before_runner(self)
+            self.runner_started_at = time.time()
             self.runner.start()
         except Exception as exc:
             self.stop()
@@ -317,6 +338,57 @@ class LocalCloud:
     @property
     def dlq_url(self) -> str:
         return self.environment["DLQ_URL"]
+
+    def ops_environment(self) -> dict[str, str]:
+        """The environment for the operator tools (``python -m ops ...``) against this local cloud: the function's
+        own settings (``DATASET_ARN``, the mapping document with an absolute ``CONNECTOR_CONFIG_FILE``,
+        ``STATE_TABLE``, ``DLQ_URL`` ...), fake credentials, and every endpoint: moto for DynamoDB, Streams, SQS,
+        S3 and CloudWatch, the emulator for ``personalize-events`` (PutItems) and ``personalize`` (the control
+        plane: import jobs)."""
+        env = {
+            k: v
+            for k, v in self.environment.items()
+            if not k.startswith(("AWS_LAMBDA_", "LAMBDA_", "_HANDLER", "AWS_EXECUTION_ENV"))
+        }
+        config_file = env.get("CONNECTOR_CONFIG_FILE")
+        if config_file and not env.get("CONNECTOR_CONFIG") and not Path(config_file).is_absolute():
+            env["CONNECTOR_CONFIG_FILE"] = str(self.function.asset_dir / config_file)
+        env.update(FAKE_CREDENTIALS)
+        env.update(
+            {
+                "AWS_DEFAULT_REGION": DEFAULT_REGION,
+                "AWS_REGION": DEFAULT_REGION,
+                "AWS_ENDPOINT_URL": self.moto_url,
+                "AWS_ENDPOINT_URL_PERSONALIZE_EVENTS": self.personalize_url,
+                "AWS_ENDPOINT_URL_PERSONALIZE": self.personalize_url,
+                "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+                "POWERTOOLS_TRACE_DISABLED": "true",
+            }
+        )
+        return env
+
+    @property
+    def table_arn(self) -> str:
+        name = self.table_name
+        if name is None:
+            raise SetupError("the stack has no streamed DynamoDB table")
+        return str(self.client("dynamodb").describe_table(TableName=name)["Table"]["TableArn"])
+
+    @contextlib.contextmanager
+    def without_stream(self, table_name: str) -> Iterator[None]:
+        """Writes to ``table_name`` inside this block make no stream records: the table's items then predate its
+        stream, as for a catalog that existed before the stack enabled the stream (on AWS, enabling a stream
+        on a table does not put its existing items into it). moto creates the table and its stream at once,
+        so the local cloud detaches moto's stream shard from the table (moto's server runs in this process)
+        for the duration; use it only while nothing else writes to the table."""
+        from moto.dynamodb.models import dynamodb_backends  # noqa: PLC0415 - moto's internals, only here
+
+        table = dynamodb_backends[DEFAULT_ACCOUNT_ID][DEFAULT_REGION].tables[table_name]
+        shard, table.stream_shard = table.stream_shard, None
+        try:
+            yield
+        finally:
+            table.stream_shard = shard
 
     def mapping(self, source: str) -> MappingConfig | None:
         return next((m for m in self._runner().mappings if m.source == source), None)
@@ -594,6 +666,12 @@ def compare_items(expected: Mapping[str, Mapping[str, Any]], actual: Mapping[str
     return result
 
 
+def is_tool_entry(message: Mapping[str, Any]) -> bool:
+    """A DLQ entry an operator tool made (``ops.feed`` names its records ``ops-<sequence number>``)."""
+    record = message.get("record")
+    return isinstance(record, Mapping) and str(record.get("eventID", "")).startswith("ops-")
+
+
 def dlq_key(message: Mapping[str, Any]) -> str:
     if message.get("source") == "aws:dynamodb":
         return f"dynamodb:{message.get('itemId')}"
@@ -611,8 +689,21 @@ def check(
     totals: HandlerTotals,
     source_records: Mapping[str, list[str]],
 ) -> CheckResult:
-    """The convergence check (see the module docstring). ``source_records``: ``{mapping id: [sequence numbers]}``."""
+    """The convergence check (see the module docstring). ``source_records``: ``{mapping id: [sequence numbers]}``.
+
+    DLQ entries the first act's backfill made (their record's ``eventID`` starts with ``ops-``: a record the tool
+    built from a Scan) are checked apart: the backfill may scan a bad DynamoDB item the workload wrote and
+    dead-letter it too, so each must be one of the workload's bad DynamoDB items; the rest is checked as before.
+    """
     result = compare_items(workload.expected_items(), actual_items)
+    by_tool = [m for m in dlq if is_tool_entry(m)]
+    dlq = [m for m in dlq if not is_tool_entry(m)]
+    bad_ddb = {b.key() for b in workload.bad if b.source == "dynamodb"}
+    for message in by_tool:
+        if dlq_key(message) not in bad_ddb:
+            result.problems.append(
+                f"unexpected DLQ entry from the catalog load: item {message.get('itemId')!r}: {message.get('reason')}"
+            )
 
     # The DLQ holds exactly the bad records (a record delivered k times may be there up to k times: an
     # invocation that dead-lettered it and was then killed before it answered counts as a delivery too).
@@ -740,13 +831,250 @@ class DemoResult:
     source_records: dict[str, list[str]]
     schema_source: str = ""  # where the dataset schema the emulator validated against came from
     interpreter: str = ""  # the Python that ran the handler
+    catalog: CatalogLoad | None = None  # the first act, when the table held a catalog
 
     @property
     def ok(self) -> bool:
         return self.converged and self.check.ok
 
 
-def _live_table(cloud: LocalCloud, workload: Workload, started: float, phase: str) -> Table:
+# --------------------------------------------------------------------------------------------------------------
+# Act 1: the pre-existing catalog
+# --------------------------------------------------------------------------------------------------------------
+
+CatalogMethod = Literal["backfill", "bulk-load"]
+BULK_BUCKET = "localcloud-bulk-load"
+BULK_ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/PersonalizeS3Import"
+
+
+@contextlib.contextmanager
+def _environ(env: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` updated with ``env`` for the block, then restored (the tools build their clients from it)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@dataclass
+class CatalogLoad:
+    """The first act: load the catalog that existed before the stack, while the stream flows.
+
+    ``backfill``: :class:`ops.backfill.Backfill` in this process (the code of ``python -m ops backfill``, with the
+    local cloud's environment: the function's mapping, ``STATE_TABLE`` and ``DLQ_URL``), taking at most ``share``
+    of the shared PutItems budget while the stream's invocations take the rest.
+
+    ``bulk-load``: the ordering rule of ``docs/ops/bulk-load.md``: the event source mappings run *before* the
+    export's point in time. A point-in-time export of the table (:func:`localcloud.export.export_table`'s steps:
+    moto's export completed into AWS's layout), every data file converted by the asset's converter
+    (:mod:`connector.bulk`, the bulk Lambda's code) into CSV parts in S3, then ``CreateDatasetImportJob`` (FULL)
+    through the emulator's control plane, waited on until ``ACTIVE``. moto reads the table when its export
+    thread runs, not at a point in time, so the workload's writer is held for that instant (see
+    :attr:`Workload.gate`); the stream keeps being delivered meanwhile.
+    """
+
+    method: CatalogMethod
+    share: float = 0.5
+    segments: int = 4
+    total: int = 0
+    phase: str = "waiting"
+    loaded: int = 0  # items scanned (backfill) or records converted (bulk-load)
+    put: int = 0
+    poison: int = 0  # backfill: dead-lettered; bulk-load: rejects (records the stream dead-letters too)
+    calls: int = 0
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    export_time: float | None = None  # epoch s (bulk-load)
+    esm_started: float | None = None  # epoch s
+    job_status: str | None = None
+    job_arn: str | None = None
+    rows: int = 0
+    bulk_layer: int = 0  # items in the emulator's bulk layer after the import (bulk-load)
+    problems: list[str] = field(default_factory=list)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.finished is not None
+
+    @property
+    def seconds(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.finished or time.monotonic()) - self.started
+
+    def describe(self) -> str:
+        rate = self.loaded / self.seconds if self.seconds else 0.0
+        if self.method == "backfill":
+            text = (
+                f"{self.loaded:,} of {self.total:,} catalog items scanned, {self.put:,} put "
+                f"({rate:,.0f} items/s, share {self.share:g})"
+            )
+        else:
+            text = f"{self.phase}: {self.loaded:,} records converted, {self.rows:,} CSV rows"
+            if self.job_status:
+                text += f", import job {self.job_status}"
+        if self.error:
+            text += f" [red]failed: {self.error}[/]"
+        return text
+
+    def start(self, cloud: LocalCloud, workload: Workload) -> None:
+        self.started = time.monotonic()
+        self.esm_started = cloud.runner_started_at
+        target = self._backfill if self.method == "backfill" else self._bulk_load
+        prepared = target(cloud, workload)  # built here, so that setup errors surface at once
+
+        def run() -> None:
+            try:
+                prepared()
+            except Exception as exc:  # reported by the check
+                self.error = f"{type(exc).__name__}: {exc}"
+                self.problems.append(f"the catalog load ({self.method}) failed: {self.error}")
+            finally:
+                self.finished = time.monotonic()
+
+        self._thread = threading.Thread(target=run, name=f"catalog-{self.method}", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- backfill --------------------------------------------------------------------------------------
+    def _backfill(self, cloud: LocalCloud, workload: Workload) -> Callable[[], None]:
+        from connector.config import load_settings  # noqa: PLC0415 - the runtime, only for this act
+        from ops.backfill import Backfill  # noqa: PLC0415
+
+        env = cloud.ops_environment()
+        with _environ(env):  # the runtime's clients (PutItems, the DLQ, the shared budget) read the endpoints
+            job = Backfill(
+                load_settings(env),
+                workload.table_name,
+                segments=self.segments,
+                share=self.share,
+                show_progress=False,
+                dynamodb=cloud.client("dynamodb"),
+            )
+        self.phase = f"backfill, share {self.share:g}"
+
+        def run() -> None:
+            watcher = threading.Event()
+
+            def watch() -> None:
+                while not watcher.wait(0.25):
+                    self._backfill_progress(job)
+
+            threading.Thread(target=watch, name="catalog-progress", daemon=True).start()
+            try:
+                report = job.run()
+            finally:
+                watcher.set()
+                self._backfill_progress(job)
+            if report.interrupted:
+                raise RuntimeError("the backfill was interrupted")
+            self.phase = "backfill done"
+
+        return run
+
+    def _backfill_progress(self, job: Any) -> None:
+        tally = job.report.tally
+        self.loaded, self.put, self.poison, self.calls = job.report.scanned, tally.put, tally.poison, tally.calls
+
+    # -- bulk load -------------------------------------------------------------------------------------
+    def _bulk_load(self, cloud: LocalCloud, workload: Workload) -> Callable[[], None]:
+        from connector.bulk import Converter, convert_stream, output_keys  # noqa: PLC0415
+        from connector.config import load_settings  # noqa: PLC0415
+        from localcloud import export  # noqa: PLC0415
+
+        settings = load_settings(cloud.ops_environment())
+        converter = Converter(settings.mapping, ["sku"])
+        s3, ddb = cloud.client("s3"), cloud.client("dynamodb")
+        personalize = boto3.client("personalize", endpoint_url=cloud.personalize_url, region_name=DEFAULT_REGION)
+        table_arn = cloud.table_arn
+
+        def run() -> None:
+            s3.create_bucket(Bucket=BULK_BUCKET)
+            with contextlib.suppress(Exception):
+                ddb.update_continuous_backups(
+                    TableName=workload.table_name,
+                    PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
+                )
+            # The stream flows first (the ordering rule), then the export.
+            began = time.monotonic()
+            while workload.counters.catalog_updates < 10 and time.monotonic() - began < 5:
+                time.sleep(0.05)
+            self.phase = "export"
+            workload.gate.clear()  # hold the writer while moto's export thread reads the table
+            try:
+                workload.held.wait(timeout=5)
+                arn = ddb.export_table_to_point_in_time(TableArn=table_arn, S3Bucket=BULK_BUCKET, S3Prefix="exports")[
+                    "ExportDescription"
+                ]["ExportArn"]
+                export.wait_export(ddb, arn)
+            finally:
+                workload.gate.set()
+            summary = export.complete_export(ddb, s3, arn)
+            self.export_time = datetime.fromisoformat(summary["exportTime"]).timestamp()
+            if self.esm_started is None or self.esm_started >= self.export_time:
+                self.problems.append(
+                    "ordering rule broken: the event source mappings started at "
+                    f"{self.esm_started}, not before the export time {self.export_time}"
+                )
+            self.phase = "convert"
+            manifest = s3.get_object(Bucket=BULK_BUCKET, Key=summary["manifestFilesS3Key"])["Body"].read().decode()
+            job_name = f"catalog-{uuid.uuid4().hex[:8]}"
+            prefix = f"csv/{job_name}"
+            for line in manifest.splitlines():
+                if not line.strip():
+                    continue
+                data_key = json.loads(line)["dataFileS3Key"]
+                body = s3.get_object(Bucket=BULK_BUCKET, Key=data_key)["Body"]
+                out, rejects = io.BytesIO(), io.BytesIO()
+
+                def advance(n: int) -> None:
+                    self.loaded += n
+
+                stats = convert_stream(converter, body, data_key, out, rejects, progress=advance)
+                csv_key, rejects_key = output_keys(prefix, data_key)
+                s3.put_object(Bucket=BULK_BUCKET, Key=csv_key, Body=out.getvalue())
+                if stats.rejects:
+                    s3.put_object(Bucket=BULK_BUCKET, Key=rejects_key, Body=rejects.getvalue())
+                self.rows += stats.rows
+                self.poison += stats.rejects
+            self.phase = "import"
+            self.job_arn = personalize.create_dataset_import_job(
+                jobName=job_name,
+                datasetArn=cloud.dataset_arn,
+                dataSource={"dataLocation": f"s3://{BULK_BUCKET}/{prefix}/"},
+                roleArn=BULK_ROLE,
+                importMode="FULL",
+            )["datasetImportJobArn"]
+            while True:
+                job = personalize.describe_dataset_import_job(datasetImportJobArn=self.job_arn)["datasetImportJob"]
+                self.job_status = job["status"]
+                if self.job_status in ("ACTIVE", "CREATE FAILED"):
+                    break
+                time.sleep(0.1)
+            if self.job_status != "ACTIVE":
+                raise RuntimeError(f"the import job failed: {job.get('failureReason')}")
+            self.put = self.rows
+            assert cloud.emulator is not None
+            self.bulk_layer = len(cloud.emulator.bulk_items(cloud.dataset_arn))
+            self.phase = "imported (FULL)"
+
+        return run
+
+
+def _live_table(
+    cloud: LocalCloud, workload: Workload, started: float, phase: str, catalog: CatalogLoad | None = None
+) -> Table:
     runner, emulator = cloud._runner(), cloud.emulator
     assert emulator is not None
     stats, emu = runner.stats(), emulator.stats()
@@ -755,6 +1083,14 @@ def _live_table(cloud: LocalCloud, workload: Workload, started: float, phase: st
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
     table.add_row("elapsed", f"{time.monotonic() - started:6.1f} s")
+    if catalog is not None:
+        act = (
+            "act 1: loading the catalog while some of its items change"
+            if not catalog.done
+            else "act 2: the streaming workload"
+        )
+        table.add_row("act", act)
+        table.add_row(f"catalog ({catalog.method})", catalog.describe())
     table.add_row(
         "changes written",
         f"{c.changes:,}  (DynamoDB {c.ddb_writes:,}, Kinesis docs {c.kinesis_documents:,}, CDC {c.kinesis_cdc:,})",
@@ -785,8 +1121,14 @@ def run_demo(
     cloud_options: Mapping[str, Any] | None = None,
     settle_timeout: float = 5.0,
     on_start: Callable[[LocalCloud], None] | None = None,
+    catalog_load: CatalogMethod = "backfill",
+    catalog_share: float = 0.5,
 ) -> DemoResult:
     """Boot the local cloud, write the workload, wait for convergence and check it. Always cleans up.
+
+    With ``spec.catalog`` items, the table holds that catalog before the event source mappings start (written
+    with no stream records), and the first act loads it while the workload streams (:class:`CatalogLoad`:
+    ``catalog_load`` ``"backfill"`` with ``catalog_share`` of the budget, or ``"bulk-load"``).
 
     ``on_start`` is called with the running local cloud before the first write (to arm faults, say).
     ``settle_timeout``: after convergence, how long to wait for the runner to finish what is in flight (a batch
@@ -803,9 +1145,27 @@ def run_demo(
         options.setdefault("batching_window_s", 0.2)
     if spec.on_remove != "soft":  # examples/mapping.json soft-deletes; the workload's model follows the spec
         options["on_remove"] = spec.on_remove
+    holder: dict[str, Workload] = {}
+
+    def write_catalog(cloud: LocalCloud) -> None:
+        """Before the mappings start: the workload's model, and the pre-existing catalog in the table."""
+        stream, table_name = cloud.stream, cloud.table_name
+        if stream is None or table_name is None:
+            raise SetupError("the synthesized stack must have a new DynamoDB table and a new Kinesis stream")
+        workload = Workload(spec, table_name, stream.ref, stream.arn)
+        holder["workload"] = workload
+        if spec.catalog:
+            with cloud.without_stream(table_name):
+                workload.write_catalog(cloud.client("dynamodb"))
+
+    options["before_runner"] = write_catalog
     cloud = LocalCloud(template, **options)
     stop_writing = threading.Event()
-    with console.status("Booting moto server, the Personalize emulator and the ESM runner …"):
+    with console.status(
+        "Booting moto server, the Personalize emulator and the ESM runner"
+        + (f"; writing a catalog of {spec.catalog:,} items before the mappings start" if spec.catalog else "")
+        + " …"
+    ):
         cloud.start()
     try:
         windows = ", ".join(f"{m.source} {m.batching_window_s:g} s" for m in cloud._runner().mappings)
@@ -828,7 +1188,15 @@ def run_demo(
                 "CDC versions delivered in a later batch need the version guard: the stack has no STATE_TABLE "
                 "(stateTable.enabled); set the workload's cdc_late_share to 0"
             )
-        workload = Workload(spec, table_name, stream.ref, stream.arn)
+        workload = holder["workload"]
+        if spec.catalog:
+            console.print(
+                f"[green]✓[/] the table holds a catalog of {workload.counters.catalog_items:,} items that predate "
+                f"the stream (no stream records); act 1 loads it by {catalog_load}"
+                + (f" (share {catalog_share:g} of the PutItems budget)" if catalog_load == "backfill" else "")
+                + " while the stream flows"
+            )
+        catalog = CatalogLoad(catalog_load, share=catalog_share, total=spec.catalog) if spec.catalog else None
         if on_start is not None:
             on_start(cloud)
         return _drive(
@@ -839,6 +1207,7 @@ def run_demo(
             timeout=timeout,
             stop_writing=stop_writing,
             settle_timeout=settle_timeout,
+            catalog=catalog,
         )
     finally:
         stop_writing.set()
@@ -855,6 +1224,7 @@ def _drive(
     timeout: float,
     stop_writing: threading.Event,
     settle_timeout: float = 5.0,
+    catalog: CatalogLoad | None = None,
 ) -> DemoResult:
     runner, emulator = cloud._runner(), cloud.emulator
     assert emulator is not None
@@ -862,11 +1232,23 @@ def _drive(
 
     def write() -> None:
         try:
+            if catalog is not None:  # act 1: the catalog is loaded while some of its items change
+                if catalog.method == "backfill":
+                    seconds = 0.8 * catalog.total / max(1.0, cloud.tps * 10 * catalog.share)
+                else:
+                    seconds = 3.0
+                workload.write_catalog_updates(
+                    cloud.client("dynamodb"), seconds=seconds, stop=lambda: stop_writing.is_set() or catalog.done
+                )
+                while not catalog.done and not stop_writing.is_set():
+                    time.sleep(0.1)
             workload.write(cloud.client("dynamodb"), cloud.client("kinesis"), stop=stop_writing.is_set)
         except BaseException as exc:
             errors.append(exc)
 
     started = time.monotonic()
+    if catalog is not None:
+        catalog.start(cloud, workload)
     writer = threading.Thread(target=write, name="workload-writer", daemon=True)
     writer.start()
     last_write: float | None = None
@@ -878,7 +1260,7 @@ def _drive(
     with live_ctx as display:
         while True:
             if display is not None:
-                display.update(_live_table(cloud, workload, started, phase))
+                display.update(_live_table(cloud, workload, started, phase, catalog))
             if errors:
                 raise SetupError(f"writing the workload failed: {errors[0]!r}") from errors[0]
             if last_write is None:
@@ -895,13 +1277,16 @@ def _drive(
                 break
             if not runner.wait_idle(timeout=0.3):
                 continue
+            if catalog is not None and not catalog.done:
+                time.sleep(0.2)
+                continue
             landed = emulator.items(cloud.dataset_arn)
             dlq_depth = cloud.queue_depth(cloud.dlq_url)
             if compare_items(expected, landed).ok and dlq_depth >= len(workload.bad):
                 converged_at = time.monotonic()
                 phase = "converged"
                 if display is not None:
-                    display.update(_live_table(cloud, workload, started, phase))
+                    display.update(_live_table(cloud, workload, started, phase, catalog))
                 break
             time.sleep(0.2)
     if live:
@@ -939,6 +1324,16 @@ def _drive(
             f"the table's stream holds {ddb_records} records for {workload.counters.ddb_writes} writes"
         )
     result.problems.extend(f"workload model: {p}" for p in workload.verify_table(cloud.client("dynamodb")))
+    if catalog is not None:
+        catalog.join(timeout=5)
+        result.problems.extend(catalog.problems)
+        if not catalog.done:
+            result.problems.append(f"the catalog load ({catalog.method}) did not finish: {catalog.phase}")
+        elif catalog.method == "backfill" and catalog.loaded < workload.counters.catalog_items:
+            result.problems.append(
+                f"the backfill scanned {catalog.loaded} items, fewer than the catalog's "
+                f"{workload.counters.catalog_items}"
+            )
     if converged_at is None:
         result.problems.insert(0, f"did not converge within {timeout:g} s after the last write")
     return DemoResult(
@@ -959,6 +1354,7 @@ def _drive(
         source_records=source_records,
         schema_source=cloud.schema_source,
         interpreter=cloud.interpreter,
+        catalog=catalog,
     )
 
 
@@ -1006,6 +1402,23 @@ def report(result: DemoResult, console: Console) -> None:
         )
         table.add_row("quota model", f"{quota['model']} at {quota['rate']} calls/s{foreign}")
     table.add_row("Lambda throttles", f"{stats.throttles} (invokes rejected at the reserved concurrency)")
+    cat = result.catalog
+    if cat is not None:
+        if cat.method == "backfill":
+            text = (
+                f"{c.catalog_items:,} items by backfill (share {cat.share:g}): {cat.loaded:,} scanned, "
+                f"{cat.put:,} put, {cat.poison} dead-lettered, in {cat.seconds:.1f} s "
+                f"({cat.loaded / max(cat.seconds, 1e-9):,.1f} items/s) beside the stream"
+            )
+        else:
+            lead = (cat.export_time or 0) - (cat.esm_started or 0)
+            text = (
+                f"{c.catalog_items:,} items by bulk-load: export → {cat.rows:,} CSV rows ({cat.poison} rejects) → "
+                f"FULL import {cat.job_status}, in {cat.seconds:.1f} s; mappings started {lead:.1f} s before the "
+                "export time (the ordering rule)"
+            )
+        table.add_row("act 1: the catalog", text)
+        table.add_row("catalog items updated by the stream", f"{c.catalog_updates:,}")
     table.add_row("dataset schema from", result.schema_source or "-")
     if result.interpreter:
         table.add_row("handler interpreter", result.interpreter)
@@ -1035,15 +1448,18 @@ def report(result: DemoResult, console: Console) -> None:
     for message in result.dlq:
         key = dlq_key(message)
         where = message.get("itemId") or f"seq {message.get('sequenceNumber')}"
-        dlq_table.add_row(
-            labels.get(key, "[red]unexpected[/]"), str(message.get("source")), str(where), str(message.get("reason"))
-        )
+        label = labels.get(key, "[red]unexpected[/]")
+        if is_tool_entry(message):
+            label += " (scanned by the catalog backfill too)"
+        dlq_table.add_row(label, str(message.get("source")), str(where), str(message.get("reason")))
     console.print(dlq_table)
 
     if result.ok:
         console.print(
             Panel(
-                f"[bold green]CONVERGED[/]: all {result.actual_items:,} items match the sources' final state, "
+                f"[bold green]CONVERGED[/]: all {result.actual_items:,} items"
+                + (f" (the {w.counters.catalog_items:,} catalog items included)" if w.counters.catalog_items else "")
+                + " match the sources' final state, "
                 f"the DLQ holds exactly the {len(w.bad)} bad records, the on-failure queue is empty, "
                 "and no record was lost.",
                 title="convergence check",
@@ -1082,19 +1498,32 @@ def main(
     console: Console | None = None,
     emulator_options: Mapping[str, Any] | None = None,
     cloud_options: Mapping[str, Any] | None = None,
+    catalog: int = 0,
+    catalog_load: CatalogMethod = "backfill",
+    catalog_share: float = 0.5,
 ) -> int:
     """The ``demo`` command: 0 when converged and every check passed, 1 otherwise, 2 on setup errors.
+
+    ``catalog``: items in the table before the mappings start (0: none), loaded by ``catalog_load``.
 
     ``emulator_options``: quota model and the like, passed to :class:`PersonalizeEmulator`;
     ``cloud_options``: more :class:`LocalCloud` arguments (``dataset_schema``, ``allow_schemaless`` ...)."""
     console = console or Console()
-    spec = WorkloadSpec(items=items, seed=seed, write_seconds=write_seconds, on_remove=on_remove)
+    spec = WorkloadSpec(items=items, seed=seed, write_seconds=write_seconds, on_remove=on_remove, catalog=catalog)
     faults: dict[str, Any] = {"throttle_rate": 0.2, "error_rate": 0.05} if chaos else {}
     faults.update(cloud_options or {})
     if emulator_options:
         faults["emulator_options"] = dict(emulator_options)
     return run_command(
-        lambda: run_demo(spec, fast=fast, timeout=timeout, console=console, cloud_options=faults),
+        lambda: run_demo(
+            spec,
+            fast=fast,
+            timeout=timeout,
+            console=console,
+            cloud_options=faults,
+            catalog_load=catalog_load,
+            catalog_share=catalog_share,
+        ),
         lambda result: report(result, console),
         console,
     )

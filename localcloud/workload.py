@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -198,6 +199,12 @@ class WorkloadSpec:
     # What the function's mapping does with REMOVE records: "soft" (examples/mapping.json: STATUS=deleted over
     # the old image) or "ignore" (the demo overrides the mapping; a deleted item keeps its last image).
     on_remove: Literal["soft", "ignore"] = "soft"
+    # A catalog that exists before the stack (ids ``cat-00001`` ...): written by :meth:`Workload.write_catalog`
+    # before the event source mappings start, with no stream records (the demo's first act loads it). While it
+    # is loaded, ``catalog_update_share`` of those items are updated through the stream
+    # (:meth:`Workload.write_catalog_updates`); the rest of the workload follows.
+    catalog: int = 0
+    catalog_update_share: float = 0.1
 
     @classmethod
     def for_changes(cls, changes: int, *, poison_share: float = 0.01, **options: Any) -> WorkloadSpec:
@@ -245,6 +252,8 @@ class Counters:
     kinesis_documents: int = 0
     kinesis_cdc: int = 0
     kinesis_bad: int = 0
+    catalog_items: int = 0  # written before the stack's mappings started, with no stream record
+    catalog_updates: int = 0  # catalog items updated through the stream (also counted in ddb_updates)
     done: bool = False
 
     @property
@@ -285,7 +294,61 @@ class Workload:
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.spec.seed)
+        self._catalog_rng = random.Random(self.spec.seed + 1_000_003)
         self._started = time.monotonic()
+        self.catalog_ids: list[str] = []
+        # The writer waits between steps while ``gate`` is clear, and sets ``held`` while it waits (the demo
+        # holds the writes for the instant moto's export thread reads the table: moto has no point in time).
+        self.gate = threading.Event()
+        self.gate.set()
+        self.held = threading.Event()
+
+    # -- the pre-existing catalog --------------------------------------------------------------------------
+    def write_catalog(self, ddb: Any, *, progress: Callable[[int], None] | None = None) -> int:
+        """Write the ``spec.catalog`` items of the pre-existing catalog (``BatchWriteItem``); returns how many.
+
+        Its values come from a generator of their own, so ``catalog=0`` leaves the rest of the workload exactly
+        as it was. Call it while the table's stream is detached (:meth:`LocalCloud.without_stream`)."""
+        ids = [f"cat-{i:05d}" for i in range(1, self.spec.catalog + 1)]
+        main_rng, self._rng = self._rng, self._catalog_rng
+        try:
+            for chunk in _batches(ids, 25):
+                items = [self.new_item(sku) for sku in chunk]
+                requests = [{"PutRequest": {"Item": _ddb(item)}} for item in items]
+                while requests:
+                    answer = ddb.batch_write_item(RequestItems={self.table_name: requests})
+                    requests = answer.get("UnprocessedItems", {}).get(self.table_name, [])
+                for item in items:
+                    self.table[item["sku"]] = item
+                self.counters.catalog_items += len(items)
+                if progress is not None:
+                    progress(len(items))
+        finally:
+            self._catalog_rng, self._rng = self._rng, main_rng
+        self.catalog_ids = ids
+        return len(ids)
+
+    def write_catalog_updates(self, ddb: Any, *, seconds: float, stop: Callable[[], bool] = lambda: False) -> None:
+        """The first act's stream: ``catalog_update_share`` of the catalog items updated (through the stream),
+        spread over ``seconds``, until ``stop()``; honours :attr:`gate`. Updates only: a backfill's put-then-verify
+        is proved for concurrent updates (see :mod:`ops.feed`), not for concurrent deletes."""
+        total = round(len(self.catalog_ids) * self.spec.catalog_update_share)
+        picks = self._catalog_rng.sample(self.catalog_ids, min(total, len(self.catalog_ids)))
+        began = time.monotonic()
+        main_rng, self._rng = self._rng, self._catalog_rng
+        try:
+            for n, sku in enumerate(picks):
+                until = began + seconds * n / max(1, len(picks))
+                while not stop() and (time.monotonic() < until or not self.gate.is_set()):
+                    if not self.gate.is_set():
+                        self.held.set()
+                    time.sleep(0.02)
+                self.held.clear()
+                if stop():
+                    return
+                self._update_step(sku, catalog=True)(ddb, None)
+        finally:
+            self._catalog_rng, self._rng = self._rng, main_rng
 
     # -- generating values ---------------------------------------------------------------------------------
     def _title(self) -> str:
@@ -376,6 +439,10 @@ class Workload:
         self._started = time.monotonic()
         try:
             for step in self._plan(stop):
+                while not self.gate.is_set() and not stop():
+                    self.held.set()
+                    self.gate.wait(0.05)
+                self.held.clear()
                 if stop():
                     return
                 step(ddb, kinesis)
@@ -512,7 +579,7 @@ class Workload:
 
         return step
 
-    def _update_step(self, sku: str) -> Callable[[Any, Any], None]:
+    def _update_step(self, sku: str, *, catalog: bool = False) -> Callable[[Any, Any], None]:
         def step(ddb: Any, _: Any) -> None:
             item = self.table.get(sku)
             if item is None:
@@ -555,6 +622,7 @@ class Workload:
                     item.pop(name, None)
             self.counters.ddb_updates += 1
             self.counters.ddb_writes += 1
+            self.counters.catalog_updates += int(catalog)
 
         return step
 
