@@ -176,7 +176,13 @@ class Backfill:
         self.feeder: Feeder | None = None
         if not dry_run:
             self.feeder = Feeder(
-                settings, dynamodb=self.dynamodb, personalize=personalize, sqs=sqs, max_share=share, stop=self.stop
+                settings,
+                dynamodb=self.dynamodb,
+                personalize=personalize,
+                sqs=sqs,
+                state_dynamodb=state,  # the state table's client, when given, serves the budget too
+                max_share=share,
+                stop=self.stop,
             )
         self.report = Report(tally=self.feeder.tally if self.feeder else Tally())
         self._lock = threading.Lock()
