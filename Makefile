@@ -17,7 +17,7 @@ CDK_FLAGS := --no-notices
 help:
 	@echo "make demo    - set up, synthesize the stack, run it end to end on the local cloud, check convergence"
 	@echo "make test    - set up, then lint, type-check and run every test"
-	@echo "make demo ARGS='--items 500'  - a smaller demo; python -m localcloud --help lists the CLI"
+	@echo "make demo ARGS='--catalog 0 --items 500'  - a smaller demo; python -m localcloud demo --help lists the options"
 	@echo "make bench   - benchmarks against baselines: runtime, the shared budget, then on the local cloud (~25 min;"
 	@echo "               ARGS=--quick for ~2 min); results in bench/results/"
 	@echo "make chaos   - ~20,000 changes under injected faults on the local cloud, with a convergence check (~10 min)"
