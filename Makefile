@@ -18,8 +18,8 @@ help:
 	@echo "make demo    - set up, synthesize the stack, run it end to end on the local cloud, check convergence"
 	@echo "make test    - set up, then lint, type-check and run every test"
 	@echo "make demo ARGS='--catalog 0 --items 500'  - a smaller demo; python -m localcloud demo --help lists the options"
-	@echo "make bench   - benchmarks against baselines: runtime, the shared budget, then on the local cloud (~25 min;"
-	@echo "               ARGS=--quick for ~2 min); results in bench/results/"
+	@echo "make bench   - benchmarks against baselines: runtime, memory, the shared budget, bulk conversion, then on the"
+	@echo "               local cloud (~45 min; ARGS=--quick for ~5 min); results in bench/results/"
 	@echo "make chaos   - ~20,000 changes under injected faults on the local cloud, with a convergence check (~10 min)"
 	@echo "make synth   - synthesize the CDK app offline into cdk.out/"
 	@echo "make deploy  - deploy with the pinned CDK CLI (needs AWS credentials; see docs/deploy.md)"
@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(PY) -m bench.bench_runtime $(ARGS)
 	$(PY) -m bench.bench_memory $(ARGS)
 	$(PY) -m bench.bench_budget $(ARGS)
+	$(PY) -m bench.bench_bulk $(ARGS)
 	$(PY) -m bench.bench_localcloud $(ARGS)
 
 chaos: install
