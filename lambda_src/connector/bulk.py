@@ -48,10 +48,10 @@ from typing import IO, Any
 
 import boto3
 
-from connector import change, item
-from connector.change import Poison
+from connector import change, ddbjson, item
+from connector.change import Poison, _escape
 from connector.config import ConfigError, ItemMapping, load_settings
-from connector.putitems import Group, PendingItem, check_limits
+from connector.putitems import ITEM_ID_MAX, PROPERTIES_MAX, Group, PendingItem, check_limits
 from connector.source import DYNAMODB, Format, SourceRecord
 
 try:
@@ -113,6 +113,12 @@ class Converter:
             None if f.name == "ITEM_ID" else (item.camel_case(f.name), f.type == "string" and not f.nullable)
             for f in mapping.schema
         ]
+        # The fast path (:meth:`_fast_row`): the attributes the id is read from are the same for every record
+        # (the mapping's itemId, else all the key attributes), so the item step's skip set is fixed too.
+        id_names = (mapping.item_id,) if mapping.item_id is not None else tuple(sorted(self.key_names))
+        self._id_names = id_names
+        self._skip = mapping.exclude.union(id_names)
+        self._fast_columns = [(None, False) if c is None else c for c in self._columns]
 
     def properties(self, image: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """``(item id, property map)`` for one exported item (DynamoDB JSON), exactly as the stream builds it
@@ -133,6 +139,9 @@ class Converter:
 
     def row(self, image: dict[str, Any]) -> list[str]:
         """The CSV row of one exported item, or :class:`Poison` (the reason for the rejects report)."""
+        fast = self._fast_row(image)
+        if fast is not None:
+            return fast
         item_id, props = self.properties(image)
         out = []
         for column in self._columns:
@@ -148,6 +157,51 @@ class Converter:
                 )
             out.append(text)
         return out
+
+    def _fast_row(self, image: dict[str, Any]) -> list[str] | None:
+        """The row :meth:`row` builds through :meth:`properties`, without the per-record Change and PendingItem,
+        or ``None`` when the reference path must decide (every reject, and anything unusual). The same
+        runtime code builds the properties (``item.schema_properties``, which ``item.build`` calls first too)."""
+        item_id = self._fast_id(image)
+        if item_id is None or len(item_id) > ITEM_ID_MAX:
+            return None
+        props = item.schema_properties(image, self.mapping, self._skip)
+        if props is None or len(item.serialize(props)) > PROPERTIES_MAX:
+            return None
+        out = []
+        get = props.get
+        for key, required_string in self._fast_columns:
+            if key is None:
+                out.append(item_id)
+                continue
+            value = get(key)
+            if value is None:
+                text = ""
+            else:
+                cls = value.__class__
+                if cls is str:
+                    text = value
+                elif cls is bool:
+                    text = "true" if value else "false"
+                else:
+                    text = repr(value)
+            if not text and required_string:
+                return None
+            out.append(text)
+        return out
+
+    def _fast_id(self, image: dict[str, Any]) -> str | None:
+        """``change``'s item id for the common cases (``S`` or valid ``N`` values), else ``None``."""
+        names = self._id_names
+        if len(names) == 1:
+            return _id_text(image.get(names[0]))
+        parts = []
+        for name in names:
+            text = _id_text(image.get(name))
+            if text is None:
+                return None
+            parts.append(_escape(text))
+        return "#".join(parts)
 
     def convert(
         self,
@@ -207,6 +261,22 @@ class Converter:
         if item_id is not None:
             entry["itemId"] = item_id
         rejects.write(json.dumps(entry, separators=(",", ":")) + "\n")  # ASCII: safe for any line reader
+
+
+def _id_text(attr: Any) -> str | None:
+    """The id text ``change`` reads from an ``S`` or ``N`` key value, or ``None`` (let ``change`` decide)."""
+    if attr.__class__ is not dict or len(attr) != 1:
+        return None
+    text = attr.get("S")
+    if text is None:
+        text = attr.get("N")
+        if text.__class__ is not str:
+            return None
+        try:
+            ddbjson.number(text)
+        except ddbjson.DynamoDBJSONError:
+            return None
+    return text if text.__class__ is str and text else None
 
 
 def open_data_file(raw: IO[bytes], name: str) -> IO[bytes]:
