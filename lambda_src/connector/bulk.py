@@ -65,6 +65,7 @@ REJECTS_SUFFIX = ".rejects.jsonl"
 REJECTS_PREFIX_SUFFIX = "-rejects"
 PROGRESS_EVERY = 10_000
 _EMPTY: dict[str, Any] = {}
+_BOOL_TEXT = {True: "true", False: "false"}
 
 
 class BulkConfigError(ConfigError):
@@ -115,10 +116,15 @@ class Converter:
         ]
         # The fast path (:meth:`_fast_row`): the attributes the id is read from are the same for every record
         # (the mapping's itemId, else all the key attributes), so the item step's skip set is fixed too.
-        id_names = (mapping.item_id,) if mapping.item_id is not None else tuple(sorted(self.key_names))
-        self._id_names = id_names
-        self._skip = mapping.exclude.union(id_names)
-        self._fast_columns = [(None, False) if c is None else c for c in self._columns]
+        self._id_names = (mapping.item_id,) if mapping.item_id is not None else tuple(sorted(self.key_names))
+        self._skip = mapping.exclude.union(self._id_names)
+        self._plan = item.schema_plan(mapping)
+        fields = [f for f in mapping.schema if f.name != "ITEM_ID"]
+        self._id_column = self.header.index("ITEM_ID")
+        self._required_strings = [i for i, f in enumerate(fields) if f.type == "string" and not f.nullable]
+        # An upper bound of the properties' JSON length beyond the cells' text (each character of which takes
+        # at most 6 in JSON, \u00XX): braces, and per key its quotes, colon, comma and a value's quotes.
+        self._json_overhead = 2 + sum(len(key) + 6 for key in self._plan.keys)
 
     def properties(self, image: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """``(item id, property map)`` for one exported item (DynamoDB JSON), exactly as the stream builds it
@@ -159,36 +165,35 @@ class Converter:
         return out
 
     def _fast_row(self, image: dict[str, Any]) -> list[str] | None:
-        """The row :meth:`row` builds through :meth:`properties`, without the per-record Change and PendingItem,
-        or ``None`` when the reference path must decide (every reject, and anything unusual). The same
-        runtime code builds the properties (``item.schema_properties``, which ``item.build`` calls first too)."""
+        """The row :meth:`row` builds through :meth:`properties`, without the per-record Change, PendingItem and
+        property map, or ``None`` when the reference path must decide (every reject, and anything unusual). The
+        values come from the runtime's compiled schema plan (``item.SchemaPlan``, which ``item.build`` uses too).
+        """
         item_id = self._fast_id(image)
         if item_id is None or len(item_id) > ITEM_ID_MAX:
             return None
-        props = item.schema_properties(image, self.mapping, self._skip)
-        if props is None or len(item.serialize(props)) > PROPERTIES_MAX:
+        values = self._plan.values(image, self._skip)
+        if values is None:
             return None
-        out = []
-        get = props.get
-        for key, required_string in self._fast_columns:
-            if key is None:
-                out.append(item_id)
-                continue
-            value = get(key)
-            if value is None:
-                text = ""
-            else:
-                cls = value.__class__
-                if cls is str:
-                    text = value
-                elif cls is bool:
-                    text = "true" if value else "false"
-                else:
-                    text = repr(value)
-            if not text and required_string:
+        texts = [
+            v
+            if v.__class__ is str
+            else ""
+            if v is None
+            else ("true" if v else "false")
+            if v.__class__ is bool
+            else repr(v)
+            for v in values
+        ]
+        for i in self._required_strings:
+            if not texts[i]:
                 return None
-            out.append(text)
-        return out
+        if 6 * sum(map(len, texts)) + self._json_overhead > PROPERTIES_MAX:  # then measure it exactly
+            props = {k: v for k, v in zip(self._plan.keys, values, strict=True) if v is not None}
+            if len(item.serialize(props)) > PROPERTIES_MAX:
+                return None
+        texts.insert(self._id_column, item_id)
+        return texts
 
     def _fast_id(self, image: dict[str, Any]) -> str | None:
         """``change``'s item id for the common cases (``S`` or valid ``N`` values), else ``None``."""

@@ -340,62 +340,79 @@ def _epoch_seconds(field: SchemaField, value: Any) -> int:
 # reference path decides, so poison reasons come from one place. ``tests/unit/test_item.py`` proves with
 # hypothesis that a success equals the reference's property map.
 
-_ABSENT: Any = object()  # no value (NULL, an empty list or set, a missing attribute)
+_UNSET: Any = object()
 _ROUTES_MAX = 1_024  # distinct attribute-name sets remembered per mapping (then the cache starts over)
+# A converter returns the coerced value, or None for no value (NULL, an empty list or set): coerce never
+# returns None.
 _Converter = Callable[[Any], Any]
-# (property key, nullable, source attribute or None, converter) per schema field, in schema order
-_Step = tuple[str, bool, str | None, _Converter]
+# (nullable, source attribute or None, converter) per schema field but ITEM_ID, in schema order
+_Step = tuple[bool, str | None, _Converter]
 _Route = tuple[tuple[_Step, ...], tuple[str, ...]]  # (steps, attributes no field reads: validated only)
+
+
+def schema_plan(mapping: ItemMapping) -> SchemaPlan:
+    """The compiled plan of ``mapping`` (which must have a schema), built once and kept on the mapping."""
+    plan = mapping.compiled.get("schema")
+    if plan is None:
+        plan = mapping.compiled["schema"] = SchemaPlan(mapping)
+    return plan
 
 
 def schema_properties(image: Any, mapping: ItemMapping, skip: frozenset[str]) -> dict[str, Any] | None:
     """The property map :func:`with_schema` builds from the DynamoDB JSON ``image`` of an upsert, or ``None``
     when the reference path must decide (every poison, and anything unusual)."""
-    plan = mapping.compiled.get("schema")
-    if plan is None:
-        plan = mapping.compiled["schema"] = _SchemaPlan(mapping)
-    if image.__class__ is not dict:
+    plan = schema_plan(mapping)
+    values = plan.values(image, skip)
+    if values is None:
         return None
-    return plan.properties(image, skip)
+    return {key: value for key, value in zip(plan.keys, values, strict=True) if value is not None}
 
 
-class _SchemaPlan:
-    __slots__ = ("fields", "routes")
+class SchemaPlan:
+    """A mapping's schema compiled for DynamoDB JSON images (see above)."""
+
+    __slots__ = ("fields", "keys", "routes")
 
     def __init__(self, mapping: ItemMapping) -> None:
         assert mapping.schema is not None
         self.fields = [
-            (field, camel_case(field.name), mapping.fields.get(field.name), _field_converter(field))
+            (field, mapping.fields.get(field.name), _field_converter(field))
             for field in mapping.schema
             if field.name != "ITEM_ID"
         ]
+        #: the property key of each value :meth:`values` returns
+        self.keys = tuple(camel_case(field.name) for field, _, _ in self.fields)
         self.routes: dict[tuple[frozenset[str], tuple[str, ...]], _Route | None] = {}
 
-    def properties(self, image: dict[str, Any], skip: frozenset[str]) -> dict[str, Any] | None:
+    def values(self, image: Any, skip: frozenset[str]) -> list[Any] | None:
+        """The coerced value of each schema field but ``ITEM_ID`` (in schema order; ``None``: no value) that
+        :func:`with_schema` would put in the property map, or ``None`` when the reference path must decide."""
+        if image.__class__ is not dict:
+            return None
         signature = (skip, tuple(image))
-        route = self.routes.get(signature, _ABSENT)
-        if route is _ABSENT:
+        route = self.routes.get(signature, _UNSET)
+        if route is _UNSET:
             if len(self.routes) >= _ROUTES_MAX:
                 self.routes.clear()
             route = self.routes[signature] = self._route(skip, signature[1])
         if route is None:
             return None
         steps, unread = route
-        value = ddbjson.value
-        props: dict[str, Any] = {}
+        values: list[Any] = []
+        append = values.append
         try:
-            for name in unread:  # the reference converts the whole image: an invalid attribute is poison
-                value(image[name])
-            for key, nullable, source, convert in steps:
-                result = _ABSENT if source is None else convert(image[source])
-                if result is _ABSENT:
-                    if not nullable:
-                        return None
-                    continue
-                props[key] = result
+            if unread:  # the reference converts the whole image: an invalid attribute is poison
+                value = ddbjson.value
+                for name in unread:
+                    value(image[name])
+            for nullable, source, convert in steps:
+                result = None if source is None else convert(image[source])
+                if result is None and not nullable:
+                    return None
+                append(result)
         except Exception:  # the reference path says why (or raises what it raises)
             return None
-        return props
+        return values
 
     def _route(self, skip: frozenset[str], names: tuple[str, ...]) -> _Route | None:
         by_camel: dict[str, list[str]] = {}
@@ -405,7 +422,7 @@ class _SchemaPlan:
         present = set(names)
         read: set[str] = set()
         steps: list[_Step] = []
-        for field, key, path, field_convert in self.fields:
+        for (field, path, field_convert), key in zip(self.fields, self.keys, strict=True):
             convert = field_convert
             source: str | None = None
             if path is not None:  # mapping 'fields': an attribute name, or a dotted path into maps
@@ -423,7 +440,7 @@ class _SchemaPlan:
                     source = candidates[0]
             if source is not None:
                 read.add(source)
-            steps.append((key, field.nullable, source, convert))
+            steps.append((field.nullable, source, convert))
         return tuple(steps), tuple(n for n in names if n not in read)
 
 
@@ -431,7 +448,7 @@ def _generic_converter(field: SchemaField) -> _Converter:
     def convert(attr: Any) -> Any:
         raw = ddbjson.value(attr)
         if raw is None or raw == []:
-            return _ABSENT
+            return None
         return coerce(field, raw)
 
     return convert
@@ -444,10 +461,10 @@ def _path_converter(field: SchemaField, rest: list[str]) -> _Converter:
         node = ddbjson.value(attr)
         for part in rest:
             if not isinstance(node, dict) or part not in node:
-                return _ABSENT
+                return None
             node = node[part]
         if node is None or node == []:
-            return _ABSENT
+            return None
         return coerce(field, node)
 
     return convert
