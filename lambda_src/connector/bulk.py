@@ -148,6 +148,11 @@ class Converter:
         fast = self._fast_row(image)
         if fast is not None:
             return fast
+        return self.reference_row(image)
+
+    def reference_row(self, image: dict[str, Any]) -> list[str]:
+        """:meth:`row` through :meth:`properties` (the stream's Change, item and limits steps), always: the
+        answer for every reject, and what ``tests/unit/test_bulk.py`` holds the fast path to."""
         item_id, props = self.properties(image)
         out = []
         for column in self._columns:
