@@ -341,6 +341,7 @@ def _epoch_seconds(field: SchemaField, value: Any) -> int:
 # hypothesis that a success equals the reference's property map.
 
 _UNSET: Any = object()
+_INF = math.inf
 _ROUTES_MAX = 1_024  # distinct attribute-name sets remembered per mapping (then the cache starts over)
 # A converter returns the coerced value, or None for no value (NULL, an empty list or set): coerce never
 # returns None.
@@ -504,34 +505,39 @@ def _field_converter(field: SchemaField) -> _Converter:
     if field.type in ("int", "long"):
         low, high = (-(2**31), 2**31) if field.type == "int" else (-(2**63), 2**63)
         timestamp = field.name == "CREATION_TIMESTAMP"
-        number = ddbjson.number
 
         def integer(attr: Any) -> Any:
             if attr.__class__ is dict and len(attr) == 1:
                 text = attr.get("N")
                 if text.__class__ is str:
-                    value = number(text)
-                    if value.__class__ is int:
-                        if timestamp:
-                            if abs(value) >= _US_THRESHOLD:
-                                value //= 1_000_000
-                            elif abs(value) >= _MS_THRESHOLD:
-                                value //= 1_000
-                            if -(2**63) <= value < 2**63:
-                                return value
-                        elif low <= value < high:
+                    try:
+                        value = int(text)  # what ddbjson.number returns for a text int() reads
+                    except ValueError:
+                        return generic(attr)
+                    if timestamp:
+                        if abs(value) >= _US_THRESHOLD:
+                            value //= 1_000_000
+                        elif abs(value) >= _MS_THRESHOLD:
+                            value //= 1_000
+                        if -(2**63) <= value < 2**63:
                             return value
+                    elif low <= value < high:
+                        return value
             return generic(attr)
 
         return integer
     if field.type in ("float", "double"):
-        number = ddbjson.number
 
         def floating(attr: Any) -> Any:
             if attr.__class__ is dict and len(attr) == 1:
                 text = attr.get("N")
                 if text.__class__ is str:
-                    return float(number(text))
+                    # float(ddbjson.number(text)) for a finite non-zero value: float() rounds the decimal
+                    # text correctly, as it does the int or Decimal that number() makes first. Zero (-0)
+                    # and non-finite values take number()'s own way.
+                    value = float(text)
+                    if value != 0.0 and -_INF < value < _INF:
+                        return value
             return generic(attr)
 
         return floating
