@@ -26,6 +26,16 @@ mapping has no column list. :class:`BulkConfigError` says so before any record i
 Soft deletes: an export holds only live items (a deleted item is simply absent), so there is nothing to convert
 for ``onRemove``; an item the stream soft-deleted earlier stays as the PutItems layer wrote it.
 
+Speed (issue 9: at least 50,000 records/s per core, ``bench/bench_bulk.py``): a row is first tried on a fast
+path (:meth:`Converter._fast_row`) that skips the per-record ``SourceRecord``/``Change``/``PendingItem`` and
+property map: the item id is read as ``change`` reads it for ``S``/``N`` keys, the values come from the runtime's
+compiled schema plan (``item.SchemaPlan``, the same code ``item.build`` runs first for the stream's upserts), the
+cells are written straight from them, and the properties limit is checked with an upper bound of their JSON
+length (6 characters per cell character at most, plus the keys' fixed overhead), measured exactly only near the
+limit. Whenever the fast path is not a plain success it returns ``None`` and the reference path above builds the
+row or the reject, so rejects and their reasons have one source; ``tests/unit/test_bulk.py`` holds the fast row
+to the reference row with hypothesis.
+
 Memory is constant: the data file is read line by line from a gzip stream, and rows are written as they are
 built. The Lambda entry :func:`handler` is what a Step Functions Distributed Map calls once per data file; the
 stream handler never imports this module (its cold start is unchanged).
