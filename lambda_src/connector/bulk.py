@@ -26,6 +26,16 @@ mapping has no column list. :class:`BulkConfigError` says so before any record i
 Soft deletes: an export holds only live items (a deleted item is simply absent), so there is nothing to convert
 for ``onRemove``; an item the stream soft-deleted earlier stays as the PutItems layer wrote it.
 
+Speed (issue 9: at least 50,000 records/s per core, ``bench/bench_bulk.py``): a row is first tried on a fast
+path (:meth:`Converter._fast_row`) that skips the per-record ``SourceRecord``/``Change``/``PendingItem`` and
+property map: the item id is read as ``change`` reads it for ``S``/``N`` keys, the values come from the runtime's
+compiled schema plan (``item.SchemaPlan``, the same code ``item.build`` runs first for the stream's upserts), the
+cells are written straight from them, and the properties limit is checked with an upper bound of their JSON
+length (6 characters per cell character at most, plus the keys' fixed overhead), measured exactly only near the
+limit. Whenever the fast path is not a plain success it returns ``None`` and the reference path above builds the
+row or the reject, so rejects and their reasons have one source; ``tests/unit/test_bulk.py`` holds the fast row
+to the reference row with hypothesis.
+
 Memory is constant: the data file is read line by line from a gzip stream, and rows are written as they are
 built. The Lambda entry :func:`handler` is what a Step Functions Distributed Map calls once per data file; the
 stream handler never imports this module (its cold start is unchanged).
@@ -48,10 +58,10 @@ from typing import IO, Any
 
 import boto3
 
-from connector import change, item
-from connector.change import Poison
+from connector import change, ddbjson, item
+from connector.change import Poison, _escape
 from connector.config import ConfigError, ItemMapping, load_settings
-from connector.putitems import Group, PendingItem, check_limits
+from connector.putitems import ITEM_ID_MAX, PROPERTIES_MAX, Group, PendingItem, check_limits
 from connector.source import DYNAMODB, Format, SourceRecord
 
 try:
@@ -65,6 +75,7 @@ REJECTS_SUFFIX = ".rejects.jsonl"
 REJECTS_PREFIX_SUFFIX = "-rejects"
 PROGRESS_EVERY = 10_000
 _EMPTY: dict[str, Any] = {}
+_BOOL_TEXT = {True: "true", False: "false"}
 
 
 class BulkConfigError(ConfigError):
@@ -113,6 +124,17 @@ class Converter:
             None if f.name == "ITEM_ID" else (item.camel_case(f.name), f.type == "string" and not f.nullable)
             for f in mapping.schema
         ]
+        # The fast path (:meth:`_fast_row`): the attributes the id is read from are the same for every record
+        # (the mapping's itemId, else all the key attributes), so the item step's skip set is fixed too.
+        self._id_names = (mapping.item_id,) if mapping.item_id is not None else tuple(sorted(self.key_names))
+        self._skip = mapping.exclude.union(self._id_names)
+        self._plan = item.schema_plan(mapping)
+        fields = [f for f in mapping.schema if f.name != "ITEM_ID"]
+        self._id_column = self.header.index("ITEM_ID")
+        self._required_strings = [i for i, f in enumerate(fields) if f.type == "string" and not f.nullable]
+        # An upper bound of the properties' JSON length beyond the cells' text (each character of which takes
+        # at most 6 in JSON, \u00XX): braces, and per key its quotes, colon, comma and a value's quotes.
+        self._json_overhead = 2 + sum(len(key) + 6 for key in self._plan.keys)
 
     def properties(self, image: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """``(item id, property map)`` for one exported item (DynamoDB JSON), exactly as the stream builds it
@@ -133,6 +155,14 @@ class Converter:
 
     def row(self, image: dict[str, Any]) -> list[str]:
         """The CSV row of one exported item, or :class:`Poison` (the reason for the rejects report)."""
+        fast = self._fast_row(image)
+        if fast is not None:
+            return fast
+        return self.reference_row(image)
+
+    def reference_row(self, image: dict[str, Any]) -> list[str]:
+        """:meth:`row` through :meth:`properties` (the stream's Change, item and limits steps), always: the
+        answer for every reject, and what ``tests/unit/test_bulk.py`` holds the fast path to."""
         item_id, props = self.properties(image)
         out = []
         for column in self._columns:
@@ -148,6 +178,50 @@ class Converter:
                 )
             out.append(text)
         return out
+
+    def _fast_row(self, image: dict[str, Any]) -> list[str] | None:
+        """The row :meth:`row` builds through :meth:`properties`, without the per-record Change, PendingItem and
+        property map, or ``None`` when the reference path must decide (every reject, and anything unusual). The
+        values come from the runtime's compiled schema plan (``item.SchemaPlan``, which ``item.build`` uses too).
+        """
+        item_id = self._fast_id(image)
+        if item_id is None or len(item_id) > ITEM_ID_MAX:
+            return None
+        values = self._plan.values(image, self._skip)
+        if values is None:
+            return None
+        texts = [
+            v
+            if v.__class__ is str
+            else ""
+            if v is None
+            else ("true" if v else "false")
+            if v.__class__ is bool
+            else repr(v)
+            for v in values
+        ]
+        for i in self._required_strings:
+            if not texts[i]:
+                return None
+        if 6 * sum(map(len, texts)) + self._json_overhead > PROPERTIES_MAX:  # then measure it exactly
+            props = {k: v for k, v in zip(self._plan.keys, values, strict=True) if v is not None}
+            if len(item.serialize(props)) > PROPERTIES_MAX:
+                return None
+        texts.insert(self._id_column, item_id)
+        return texts
+
+    def _fast_id(self, image: dict[str, Any]) -> str | None:
+        """``change``'s item id for the common cases (``S`` or valid ``N`` values), else ``None``."""
+        names = self._id_names
+        if len(names) == 1:
+            return _id_text(image.get(names[0]))
+        parts = []
+        for name in names:
+            text = _id_text(image.get(name))
+            if text is None:
+                return None
+            parts.append(_escape(text))
+        return "#".join(parts)
 
     def convert(
         self,
@@ -207,6 +281,22 @@ class Converter:
         if item_id is not None:
             entry["itemId"] = item_id
         rejects.write(json.dumps(entry, separators=(",", ":")) + "\n")  # ASCII: safe for any line reader
+
+
+def _id_text(attr: Any) -> str | None:
+    """The id text ``change`` reads from an ``S`` or ``N`` key value, or ``None`` (let ``change`` decide)."""
+    if attr.__class__ is not dict or len(attr) != 1:
+        return None
+    text = attr.get("S")
+    if text is None:
+        text = attr.get("N")
+        if text.__class__ is not str:
+            return None
+        try:
+            ddbjson.number(text)
+        except ddbjson.DynamoDBJSONError:
+            return None
+    return text if text.__class__ is str and text else None
 
 
 def open_data_file(raw: IO[bytes], name: str) -> IO[bytes]:

@@ -49,6 +49,9 @@ class ItemMapping:
     fields: Mapping[str, str] = field(default_factory=dict)
     exclude: frozenset[str] = frozenset()
     on_remove: Mapping[str, Any] | None = None  # None means "ignore"
+    #: Plans that ``item`` compiles from this mapping on first use (per-field coercers, attribute routes); a
+    #: cache, never part of equality or ``repr``.
+    compiled: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -77,6 +78,10 @@ def build(change: Change, mapping: ItemMapping) -> dict[str, Any] | None:
         return None
     skip = mapping.exclude.union(change.id_attributes)
     ddb = change.record.image_is_dynamodb_json
+    if ddb and mapping.schema is not None and change.kind is Kind.UPSERT:
+        props = schema_properties(change.image, mapping, skip)
+        if props is not None:
+            return props
     try:
         if mapping.schema is None:
             props = schemaless(change.image, skip, dynamodb_json=ddb)
@@ -322,3 +327,218 @@ def _epoch_seconds(field: SchemaField, value: Any) -> int:
     if not -(2**63) <= seconds < 2**63:
         raise Poison(f"field {field.name}: out of range for {field.type}")
     return seconds
+
+
+# --- with a schema, compiled: DynamoDB JSON images -------------------------------------------------------------
+#
+# The stream's upserts and every bulk row take this path first. It is a cache of the reference path above
+# (``ddbjson.image`` then :func:`with_schema`), never a second set of rules: the schema is compiled once per
+# mapping into one converter per field (DynamoDB attribute → coerced value, specialised to the field's type for
+# the common type tags, :func:`coerce` on ``ddbjson.value`` for the rest), and the attribute each field reads is
+# resolved once per set of attribute names. Whenever the answer is not a plain success (an invalid attribute, a
+# clash, a missing required field, a value that does not coerce, anything unusual) it returns ``None`` and the
+# reference path decides, so poison reasons come from one place. ``tests/unit/test_item.py`` proves with
+# hypothesis that a success equals the reference's property map.
+
+_UNSET: Any = object()
+_INF = math.inf
+_ROUTES_MAX = 1_024  # distinct attribute-name sets remembered per mapping (then the cache starts over)
+# A converter returns the coerced value, or None for no value (NULL, an empty list or set): coerce never
+# returns None.
+_Converter = Callable[[Any], Any]
+# (nullable, source attribute or None, converter) per schema field but ITEM_ID, in schema order
+_Step = tuple[bool, str | None, _Converter]
+_Route = tuple[tuple[_Step, ...], tuple[str, ...]]  # (steps, attributes no field reads: validated only)
+
+
+def schema_plan(mapping: ItemMapping) -> SchemaPlan:
+    """The compiled plan of ``mapping`` (which must have a schema), built once and kept on the mapping."""
+    plan = mapping.compiled.get("schema")
+    if plan is None:
+        plan = mapping.compiled["schema"] = SchemaPlan(mapping)
+    return plan
+
+
+def schema_properties(image: Any, mapping: ItemMapping, skip: frozenset[str]) -> dict[str, Any] | None:
+    """The property map :func:`with_schema` builds from the DynamoDB JSON ``image`` of an upsert, or ``None``
+    when the reference path must decide (every poison, and anything unusual)."""
+    plan = schema_plan(mapping)
+    values = plan.values(image, skip)
+    if values is None:
+        return None
+    return {key: value for key, value in zip(plan.keys, values, strict=True) if value is not None}
+
+
+class SchemaPlan:
+    """A mapping's schema compiled for DynamoDB JSON images (see above)."""
+
+    __slots__ = ("fields", "keys", "routes")
+
+    def __init__(self, mapping: ItemMapping) -> None:
+        assert mapping.schema is not None
+        self.fields = [
+            (field, mapping.fields.get(field.name), _field_converter(field))
+            for field in mapping.schema
+            if field.name != "ITEM_ID"
+        ]
+        #: the property key of each value :meth:`values` returns
+        self.keys = tuple(camel_case(field.name) for field, _, _ in self.fields)
+        self.routes: dict[tuple[frozenset[str], tuple[str, ...]], _Route | None] = {}
+
+    def values(self, image: Any, skip: frozenset[str]) -> list[Any] | None:
+        """The coerced value of each schema field but ``ITEM_ID`` (in schema order; ``None``: no value) that
+        :func:`with_schema` would put in the property map, or ``None`` when the reference path must decide."""
+        if image.__class__ is not dict:
+            return None
+        signature = (skip, tuple(image))
+        route = self.routes.get(signature, _UNSET)
+        if route is _UNSET:
+            if len(self.routes) >= _ROUTES_MAX:
+                self.routes.clear()
+            route = self.routes[signature] = self._route(skip, signature[1])
+        if route is None:
+            return None
+        steps, unread = route
+        values: list[Any] = []
+        append = values.append
+        try:
+            if unread:  # the reference converts the whole image: an invalid attribute is poison
+                value = ddbjson.value
+                for name in unread:
+                    value(image[name])
+            for nullable, source, convert in steps:
+                result = None if source is None else convert(image[source])
+                if result is None and not nullable:
+                    return None
+                append(result)
+        except Exception:  # the reference path says why (or raises what it raises)
+            return None
+        return values
+
+    def _route(self, skip: frozenset[str], names: tuple[str, ...]) -> _Route | None:
+        by_camel: dict[str, list[str]] = {}
+        for name in names:
+            if name not in skip:
+                by_camel.setdefault(camel_case(name), []).append(name)
+        present = set(names)
+        read: set[str] = set()
+        steps: list[_Step] = []
+        for (field, path, field_convert), key in zip(self.fields, self.keys, strict=True):
+            convert = field_convert
+            source: str | None = None
+            if path is not None:  # mapping 'fields': an attribute name, or a dotted path into maps
+                if path in present:
+                    source = path
+                else:
+                    root, *rest = path.split(".")
+                    if rest and root in present:
+                        source, convert = root, _path_converter(field, rest)
+            else:
+                candidates = by_camel.get(key, ())
+                if len(candidates) > 1:
+                    return None  # a clash: the reference names it
+                if candidates:
+                    source = candidates[0]
+            if source is not None:
+                read.add(source)
+            steps.append((field.nullable, source, convert))
+        return tuple(steps), tuple(n for n in names if n not in read)
+
+
+def _generic_converter(field: SchemaField) -> _Converter:
+    def convert(attr: Any) -> Any:
+        raw = ddbjson.value(attr)
+        if raw is None or raw == []:
+            return None
+        return coerce(field, raw)
+
+    return convert
+
+
+def _path_converter(field: SchemaField, rest: list[str]) -> _Converter:
+    """A field read through a dotted path: the root attribute converted, then walked as ``_lookup`` does."""
+
+    def convert(attr: Any) -> Any:
+        node = ddbjson.value(attr)
+        for part in rest:
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        if node is None or node == []:
+            return None
+        return coerce(field, node)
+
+    return convert
+
+
+def _field_converter(field: SchemaField) -> _Converter:
+    """DynamoDB attribute → the value :func:`coerce` gives for ``field``, for the common tags; the rest through
+    ``ddbjson.value`` and :func:`coerce` themselves."""
+    generic = _generic_converter(field)
+    if field.type == "string":
+        limit = TEXTUAL_MAX if field.textual else STRING_MAX
+        categorical = field.categorical
+
+        def string(attr: Any) -> Any:
+            if attr.__class__ is dict and len(attr) == 1:
+                text = attr.get("S")
+                if text.__class__ is str and len(text) <= limit:
+                    return text
+                members = attr.get("SS") if categorical else None
+                if members.__class__ is list and members and all(m.__class__ is str for m in members):
+                    text = "|".join(sorted(members))
+                    if len(text) <= limit:
+                        return text
+            return generic(attr)
+
+        return string
+    if field.type == "boolean":
+
+        def boolean(attr: Any) -> Any:
+            if attr.__class__ is dict and len(attr) == 1:
+                flag = attr.get("BOOL")
+                if flag.__class__ is bool:
+                    return flag
+            return generic(attr)
+
+        return boolean
+    if field.type in ("int", "long"):
+        low, high = (-(2**31), 2**31) if field.type == "int" else (-(2**63), 2**63)
+        timestamp = field.name == "CREATION_TIMESTAMP"
+
+        def integer(attr: Any) -> Any:
+            if attr.__class__ is dict and len(attr) == 1:
+                text = attr.get("N")
+                if text.__class__ is str:
+                    try:
+                        value = int(text)  # what ddbjson.number returns for a text int() reads
+                    except ValueError:
+                        return generic(attr)
+                    if timestamp:
+                        if abs(value) >= _US_THRESHOLD:
+                            value //= 1_000_000
+                        elif abs(value) >= _MS_THRESHOLD:
+                            value //= 1_000
+                        if -(2**63) <= value < 2**63:
+                            return value
+                    elif low <= value < high:
+                        return value
+            return generic(attr)
+
+        return integer
+    if field.type in ("float", "double"):
+
+        def floating(attr: Any) -> Any:
+            if attr.__class__ is dict and len(attr) == 1:
+                text = attr.get("N")
+                if text.__class__ is str:
+                    # float(ddbjson.number(text)) for a finite non-zero value: float() rounds the decimal
+                    # text correctly, as it does the int or Decimal that number() makes first. Zero (-0)
+                    # and non-finite values take number()'s own way.
+                    value = float(text)
+                    if value != 0.0 and -_INF < value < _INF:
+                        return value
+            return generic(attr)
+
+        return floating
+    return generic  # pragma: no cover - config allows only the types above

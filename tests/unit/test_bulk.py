@@ -21,7 +21,7 @@ from connector.deadline import Deadline
 from connector.putitems import Pacer, PutItemsSink
 from connector.response import Outcome
 from localcloud.emulator.imports import ImportFailed, _read_csv
-from localcloud.emulator.schema import Schema
+from localcloud.emulator.schema import MILLIS_THRESHOLD, Schema
 from tests.factories import DATASET_ARN, dynamodb_record, event
 from tests.fakes import FakePersonalize, FakeSQS
 
@@ -151,6 +151,12 @@ def test_a_bulk_row_is_what_the_stream_puts(case: tuple[dict[str, Any], dict[str
         assert len(rejects) == 1 and "empty string" in rejects[0]["reason"]
         return
     assert rejects == []
+    if abs(props.get("creationTimestamp", 0)) >= MILLIS_THRESHOLD:
+        # µs beyond 1e17 become seconds the emulator reads as milliseconds: its import rejects the row, as its
+        # PutItems would reject the stream's item (the fake PutItems here accepts anything)
+        with pytest.raises(ImportFailed, match="milliseconds"):
+            _csv_rows(text)
+        return
     rows = _csv_rows(text)
     expected = {k: v for k, v in props.items() if v != ""}  # "" in a nullable field: no value in a CSV
     assert rows == {outcome: expected}
@@ -301,3 +307,68 @@ def test_emulator_reader_rejects_a_bad_cell() -> None:
     text = "ITEM_ID,TITLE,NUMBER_OF_RATINGS,CREATION_TIMESTAMP\nx,t,1.5,1\n"
     with pytest.raises(ImportFailed, match="not an integer"):
         _csv_rows(text)
+
+
+# --- the fast row path is a cache of the reference path -------------------------------------------------------
+
+_FAST_DOCS = [DOC, {**DOC, "itemId": "pk"}]
+
+
+@settings(max_examples=400, deadline=None)
+@given(exported_item(), st.sampled_from([0, 1]), st.sampled_from([KEYS, ["pk"]]))
+def test_the_fast_row_is_the_reference_row(
+    case: tuple[dict[str, Any], dict[str, Any]], doc: int, keys: list[str]
+) -> None:
+    """Converter._fast_row either defers (None) or returns exactly the row the Change/item/limits path builds."""
+    _, image = case
+    conv = bulk.Converter(parse_mapping(_FAST_DOCS[doc]), keys)
+    fast = conv._fast_row(image)
+    try:
+        reference: Any = conv.reference_row(image)
+    except Exception as exc:
+        reference = exc
+    if fast is not None:
+        assert fast == reference
+
+
+def test_the_fast_row_takes_plain_items_and_defers_rejects() -> None:
+    conv = bulk.Converter(parse_mapping(DOC), KEYS)
+    image = {
+        "pk": {"S": "a#b\\c"},
+        "sk": {"N": "7"},
+        "title": {"S": "T"},
+        "genres": {"SS": ["y", "x"]},
+        "listPrice": {"N": "9.5"},
+        "number_of_ratings": {"N": "3"},
+        "inStock": {"BOOL": True},
+        "CREATION_TIMESTAMP": {"N": "1700000000000"},
+        "internal": {"S": "hidden"},
+    }
+    fast = conv._fast_row(image)
+    assert fast is not None and fast == conv.reference_row(image)
+    assert fast == ["a\\#b\\\\c#7", "T", "x|y", "9.5", "3", "true", "1700000000"]
+    for broken in (
+        {**image, "title": {"S": ""}},  # "" in a required string: a reject
+        {**image, "pk": {"S": "x" * 300}},  # itemId over 256
+        {**image, "internal": {"N": "nope"}},  # an attribute no field reads, invalid
+        {k: v for k, v in image.items() if k != "sk"},  # a key attribute missing
+    ):
+        assert conv._fast_row(broken) is None
+        with pytest.raises(bulk.Poison):
+            conv.reference_row(broken)
+
+
+def test_near_the_properties_limit_the_length_is_measured() -> None:
+    doc = {"schema": {"type": "record", "name": "I", "fields": [
+        {"name": "ITEM_ID", "type": "string"},
+        *({"name": f"T{i}", "type": "string", "textual": True} for i in range(2)),
+    ]}}  # fmt: skip
+    conv = bulk.Converter(parse_mapping(doc), ["id"])
+    for size, fits in ((15_000, True), (16_100, False)):
+        image = {"id": {"S": "i"}, "t0": {"S": "a" * size}, "t1": {"S": "b" * size}}
+        if fits:
+            assert conv._fast_row(image) == conv.reference_row(image)
+        else:
+            assert conv._fast_row(image) is None
+            with pytest.raises(bulk.Poison, match="properties are"):
+                conv.reference_row(image)

@@ -242,3 +242,156 @@ def test_fused_dynamodb_path_equals_convert_then_flatten(image: dict[str, Any]) 
     fused = _outcome(lambda: item.schemaless(image, frozenset(), dynamodb_json=True))
     two_pass = _outcome(lambda: item.schemaless(ddbjson.image(image), frozenset()))
     assert fused == two_pass
+
+
+# --- the compiled schema plan is a cache of the reference path -----------------------------------------------
+
+PLAN_DOC = {
+    "schema": {
+        "type": "record",
+        "name": "Items",
+        "fields": [
+            {"name": "TITLE", "type": "string"},
+            {"name": "ITEM_ID", "type": "string"},
+            {"name": "GENRES", "type": ["null", "string"], "categorical": True},
+            {"name": "LABEL", "type": ["null", "string"]},
+            {"name": "PRICE", "type": ["null", "float"]},
+            {"name": "SCORE", "type": ["null", "double"]},
+            {"name": "COUNT", "type": ["null", "int"]},
+            {"name": "BIG", "type": ["null", "long"]},
+            {"name": "IN_STOCK", "type": ["null", "boolean"]},
+            {"name": "CREATION_TIMESTAMP", "type": ["null", "long"]},
+            {"name": "DESCRIPTION", "type": ["null", "string"], "textual": True},
+            {"name": "DEPTH", "type": ["null", "int"]},
+            {"name": "NOTE", "type": ["null", "string"]},
+        ],
+    },
+    "fields": {"PRICE": "listPrice", "DEPTH": "dims.depth", "NOTE": "note.text"},
+    "exclude": ["internal"],
+}
+_number_texts = st.one_of(
+    st.integers(-(2**64), 2**64).map(str),
+    st.floats(allow_nan=False, width=64).map(repr),
+    st.integers(-(10**6), 10**6).map(str),
+    st.floats(-1e6, 1e6).map(repr),
+    st.sampled_from(["1.0", "1E+3", "1e400", "-0", "0.5", "1e-7", "9" * 40, "12.5E1", "x", "NaN"]),
+)
+_text_values = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from(["", "true", "FALSE", "12", "3.5", "2026-01-02T03:04:05", "2026-01-02T03:04:05+02:00"]),
+    st.text(max_size=8),
+    st.text(max_size=8),
+    st.sampled_from([1_000, 20_000]).flatmap(lambda n: st.integers(n - 1, n + 1)).map(lambda n: "x" * n),
+)
+_valid_attrs = st.one_of(
+    _attrs,
+    _number_texts.map(lambda t: {"N": t}),
+    _text_values.map(lambda t: {"S": t}),
+    st.lists(st.text(max_size=4), min_size=1, max_size=4).map(lambda v: {"SS": v}),
+    st.lists(st.integers(-(10**20), 10**20).map(str), min_size=1, max_size=3).map(lambda v: {"NS": v}),
+    st.dictionaries(st.sampled_from(["depth", "text", "x"]), _attrs, max_size=2).map(lambda m: {"M": m}),
+    st.sampled_from([{"SS": []}, {"L": []}, {"NULL": True}, {"BOOL": True}, {"BOOL": False}]),
+)
+_invalid_attrs = st.sampled_from(
+    [{"S": 1}, {"N": 5}, {"BOOL": "true"}, {"X": "1"}, {"S": "a", "N": "1"}, "plain", None, {}, {"SS": [1]}]
+)
+_plan_attrs = st.one_of(*([_valid_attrs] * 9), _invalid_attrs)  # an invalid attribute in about 1 in 10
+_plan_names = st.sampled_from(
+    [
+        "title", "TITLE", "genres", "label", "listPrice", "price", "score", "count", "COUNT", "big", "inStock",
+        "in_stock", "creationTimestamp", "description", "dims", "dims.depth", "note", "internal", "sku", "__",
+    ]
+)  # fmt: skip
+
+
+def _reference(image: dict[str, Any], mapping: Any, skip: frozenset[str]) -> Any:
+    try:
+        return item.with_schema(ddbjson.image(image), mapping, skip)
+    except (Poison, ddbjson.DynamoDBJSONError) as exc:
+        return ("poison", str(exc))
+
+
+def _typed(props: Any) -> Any:
+    return props if not isinstance(props, dict) else [(k, type(v).__name__, v) for k, v in props.items()]
+
+
+_small_ints = st.integers(-(2**32), 2**32).map(str)
+_FITTING = {  # attribute → values that usually fit its field, so that the plan's successes are many
+    "title": _text_values.map(lambda t: {"S": t}),
+    "genres": st.one_of(
+        st.lists(st.text(max_size=4), min_size=1, max_size=4).map(lambda v: {"SS": v}),
+        st.lists(st.text(max_size=4), max_size=3).map(lambda v: {"L": [{"S": x} for x in v]}),
+    ),
+    "label": st.one_of(_text_values.map(lambda t: {"S": t}), _number_texts.map(lambda t: {"N": t})),
+    "listPrice": _number_texts.map(lambda t: {"N": t}),
+    "score": _number_texts.map(lambda t: {"N": t}),
+    "count": _small_ints.map(lambda t: {"N": t}),
+    "big": _number_texts.map(lambda t: {"N": t}),
+    "in_stock": st.one_of(st.booleans().map(lambda b: {"BOOL": b}), _text_values.map(lambda t: {"S": t})),
+    "creationTimestamp": st.one_of(_number_texts.map(lambda t: {"N": t}), _text_values.map(lambda t: {"S": t})),
+    "description": _text_values.map(lambda t: {"S": t}),
+    "dims": _small_ints.map(lambda t: {"M": {"depth": {"N": t}}}),
+    "note": _text_values.map(lambda t: {"M": {"text": {"S": t}}}),
+    "sku": _text_values.map(lambda t: {"S": t}),
+}
+
+
+@st.composite
+def _plan_images(draw: st.DrawFn) -> dict[str, Any]:
+    image = {}
+    for name, fitting in _FITTING.items():
+        choice = draw(st.integers(0, 19))
+        if choice >= 2:
+            image[name] = draw(fitting)
+        elif choice == 1:
+            image[name] = draw(_plan_attrs)
+    image.update(draw(st.dictionaries(_plan_names, _plan_attrs, max_size=2)))  # strays, clashes, overrides
+    return image
+
+
+@settings(max_examples=600, deadline=None)
+@given(_plan_images(), st.sampled_from([(), ("sku",), ("sku", "label")]))
+def test_the_schema_plan_equals_the_reference_path(image: dict[str, Any], ids: tuple[str, ...]) -> None:
+    """item.schema_properties either defers (None) or returns exactly what ddbjson.image + with_schema build
+    (same keys, order, types and values); build() always equals the reference."""
+    mapping = parse_mapping(PLAN_DOC)
+    skip = mapping.exclude.union(ids)
+    reference = _reference(image, mapping, skip)
+    fast = item.schema_properties(image, mapping, skip)
+    if fast is not None:
+        assert _typed(fast) == _typed(reference)
+        assert item.serialize(fast) == item.serialize(reference)
+
+
+def test_the_schema_plan_takes_the_common_cases_and_defers_the_rest() -> None:
+    mapping = parse_mapping(PLAN_DOC)
+    skip = frozenset({"sku"})
+    image = {
+        "sku": {"S": "A"},
+        "title": {"S": "T"},
+        "genres": {"SS": ["b", "a"]},
+        "label": {"N": "7"},
+        "listPrice": {"N": "12"},
+        "score": {"N": "0.25"},
+        "count": {"N": "3"},
+        "big": {"N": str(2**40)},
+        "in_stock": {"BOOL": False},
+        "creationTimestamp": {"N": "1700000000123"},
+        "description": {"S": "d"},
+        "dims": {"M": {"depth": {"N": "4"}}},
+        "note": {"M": {"text": {"S": "n"}}},
+    }
+    expected = item.with_schema(ddbjson.image(image), mapping, skip)
+    fast = item.schema_properties(image, mapping, skip)
+    assert fast is not None and _typed(fast) == _typed(expected)
+    assert fast["creationTimestamp"] == 1_700_000_000 and fast["genres"] == "a|b" and fast["label"] == "7"
+    assert type(fast["price"]) is float and fast["depth"] == 4
+    for broken in (
+        {**image, "sku": {"N": "x"}},  # an attribute no field reads is still validated
+        {**image, "TITLE": {"S": "clash"}},
+        {**image, "title": {"NULL": True}},
+        {**image, "count": {"N": str(2**31)}},
+    ):
+        assert item.schema_properties(broken, mapping, skip) is None
+        assert _reference(broken, mapping, skip)[0] == "poison"
+    assert len(mapping.compiled["schema"].routes) == 2  # one route per attribute-name set
