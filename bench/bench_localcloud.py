@@ -892,7 +892,8 @@ group's 10 calls/s):
 invocation: one per shard (times the parallelization factor) of every source wired to the function, and the
 operator tools. With `STATE_TABLE` (the stack's default) every attempt takes a slot from one timeline per dataset
 group in DynamoDB (`connector/budget.py`): reservations are first-in first-out in small blocks, capped at 9.7 calls/s
-and kept 1/quota apart across all holders, and a throttle lowers the shared rate for everyone until it recovers.
+each sent within 15 ms of its slot (any 11 attempts span more than a second), and a throttle lowers the shared
+rate for everyone until it recovers.
 Reserved concurrency 1 (the earlier default) cannot be deployed on a new account, leaves shards waiting on rejected
 invokes, and fires the Throttles metric all day; independent pacers (each invocation alone) drift into phase.
 
