@@ -25,24 +25,29 @@ if str(ROOT) not in sys.path:
 
 from rich.console import Console  # noqa: E402
 
-from localcloud.demo import LocalCloud, run_demo  # noqa: E402
+from localcloud.demo import run_demo  # noqa: E402
 from localcloud.workload import WorkloadSpec  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "backfill.md"
 
 
 def one(catalog: int, update_share: float, share: float, console: Console) -> dict[str, Any]:
-    clouds: list[LocalCloud] = []
+    emulators: list[Any] = []  # the running cloud's emulator (the cloud drops it when it stops; its state stays)
     spec = WorkloadSpec(items=200, catalog=catalog, catalog_update_share=update_share)
     wall_offset = time.time() - time.monotonic()
-    result = run_demo(spec, console=console, live=False, on_start=clouds.append, catalog_share=share, timeout=600.0)
+    result = run_demo(
+        spec,
+        console=console,
+        live=False,
+        on_start=lambda cloud: emulators.append(cloud.emulator),
+        catalog_share=share,
+        timeout=600.0,
+    )
     load = result.catalog
     if not result.ok or load is None or load.started is None or load.finished is None:
         raise SystemExit(f"the demo did not converge or act 1 did not run: {result.check}")
     start, end = load.started + wall_offset, load.finished + wall_offset
-    emulator = clouds[0].emulator
-    assert emulator is not None
-    calls = [c for c in emulator.state.calls() if c["operation"] == "PutItems" and start <= c["ts"] <= end]
+    calls = [c for c in emulators[0].state.calls() if c["operation"] == "PutItems" and start <= c["ts"] <= end]
     accepted = sum(c["records"] for c in calls if c["outcome"] == "ok")
     throttled = sum(1 for c in calls if c["outcome"] == "throttled")
     seconds = end - start
