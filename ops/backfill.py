@@ -251,10 +251,9 @@ class Backfill:
                     wait(futures)
                 finally:
                     pool.shutdown(wait=True)
-                for f in futures:
-                    exc = f.exception()
-                    if exc is not None:
-                        raise exc
+                errors = [e for f in futures if (e := f.exception()) is not None]
+                for exc in sorted(errors, key=lambda e: isinstance(e, Stopped)):  # the cause, not the stops it set
+                    raise exc
         self.report.interrupted = self.report.interrupted or self.stop.is_set()
         self.report.elapsed_s = time.monotonic() - started
         return self.report

@@ -72,6 +72,13 @@ Image = dict[str, Any]  # a DynamoDB item in DynamoDB JSON
 KeyTuple = tuple[tuple[str, str], ...]  # a hashable form of an item's key
 
 
+SYSTEMIC_ROUNDS = 4  # rounds in a row stopped by a systemic error before a tool gives up (about 3.5 s of backoff)
+
+
+class Systemic(OpsError):
+    """PutItems keeps failing for the whole dataset (permission, dataset, schema): an operator must fix it."""
+
+
 class Stopped(Exception):
     """The operator stopped the tool while records were still waiting to be retried."""
 
@@ -284,6 +291,7 @@ class Feeder:
         first."""
         todo = records
         delay = self._backoff[0]
+        rounds = 0  # rounds in a row stopped by a systemic error
         while todo:
             with self._lock:
                 result = pipeline.run(
@@ -313,6 +321,14 @@ class Feeder:
             todo = [r for r, o in zip(todo, result.outcomes, strict=True) if o is Outcome.RETRY]
             if not todo:
                 return
+            systemic = result.report.systemic
+            rounds = rounds + 1 if systemic else 0
+            if systemic and rounds >= SYSTEMIC_ROUNDS:  # unlike an outage, waiting does not fix it
+                raise Systemic(
+                    f"PutItems fails for the whole dataset ({systemic}), {rounds} times in a row: check the dataset "
+                    "ARN, this identity's personalize:PutItems permission and that the mapping's schema is the "
+                    "dataset's; nothing was lost, run the command again once it is fixed"
+                )
             self.tally.add(retries=len(todo))
             if self.stop.wait(delay):
                 raise Stopped(len(todo))

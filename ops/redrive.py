@@ -238,7 +238,12 @@ class Redrive:
             self.held.extend(m["ReceiptHandle"] for m in done)
             return
         assert self.feeder is not None
-        missing = feed_plan(self.feeder, p)  # raises Stopped on Ctrl-C: nothing of this round is deleted
+        try:
+            missing = feed_plan(self.feeder, p)
+        except BaseException:  # stopped, or a systemic failure: nothing of this round is deleted; show it again now
+            self.held.extend(m["ReceiptHandle"] for i in p.accepted for m in owners[i])
+            self.held.extend(m["ReceiptHandle"] for m in done)
+            raise
         unfed = dict(p.unfed(missing))
         for index, why in unfed.items():  # left in the queue with the reason, like the plan's own leftovers
             r.left[why] = r.left.get(why, 0) + len(owners[index])

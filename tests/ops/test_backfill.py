@@ -282,3 +282,23 @@ def test_checkpoint_layout(cloud: Cloud) -> None:
     assert row["total"] == {"N": "1"} and row["scanned"] == {"N": "5"} and row["put"] == {"N": "5"}
     assert "last_key" not in row and row["done"] == {"BOOL": True}
     assert json.loads(json.dumps(row))  # plain DynamoDB JSON
+
+
+def test_a_dataset_that_refuses_every_item_ends_the_backfill_with_that_error_and_keeps_the_checkpoints(
+    cloud: Cloud,
+) -> None:
+    from ops.feed import Systemic
+
+    fill(cloud, 40)
+
+    def wrong_schema(items: list[dict[str, Any]]) -> tuple[str, str]:
+        return ("InvalidInputException", "properties do not match the dataset's schema")
+
+    job = backfill(cloud, personalize=FakePersonalize(wrong_schema).client)
+    assert job.feeder is not None
+    job.feeder._backoff = (0.001, 0.002)
+    # The cause is raised (not the Stopped of the other segments it stopped), and the CLI prints it in one line.
+    with pytest.raises(Systemic, match="schema"):
+        job.run()
+    assert cloud.personalize.items == {} and cloud.dlq_depth() == 0  # retried, never dead-lettered one by one
+    assert backfill(cloud).run().tally.put == 40  # the schema fixed: a rerun loads everything

@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 
 from ops.common import OpsError
-from ops.feed import Feeder, Stopped, describe_table, is_unversioned, plan, table_name_from_arn, table_record
+from ops.feed import (
+    Feeder,
+    Stopped,
+    Systemic,
+    describe_table,
+    is_unversioned,
+    plan,
+    table_name_from_arn,
+    table_record,
+)
 from tests.factories import kinesis_record
 from tests.fakes import FakePersonalize
 from tests.ops.conftest import TABLE, Cloud
@@ -61,6 +70,17 @@ def test_stopping_while_records_wait_for_a_retry_raises_stopped(cloud: Cloud) ->
     with pytest.raises(Stopped):
         f.feed(records(cloud, f, 3))
     assert f.tally.put == 0
+
+
+def test_a_systemic_failure_that_waiting_does_not_fix_ends_the_feed_with_a_clear_error(cloud: Cloud) -> None:
+    def wrong_schema(items: list[dict[str, Any]]) -> tuple[str, str]:
+        return ("InvalidInputException", "properties do not match the dataset's schema")  # every item, alone
+
+    f = feeder(cloud, FakePersonalize(wrong_schema))
+    f._backoff = (0.001, 0.002)
+    with pytest.raises(Systemic, match="mapping's schema is the dataset's; nothing was lost"):
+        f.feed(records(cloud, f, 12))
+    assert f.tally.put == 0 and f.tally.poison == 0  # retried, never dead-lettered one by one
 
 
 def test_the_tools_require_the_state_table_and_the_dlq(cloud: Cloud) -> None:
