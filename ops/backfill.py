@@ -37,7 +37,7 @@ from typing import Any
 from rich.table import Table as RichTable
 
 from connector.config import Settings
-from ops.common import OpsError, add_settings_arguments, client, console, progress, settings_from
+from ops.common import OpsError, add_settings_arguments, client, console, progress, settings_from, summary_table
 from ops.feed import Feeder, Stopped, Table, Tally, describe_table, preview, table_record
 
 DEFAULT_SEGMENTS = 4
@@ -304,9 +304,6 @@ class Backfill:
 
 
 def summary(report: Report, *, dry_run: bool, table: str) -> RichTable:
-    t = RichTable(title=f"backfill of {table}" + (" (dry run: nothing written)" if dry_run else ""))
-    t.add_column("")
-    t.add_column("count", justify="right")
     rows: list[tuple[str, Any]] = [("items scanned (this run)", report.scanned)]
     if dry_run:
         rows += [
@@ -331,9 +328,7 @@ def summary(report: Report, *, dry_run: bool, table: str) -> RichTable:
         ("elapsed", f"{report.elapsed_s:.1f} s"),
         ("items/s", f"{report.scanned / report.elapsed_s:,.1f}" if report.elapsed_s else "-"),
     ]
-    for name, value in rows:
-        t.add_row(name, f"{value:,}" if isinstance(value, int) else str(value))
-    return t
+    return summary_table(f"backfill of {table}" + (" (dry run: nothing written)" if dry_run else ""), rows)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 from connector.config import ConfigError, Settings, load_settings
 
@@ -105,3 +106,13 @@ def progress() -> Progress:
         console=console,
         transient=False,
     )
+
+
+def summary_table(title: str, rows: list[tuple[str, Any]]) -> Table:
+    """A command's end-of-run summary: one row per figure (integers with thousands separators)."""
+    t = Table(title=title)
+    t.add_column("")
+    t.add_column("count", justify="right")
+    for name, value in rows:
+        t.add_row(name, f"{value:,}" if isinstance(value, int) else str(value))
+    return t

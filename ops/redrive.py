@@ -37,7 +37,7 @@ from typing import Any
 from rich.table import Table as RichTable
 
 from connector.config import Settings
-from ops.common import OpsError, add_settings_arguments, client, console, progress, settings_from
+from ops.common import OpsError, add_settings_arguments, client, console, progress, settings_from, summary_table
 from ops.feed import Feeder, Stopped, Tally, feed_plan, plan, preview_plan
 
 DEFAULT_BATCH = 100
@@ -277,9 +277,6 @@ class Redrive:
 
 
 def summary(report: Report, *, dry_run: bool) -> RichTable:
-    t = RichTable(title="redrive" + (" (dry run: nothing written or deleted)" if dry_run else ""))
-    t.add_column("")
-    t.add_column("count", justify="right")
     rows: list[tuple[str, Any]] = [("messages received", report.received)]
     if dry_run:
         rows += [
@@ -301,9 +298,7 @@ def summary(report: Report, *, dry_run: bool) -> RichTable:
     if report.unreadable:
         rows.append(("left in the queue: not a connector DLQ message", report.unreadable))
     rows.append(("elapsed", f"{report.elapsed_s:.1f} s"))
-    for name, value in rows:
-        t.add_row(name, f"{value:,}" if isinstance(value, int) else str(value))
-    return t
+    return summary_table("redrive" + (" (dry run: nothing written or deleted)" if dry_run else ""), rows)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ from rich.table import Table as RichTable
 
 from connector.change import sequence_value
 from connector.config import Settings
-from ops.common import OpsError, add_settings_arguments, client, console, progress, settings_from
+from ops.common import OpsError, add_settings_arguments, client, console, progress, settings_from, summary_table
 from ops.feed import Feeder, Stopped, Tally, feed_plan, plan, preview_plan
 
 DEFAULT_PREFIX = "aws/lambda/"
@@ -360,9 +360,6 @@ def _kinesis_event_record(r: dict[str, Any], arn: str, shard: str) -> dict[str, 
 
 
 def summary(report: Report, *, dry_run: bool) -> RichTable:
-    t = RichTable(title="replay" + (" (dry run: nothing written, moved or deleted)" if dry_run else ""))
-    t.add_column("")
-    t.add_column("count", justify="right")
     rows: list[tuple[str, Any]] = [("batches read", report.batches), ("records", report.records)]
     if dry_run:
         rows += [(f"would be {k}", v) for k, v in sorted(report.would.items())]
@@ -378,9 +375,7 @@ def summary(report: Report, *, dry_run: bool) -> RichTable:
     rows += [("ranges no longer retained", report.expired), ("of them discarded", report.discarded)]
     rows += [(f"left: {why}", n) for why, n in report.left.items()]
     rows.append(("elapsed", f"{report.elapsed_s:.1f} s"))
-    for name, value in rows:
-        t.add_row(name, f"{value:,}" if isinstance(value, int) else str(value))
-    return t
+    return summary_table("replay" + (" (dry run: nothing written, moved or deleted)" if dry_run else ""), rows)
 
 
 def run(args: argparse.Namespace) -> int:

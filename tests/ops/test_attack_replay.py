@@ -18,22 +18,13 @@ import pytest
 from ops.replay import REPLAYED_PREFIX, Replay
 from tests.ops.conftest import Cloud
 from tests.ops.test_replay import DOCUMENTED_S3_RECORD, batch_info, stream_batch
+from tests.ops.test_replay import replay as replay_from
 
 BUCKET = "on-failure"
 
 
 def replay(cloud: Cloud, **kwargs: Any) -> Replay:
-    return Replay(
-        cloud.settings(),
-        dynamodb=cloud.ddb,
-        sqs=cloud.sqs,
-        personalize=cloud.personalize.client,
-        s3=boto3.client("s3", region_name="us-east-1"),
-        streams=boto3.client("dynamodbstreams", region_name="us-east-1"),
-        show_progress=False,
-        bucket=BUCKET,
-        **kwargs,
-    )
+    return replay_from(cloud, bucket=BUCKET, **kwargs)
 
 
 def put_object(key: str, doc: dict[str, Any] | bytes) -> None:
