@@ -7,6 +7,7 @@ publishes the outcome counts. Every AWS client is a plain boto3 client, so ``AWS
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -134,6 +135,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
     except ConfigError:
         logger.exception("The connector is misconfigured; every invocation fails until it is fixed")
         raise
+    started = time.monotonic()
     deadline = Deadline.from_context(context, rt.settings.deadline_margin_ms)
     before = replace(rt.budget.stats) if rt.budget else None
     result = pipeline.run(
@@ -193,7 +195,14 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
             "stale_skipped": result.stale,
             "state_errors": result.state_errors,
             "backoff_s": round(backoff_s, 3),
+            # where the invocation's time went: before its first PutItems call, and after its last one
+            "first_call_ms": _ms(report.first_call_at, started),
+            "after_last_call_ms": _ms(time.monotonic(), report.last_call_done_at),
             **budget_log,
         },
     )
     return result.response
+
+
+def _ms(end: float | None, start: float | None) -> float | None:
+    return None if end is None or start is None else round((end - start) * 1000, 1)

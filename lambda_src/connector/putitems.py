@@ -204,6 +204,8 @@ class SendReport:
     throttles: int = 0
     stopped: str | None = None  # why sending stopped early, if it did
     systemic: str | None = None  # the systemic error or rejection that stopped it, if any
+    first_call_at: float | None = None  # time.monotonic() when the first call was made (before its slot)
+    last_call_done_at: float | None = None  # time.monotonic() when the last call returned
 
 
 class PutItemsSink:
@@ -293,6 +295,8 @@ class PutItemsSink:
 
     def _put(self, part: list[PendingItem], report: SendReport) -> tuple[str, str] | None:
         """One PutItems call; ``None`` when accepted, else ``(error code, message)``."""
+        if report.first_call_at is None:
+            report.first_call_at = time.monotonic()
         try:
             self._client.put_items(datasetArn=self._dataset_arn, items=[i.entry() for i in part])
         except ClientError as exc:
@@ -310,6 +314,8 @@ class PutItemsSink:
         except BotoCoreError as exc:
             logger.warning("PutItems failed after retries", extra={"error": type(exc).__name__, "items": len(part)})
             return type(exc).__name__, ""
+        finally:
+            report.last_call_done_at = time.monotonic()
         report.calls += 1
         report.items_sent += len(part)
         report.put.extend(part)
