@@ -22,6 +22,7 @@ ends equal to the sources' final state minus the records in the DLQ. How:
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +32,22 @@ from connector import change, item, source
 from connector.change import Change, Kind, Poison, newest_first
 from connector.config import Settings
 from connector.deadline import Deadline
-from connector.putitems import Group, PendingItem, PutItemsSink, SendReport, check_limits, coalesce
+from connector.putitems import (
+    MAX_ITEMS_PER_CALL,
+    Group,
+    PendingItem,
+    PutItemsSink,
+    SendReport,
+    check_limits,
+    coalesce,
+)
 from connector.response import Ledger, Outcome, Verdict, dead_letter
 from connector.telemetry import logger, tracer
 from connector.versions import VersionGuard, VersionStoreError
 
 LOG_FIELD_MAX = 300
+READY_AHEAD = 2 * MAX_ITEMS_PER_CALL  # items built before each call: the call's and the next one's
+GUARD_READ = 100  # groups whose stored versions one BatchGetItem reads (its maximum)
 
 
 @dataclass(slots=True)
@@ -95,11 +106,8 @@ def run(
             continue
         changes.append(parsed)
 
-    plans = [_plan(group, settings) for group in coalesce(changes)]
     result = Result({"batchItemFailures": []}, len(records), {}, SendReport(), 0)
-    if guard is not None:
-        _guard(plans, guard, deadline, result)
-    _send(plans, sink, deadline, guard, result)
+    plans = _send(coalesce(changes), settings, sink, deadline=deadline, guard=guard, result=result)
     for plan in plans:
         _decide(plan)
         verdicts.extend(plan.verdicts.values())
@@ -151,27 +159,42 @@ def _plan(group: Group, settings: Settings) -> _Plan:
     return plan
 
 
-def _guard(plans: list[_Plan], guard: VersionGuard, deadline: Deadline, result: Result) -> None:
-    """Drop CDC candidates that are not newer than the version already written (or retry them all)."""
-    versioned = [p for p in plans if p.candidates and p.candidates[0].change.version is not None]
-    if not versioned:
-        return
-    try:
-        stored = guard.stored((p.group.item_id for p in versioned), deadline)
-    except VersionStoreError as exc:
-        logger.error("The state table cannot be read: CDC changes are retried", extra={"error": str(exc)})
-        result.state_errors += 1
-        for plan in versioned:
+class _Versions:
+    """The version guard's reads, one consistent BatchGetItem per ``GUARD_READ`` groups, made just before the
+    first of those groups is built. After a failed read (or with the deadline too near) no more are made:
+    every CDC candidate from there on is retried, as the state table cannot say what was written."""
+
+    def __init__(self, guard: VersionGuard, groups: list[Group], deadline: Deadline, result: Result) -> None:
+        self.guard, self.groups, self.deadline, self.result = guard, groups, deadline, result
+        self.stored: dict[str, Any] = {}
+        self.read_to = 0  # groups[:read_to] have been read (or need no read)
+        self.failed = False
+
+    def check(self, plan: _Plan, index: int) -> None:
+        """Drop ``plan``'s CDC candidates that are not newer than the version already written (or retry them all)."""
+        if not plan.candidates or plan.candidates[0].change.version is None:
+            return
+        if index >= self.read_to and not self.failed:
+            window = self.groups[index : index + GUARD_READ]
+            self.read_to = index + len(window)
+            try:
+                self.stored = self.guard.stored(
+                    (g.item_id for g in window if any(c.version is not None for c in g.changes)), self.deadline
+                )
+            except VersionStoreError as exc:
+                logger.error("The state table cannot be read: CDC changes are retried", extra={"error": str(exc)})
+                self.result.state_errors += 1
+                self.failed = True
+        if self.failed:
             for candidate in plan.candidates:
                 plan.verdicts[candidate.change.position] = Verdict(
                     candidate.change.record, Outcome.RETRY, "state table unavailable", plan.group.item_id
                 )
             plan.candidates = []
-        return
-    for plan in versioned:
-        last = stored.get(plan.group.item_id)
+            return
+        last = self.stored.get(plan.group.item_id)
         if last is None:
-            continue
+            return
         fresh = []
         for candidate in plan.candidates:
             version = candidate.change.version
@@ -179,7 +202,7 @@ def _guard(plans: list[_Plan], guard: VersionGuard, deadline: Deadline, result: 
             if version is None or not last.supersedes(version, candidate.change.record.cdc_event_id):
                 fresh.append(candidate)
             else:
-                result.stale += 1
+                self.result.stale += 1
                 plan.verdicts[candidate.change.position] = Verdict(
                     candidate.change.record,
                     Outcome.SKIPPED,
@@ -190,11 +213,39 @@ def _guard(plans: list[_Plan], guard: VersionGuard, deadline: Deadline, result: 
 
 
 def _send(
-    plans: list[_Plan], sink: PutItemsSink, deadline: Deadline, guard: VersionGuard | None, result: Result
-) -> None:
-    """Send each item's newest candidate; when PutItems rejects one on its own, send the next newest."""
-    by_item = {p.group.item_id: p for p in plans}
+    groups: list[Group],
+    settings: Settings,
+    sink: PutItemsSink,
+    *,
+    deadline: Deadline,
+    guard: VersionGuard | None,
+    result: Result,
+) -> list[_Plan]:
+    """Build every group's plan and send each item's newest candidate; when PutItems rejects one on its own,
+    send the next newest. Return the plans, in group order.
+
+    Items are built as they are sent, one call ahead (``READY_AHEAD``), not all before the first call: building
+    a 1,000-record batch takes a few hundred milliseconds at 512 MB, while a call leaves tens of milliseconds
+    idle before the next slot, so building in those gaps makes the first call leave at once. Once the sink
+    has stopped (deadline, outage, systemic rejection), the rest is still built, so that every change is
+    validated, but neither guarded nor sent: it is retried."""
+    plans: list[_Plan] = []
+    by_item: dict[str, _Plan] = {}
+    ready: deque[PendingItem] = deque()
+    versions = _Versions(guard, groups, deadline, result) if guard is not None else None
     unrecorded: set[int] = set()
+    report = result.report
+
+    def build(wanted: int) -> None:
+        while len(ready) < wanted and len(plans) < len(groups):
+            index = len(plans)
+            plan = _plan(groups[index], settings)
+            if versions is not None and report.stopped is None:
+                versions.check(plan, index)
+            plans.append(plan)
+            by_item[plan.group.item_id] = plan
+            if plan.candidates:
+                ready.append(plan.candidates[0])
 
     def record_versions(accepted: list[PendingItem]) -> None:
         if guard is None:
@@ -215,14 +266,13 @@ def _send(
             )
         unrecorded.update(p.change.position for p in versioned if p.item_id in failed)
 
-    report = result.report
-    queue = [p.candidates[0] for p in plans if p.candidates]
-    while queue:
-        for pending in queue:
+    build(READY_AHEAD)
+    while ready:
+        call = [ready.popleft() for _ in range(min(MAX_ITEMS_PER_CALL, len(ready)))]
+        for pending in call:
             by_item[pending.item_id].written = pending
         seen = len(report.poison)
-        sink.send(queue, deadline, report, on_accepted=record_versions)
-        queue = []
+        sink.send(call, deadline, report, on_accepted=record_versions)
         for pending, reason in report.poison[seen:]:
             plan = by_item[pending.item_id]
             plan.verdicts[pending.change.position] = Verdict(
@@ -235,7 +285,8 @@ def _send(
             plan.written = None
             rest = plan.candidates[plan.candidates.index(pending) + 1 :]
             if rest:
-                queue.append(rest[0])
+                ready.append(rest[0])
+        build(len(groups) if report.stopped is not None else READY_AHEAD)
     put = {id(p) for p in report.put}
     for plan in plans:
         written = plan.written
@@ -244,6 +295,7 @@ def _send(
             plan.verdicts[written.change.position] = Verdict(
                 written.change.record, Outcome.PUT if ok else Outcome.RETRY, None, plan.group.item_id
             )
+    return plans
 
 
 def _instant_ids(written: PendingItem) -> frozenset[str]:
