@@ -1,9 +1,15 @@
 """The local cloud's command line: ``python -m localcloud {up,status,down,demo,chaos}``.
 
 * ``up``: synthesize the stack, boot moto server, the Personalize Events emulator and the event source mapping
-  runner, provision the template, print the endpoints (and ``export`` lines for the AWS CLI and your own
-  scripts), write ``.localcloud/state.json``, and stay in the foreground until Ctrl-C (or ``down``).
-* ``status``: read the state file and ask the running local cloud for its numbers.
+  runner, provision the template, print the endpoints and the resources (the state table, the poison DLQ, the
+  on-failure destination: an S3 bucket or an SQS queue), print ``export`` lines for the AWS CLI, your own scripts
+  and the operator tools (``python -m ops ...``: every variable of the provisioned function's environment that
+  the runtime's ``load_settings`` reads, ``CONNECTOR_CONFIG`` and ``STATE_TABLE`` included, the endpoints and
+  credentials, and ``ON_FAILURE_BUCKET`` or ``ON_FAILURE_QUEUE_URL`` for the ``--bucket`` / ``--queue-url`` flags
+  of ``ops replay``), write the same into ``.localcloud/state.json``, and stay in the foreground until Ctrl-C (or
+  ``down``).
+* ``status``: read the state file and ask the running local cloud for its numbers (the on-failure destination's
+  pending batches: objects in the bucket or messages in the queue).
 * ``down``: stop the ``up`` process (SIGTERM to the pid in the state file) and wait for it to exit.
 * ``demo``: the end-to-end demo with its convergence check (:mod:`localcloud.demo`); ``make demo`` runs it.
   Act 1 loads a catalog that predates the stack (``--catalog``, ``--catalog-load backfill|bulk-load``,
@@ -18,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -27,12 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 
 from localcloud import chaos, demo
 from localcloud.personalize_emulator import EmulatorClient, add_quota_arguments, quota_kwargs
 
 STATE_FILE = demo.STATE_DIR / "state.json"
+ON_FAILURE_PREFIX = "aws/lambda/"  # where Lambda writes the invocation records of an S3 on-failure destination
 DEFAULT_MOTO_PORT = 4566
 DEFAULT_PERSONALIZE_PORT = 4599
 DEFAULT_CATALOG = 3_000
@@ -47,7 +56,8 @@ class CliError(RuntimeError):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def read_state(path: Path = STATE_FILE) -> dict[str, Any]:
+def read_state(path: Path | None = None) -> dict[str, Any]:
+    path = STATE_FILE if path is None else path
     try:
         state: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
@@ -69,7 +79,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _write_state(state: dict[str, Any], path: Path = STATE_FILE) -> None:
+def _write_state(state: dict[str, Any], path: Path | None = None) -> None:
+    path = STATE_FILE if path is None else path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2))
@@ -96,8 +107,7 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
     def on_signal(signum: int, frame: Any) -> None:
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    saved = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     cloud = demo.LocalCloud(
         template,
         moto_port=args.port_moto,
@@ -107,73 +117,181 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
         emulator_options=quota_kwargs(args),
         **_schema_options(args),
         batching_window_s=0.2 if args.fast else None,
-        log_dir=demo.STATE_DIR / "logs" / "up",
+        log_dir=STATE_FILE.parent / "logs" / "up",
     )
-    with console.status("Booting moto server, the Personalize emulator and the ESM runner …"):
-        cloud.start()
     try:
-        kinesis = cloud.stream
-        state: dict[str, Any] = {
-            "pid": os.getpid(),
-            "startedAt": time.time(),
-            "region": "us-east-1",
-            "motoEndpoint": cloud.moto_url,
-            "personalizeEndpoint": cloud.personalize_url,
-            "datasetArn": cloud.dataset_arn,
-            "tableName": cloud.table_name,
-            "streamName": kinesis.ref if kinesis else None,
-            "dlqUrl": cloud.dlq_url,
-            "onFailureUrl": cloud.on_failure_url,
-            "template": str(template),
-            "functionLog": str(cloud.function_log),
-        }
-        _write_state(state)
-        console.print(f"[green]✓[/] local cloud up (pid {os.getpid()}); state in {STATE_FILE.relative_to(demo.ROOT)}")
-        for label, value in (
-            ("moto (DynamoDB, Streams, Kinesis, SQS)", cloud.moto_url),
-            ("Personalize Events emulator", cloud.personalize_url),
-            ("dataset", cloud.dataset_arn),
-            ("DynamoDB table", cloud.table_name),
-            ("Kinesis stream", state["streamName"]),
-            ("poison DLQ", cloud.dlq_url),
-            ("on-failure queue", cloud.on_failure_url),
-            ("function log", cloud.function_log),
-        ):
-            print(f"  {label:<40} {value}", flush=True)  # plain print: long URLs stay on one line
-        console.print("\nPoint the AWS CLI or your own scripts at it:\n")
-        print(exports(state), flush=True)
-        console.print("\nCtrl-C (or [bold]python -m localcloud down[/]) stops it.")
-        while not stop.wait(2.0):
-            runner = cloud.runner
-            if runner is None:
-                break
-            state["runner"] = runner.stats().as_dict()
-            state["runner"].pop("by_mapping", None)
-            state["updatedAt"] = time.time()
+        with console.status("Booting moto server, the Personalize emulator and the ESM runner …"):
+            cloud.start()
+        try:
+            state = up_state(cloud, template)
             _write_state(state)
+            console.print(f"[green]✓[/] local cloud up (pid {os.getpid()}); state in {_shown(STATE_FILE)}")
+            print(describe(state), flush=True)  # plain print: long URLs stay on one line
+            console.print("\nPoint the AWS CLI, your own scripts and the operator tools at it:\n")
+            print(exports(state), flush=True)
+            console.print("\nThen, for example (python -m ops COMMAND --help):\n")
+            print("\n".join(f"  {line}" for line in ops_examples(state)), flush=True)
+            console.print("\nCtrl-C (or [bold]python -m localcloud down[/]) stops it.")
+            while not stop.wait(2.0):
+                runner = cloud.runner
+                if runner is None:
+                    break
+                state["runner"] = runner.stats().as_dict()
+                state["runner"].pop("by_mapping", None)
+                state["updatedAt"] = time.time()
+                _write_state(state)
+        finally:
+            with console.status("Stopping …"):
+                cloud.stop()
+            with contextlib.suppress(CliError):
+                if read_state().get("pid") == os.getpid():
+                    STATE_FILE.unlink(missing_ok=True)
+            console.print("local cloud stopped")
     finally:
-        with console.status("Stopping …"):
-            cloud.stop()
-        with contextlib.suppress(FileNotFoundError):
-            if read_state().get("pid") == os.getpid():
-                STATE_FILE.unlink()
-        console.print("local cloud stopped")
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
     return 0
 
 
+def _shown(path: Path) -> Path:
+    return path.relative_to(demo.ROOT) if path.is_relative_to(demo.ROOT) else path
+
+
+# The operator tools' settings are the function's own (``connector.config.load_settings`` reads the function's
+# variables), plus the clients' endpoints, region and credentials (``AWS_*``) and Powertools' switches.
+_OPS_PREFIXES = ("AWS_", "POWERTOOLS_")
+# AWS_* variables that belong to a Lambda sandbox, not to an operator's shell.
+_NOT_FOR_OPS = ("AWS_LAMBDA_", "AWS_EXECUTION_ENV")
+
+
+def ops_environment(cloud: demo.LocalCloud) -> dict[str, str]:
+    """The variables ``python -m ops ...`` needs against ``cloud``: :meth:`demo.LocalCloud.ops_environment` (the
+    provisioned function's environment with an absolute ``CONNECTOR_CONFIG_FILE``, the endpoints and fake
+    credentials) without what only the runner's worker processes use (``PATH``, ``LOCALCLOUD_*``, ...)."""
+    own = set(cloud.function.environment)
+    return {
+        k: v
+        for k, v in cloud.ops_environment().items()
+        if (k in own or k.startswith(_OPS_PREFIXES)) and not k.startswith(_NOT_FOR_OPS)
+    }
+
+
+def on_failure_destination(cloud: demo.LocalCloud) -> dict[str, Any]:
+    """Where the event source mappings send the batches that exhausted their retries: ``{"kind": "s3", "bucket":
+    ..., "uri": "s3://bucket/aws/lambda/"}``, ``{"kind": "sqs", "queueUrl": ...}`` or ``{"kind": None}``."""
+    runner = cloud.runner
+    arns = sorted({m.on_failure_arn for m in runner.mappings if m.on_failure_arn}) if runner else []
+    buckets = sorted({arn.split(":::", 1)[1] for arn in arns if arn.startswith("arn:aws:s3:::")})
+    if buckets:  # the stack has one; ops replay reads one bucket at a time
+        found = {"kind": "s3", "bucket": buckets[0], "uri": f"s3://{buckets[0]}/{ON_FAILURE_PREFIX}"}
+        return {**found, "otherBuckets": buckets[1:]} if len(buckets) > 1 else found
+    if cloud.on_failure_url:
+        return {"kind": "sqs", "queueUrl": cloud.on_failure_url}
+    return {"kind": None, "arns": arns}  # none, or one the local cloud does not emulate (SNS)
+
+
+def up_state(cloud: demo.LocalCloud, template: Path) -> dict[str, Any]:
+    """What ``up`` prints and writes to ``.localcloud/state.json`` for a started ``cloud``."""
+    kinesis = cloud.stream
+    on_failure = on_failure_destination(cloud)
+    environment = ops_environment(cloud)
+    return {
+        "pid": os.getpid(),
+        "startedAt": time.time(),
+        "region": environment.get("AWS_REGION", "us-east-1"),
+        "motoEndpoint": cloud.moto_url,
+        "personalizeEndpoint": cloud.personalize_url,
+        "datasetArn": cloud.dataset_arn,
+        "tableName": cloud.table_name,
+        "streamName": kinesis.ref if kinesis else None,
+        "stateTable": environment.get("STATE_TABLE"),
+        "dlqUrl": cloud.dlq_url,
+        "onFailure": on_failure,
+        "onFailureBucket": on_failure.get("bucket"),
+        "onFailureUrl": on_failure.get("queueUrl"),  # the SQS on-failure queue's URL; None for a bucket
+        "functionName": cloud.function.name,
+        "template": str(template),
+        "functionLog": str(cloud.function_log),
+        "environment": environment,  # what `exports` prints: python -m ops ... reads these
+    }
+
+
+def _on_failure_text(on_failure: dict[str, Any]) -> str:
+    if on_failure.get("kind") == "s3":
+        others = "".join(f", also s3://{b}/" for b in on_failure.get("otherBuckets", []))
+        return f"{on_failure['uri']} (S3 bucket {on_failure['bucket']}{others})"
+    if on_failure.get("kind") == "sqs":
+        return f"{on_failure['queueUrl']} (SQS queue)"
+    arns = on_failure.get("arns") or []
+    return f"not emulated: {', '.join(arns)}" if arns else "none (the event source mappings have no destination)"
+
+
+def describe(state: dict[str, Any]) -> str:
+    """The endpoints and resources, one per line; a missing one says so instead of printing ``None``."""
+    rows = [
+        ("moto (DynamoDB, Streams, Kinesis, SQS, S3)", state["motoEndpoint"]),
+        ("Personalize Events emulator", state["personalizeEndpoint"]),
+        ("dataset", state["datasetArn"]),
+        ("DynamoDB table", state["tableName"] or "none (no DynamoDB source)"),
+        ("Kinesis stream", state["streamName"] or "none (no Kinesis source)"),
+        ("state table (STATE_TABLE)", state["stateTable"] or "none (the function has no STATE_TABLE)"),
+        ("poison DLQ", state["dlqUrl"]),
+        ("on-failure destination", _on_failure_text(state["onFailure"])),
+        ("function", state["functionName"]),
+        ("function log", state["functionLog"]),
+    ]
+    return "\n".join(f"  {label:<44} {value}" for label, value in rows)
+
+
+# The endpoints, region and credentials first, then the function's settings in the template's order.
+_EXPORT_FIRST = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_PERSONALIZE_EVENTS",
+    "AWS_ENDPOINT_URL_PERSONALIZE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ACCOUNT_ID_ENDPOINT_MODE",
+)
+
+
+def export_variables(state: dict[str, Any]) -> dict[str, str]:
+    """Every variable ``up`` exports: the operator tools' environment (``state["environment"]``), then the local
+    cloud's own names for your scripts (``TABLE_NAME``, ``STREAM_NAME``) and the on-failure destination
+    (``ON_FAILURE_BUCKET`` for ``ops replay --bucket`` / ``ops status --on-failure-bucket``, or
+    ``ON_FAILURE_QUEUE_URL`` for ``--queue-url`` / ``--on-failure-queue-url``: the tools take it as a flag only).
+    A resource the stack does not have is left out, never exported as ``None``."""
+    environment: dict[str, str] = state["environment"]
+    ordered = {k: environment[k] for k in _EXPORT_FIRST if k in environment}
+    ordered.update(environment)
+    extra = {
+        "TABLE_NAME": state.get("tableName"),
+        "STREAM_NAME": state.get("streamName"),
+        "ON_FAILURE_BUCKET": state.get("onFailureBucket"),
+        "ON_FAILURE_QUEUE_URL": state.get("onFailureUrl"),
+    }
+    ordered.update({k: v for k, v in extra.items() if v})
+    return ordered
+
+
 def exports(state: dict[str, Any]) -> str:
-    return "\n".join(
-        [
-            f"export AWS_ENDPOINT_URL={state['motoEndpoint']}",
-            f"export AWS_ENDPOINT_URL_PERSONALIZE_EVENTS={state['personalizeEndpoint']}",
-            f"export AWS_ENDPOINT_URL_PERSONALIZE={state['personalizeEndpoint']}  # control plane: import jobs",
-            "export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1",
-            "export AWS_ACCOUNT_ID_ENDPOINT_MODE=disabled",
-            f"export TABLE_NAME={state['tableName']} STREAM_NAME={state['streamName']}",
-            f"export DATASET_ARN={state['datasetArn']}",
-            f"export DLQ_URL={state['dlqUrl']}",
-        ]
-    )
+    """``export NAME=value`` lines (shell-quoted: ``CONNECTOR_CONFIG`` is a JSON document) for a POSIX shell."""
+    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in export_variables(state).items())
+
+
+def ops_examples(state: dict[str, Any]) -> list[str]:
+    """Operator commands that run as they are in a shell with :func:`exports`."""
+    flags = {"s3": ('--on-failure-bucket "$ON_FAILURE_BUCKET"', '--bucket "$ON_FAILURE_BUCKET"')}
+    flags["sqs"] = ('--on-failure-queue-url "$ON_FAILURE_QUEUE_URL"', '--queue-url "$ON_FAILURE_QUEUE_URL"')
+    status_flag, replay_flag = flags.get(state["onFailure"].get("kind") or "", ("", ""))
+    lines = [f"python -m ops status {status_flag}".rstrip(), "python -m ops redrive --dry-run"]
+    if replay_flag and state.get("stateTable"):
+        lines.append(f"python -m ops replay {replay_flag} --dry-run")
+    if state.get("tableName"):
+        lines.append('python -m ops backfill --table "$TABLE_NAME" --dry-run')
+    return lines
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
@@ -188,13 +306,20 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     try:
         emulator = EmulatorClient(state["personalizeEndpoint"], timeout=5)
         stats = emulator.stats()
-        sqs = boto3.client("sqs", endpoint_url=state["motoEndpoint"], region_name=state.get("region", "us-east-1"))
+        region = state.get("region", "us-east-1")
+        sqs = boto3.client("sqs", endpoint_url=state["motoEndpoint"], region_name=region)
         depth = {}
         for name in ("dlqUrl", "onFailureUrl"):
             if state.get(name):
                 attrs = sqs.get_queue_attributes(QueueUrl=state[name], AttributeNames=["ApproximateNumberOfMessages"])
                 depth[name] = int(attrs["Attributes"]["ApproximateNumberOfMessages"])
-    except (OSError, ValueError, KeyError) as exc:
+        if state.get("onFailureBucket"):
+            s3 = boto3.client("s3", endpoint_url=state["motoEndpoint"], region_name=region)
+            pages = s3.get_paginator("list_objects_v2").paginate(
+                Bucket=state["onFailureBucket"], Prefix=ON_FAILURE_PREFIX
+            )
+            depth["onFailureBucket"] = sum(int(page.get("KeyCount", 0)) for page in pages)
+    except (OSError, ValueError, KeyError, BotoCoreError, ClientError) as exc:
         raise CliError(f"the local cloud (pid {pid}) does not answer: {exc}") from None
     if args.json:
         print(json.dumps({"state": state, "emulator": stats, "queues": depth}, indent=2, default=str))
@@ -211,7 +336,13 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     console.print(f"  throttles            {stats['throttled']:,} ({stats['throttled_share']:.1%})")
     console.print(f"  rejected calls       {stats['invalid']:,}")
     console.print(f"  poison DLQ depth     {depth.get('dlqUrl', 0)}")
-    console.print(f"  on-failure depth     {depth.get('onFailureUrl', 0)}")
+    if state.get("onFailureBucket"):
+        on_failure = f"{depth.get('onFailureBucket', 0)} objects in s3://{state['onFailureBucket']}/{ON_FAILURE_PREFIX}"
+    elif state.get("onFailureUrl"):
+        on_failure = f"{depth.get('onFailureUrl', 0)} messages"
+    else:
+        on_failure = "no on-failure destination"
+    console.print(f"  on-failure pending   {on_failure}", soft_wrap=True)  # the bucket's URI on one line
     if runner:
         console.print(
             f"  records delivered    {runner.get('records_delivered', 0):,} in {runner.get('invocations', 0):,} "
