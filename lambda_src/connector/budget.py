@@ -240,6 +240,7 @@ class SharedBudget:
             if now - slot <= self.slack:
                 break
             with self._lock:  # woke up too late for the slot (a busy CPU): sending now could crowd the next one
+                logger.debug("PutItems slot missed: woke up late", extra={"late_ms": round((now - slot) * 1000, 1)})
                 self.stats.wasted += 1
                 self._block_clean = False
         waited = max(0.0, now - t0)
@@ -367,6 +368,10 @@ class SharedBudget:
             now = self._clock()
             if self._slots and self._slots[0] + self.slack < now:
                 while self._slots and self._slots[0] + self.slack < now:
+                    logger.debug(
+                        "PutItems slot missed: asked late",
+                        extra={"late_ms": round((now - self._slots[0]) * 1000, 1), "block_left": len(self._slots)},
+                    )
                     self._slots.popleft()
                     self.stats.wasted += 1
                 self._block_clean = False
