@@ -172,7 +172,7 @@ class _Versions:
 
     def check(self, plan: _Plan, index: int) -> None:
         """Drop ``plan``'s CDC candidates that are not newer than the version already written (or retry them all)."""
-        if not plan.candidates or plan.candidates[0].change.version is None:
+        if all(c.change.version is None for c in plan.candidates):  # an older change may carry one: a fallback
             return
         if index >= self.read_to and not self.failed:
             window = self.groups[index : index + GUARD_READ]
@@ -226,12 +226,16 @@ def _send(
 
     Items are built as they are sent, one call ahead (``READY_AHEAD``), not all before the first call: building
     a 1,000-record batch takes a few hundred milliseconds at 512 MB, while a call leaves tens of milliseconds
-    idle before the next slot, so building in those gaps makes the first call leave at once. Once the sink
-    has stopped (deadline, outage, systemic rejection), the rest is still built, so that every change is
-    validated, but neither guarded nor sent: it is retried."""
+    idle before the next slot, so building in those gaps makes the first call leave at once. The calls are
+    the ones building everything first would make: fresh items in calls of 10, then the fallbacks in rounds of
+    their own (a fallback rejected inside a full call of good items would cost a bisection; and fallbacks do not
+    count towards a systemic rejection, so a call carrying one could dead-letter good items at its onset).
+    Once the sink has stopped (deadline, outage, systemic rejection), the groups not built yet are not built
+    (no deadline check reserved time for them): their records are retried, and validated when redelivered."""
     plans: list[_Plan] = []
     by_item: dict[str, _Plan] = {}
-    ready: deque[PendingItem] = deque()
+    ready: deque[PendingItem] = deque()  # newest candidates, built and not sent yet
+    fallbacks: list[PendingItem] = []  # the next older candidates of items rejected in this round
     versions = _Versions(guard, groups, deadline, result) if guard is not None else None
     unrecorded: set[int] = set()
     report = result.report
@@ -240,7 +244,7 @@ def _send(
         while len(ready) < wanted and len(plans) < len(groups):
             index = len(plans)
             plan = _plan(groups[index], settings)
-            if versions is not None and report.stopped is None:
+            if versions is not None:
                 versions.check(plan, index)
             plans.append(plan)
             by_item[plan.group.item_id] = plan
@@ -267,7 +271,9 @@ def _send(
         unrecorded.update(p.change.position for p in versioned if p.item_id in failed)
 
     build(READY_AHEAD)
-    while ready:
+    while (ready or fallbacks) and report.stopped is None:
+        if not ready:  # every group built and sent: the next round of fallbacks
+            ready, fallbacks = deque(fallbacks), []
         call = [ready.popleft() for _ in range(min(MAX_ITEMS_PER_CALL, len(ready)))]
         for pending in call:
             by_item[pending.item_id].written = pending
@@ -285,8 +291,13 @@ def _send(
             plan.written = None
             rest = plan.candidates[plan.candidates.index(pending) + 1 :]
             if rest:
-                ready.append(rest[0])
-        build(len(groups) if report.stopped is not None else READY_AHEAD)
+                fallbacks.append(rest[0])
+        if report.stopped is None:
+            build(READY_AHEAD)
+    for group in groups[len(plans) :]:  # never built: sending stopped before them
+        plan = _Plan(group, [])
+        plan.verdicts = {c.position: Verdict(c.record, Outcome.RETRY, None, group.item_id) for c in group.changes}
+        plans.append(plan)
     put = {id(p) for p in report.put}
     for plan in plans:
         written = plan.written

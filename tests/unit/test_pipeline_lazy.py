@@ -73,21 +73,36 @@ def test_the_first_call_leaves_after_two_calls_worth_of_items_are_built_not_the_
     assert [len(c) for c in fake.calls] == [10] * 100  # every call still full
 
 
-def test_a_deadline_mid_batch_still_validates_and_dead_letters_the_records_after_it() -> None:
-    """Once the sink stops, the rest of the batch is built anyway: a poison record behind the stop is
-    dead-lettered in this batch, as when everything was built first; the rest is retried, never sent."""
+def test_after_a_deadline_stop_nothing_more_is_built_and_the_redelivery_dead_letters_the_poison_behind_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once the sink stops, the groups not built yet are not built (no deadline check reserved time for them):
+    they are retried, and the redelivery validates them, so a poison record behind the stop still reaches the
+    DLQ, one invocation later."""
+    built: list[int] = []
+    real_build = item.build
+
+    def counting_build(*args: Any, **kwargs: Any) -> Any:
+        built.append(1)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(item, "build", counting_build)
     fake = FakePersonalize()
     records = [dynamodb_record("INSERT", {"sku": f"s{i}"}, {"sku": f"s{i}", "v": i}, seq=str(i)) for i in range(300)]
     records[290] = dynamodb_record("INSERT", {"sku": "bad"}, {"sku": "bad", "__": 1}, seq="290")
     # room for three calls (worst case 2 s each), then only for the DLQ (1 s)
     deadline = Deadline(lambda: 10_000 if len(fake.calls) < 3 else 1_500, margin_ms=0)
+    result = run(records, fake, deadline=deadline, worst_call_ms=2_000)
+    assert len(fake.calls) == 3 and result.report.stopped == "deadline"
+    assert len(built) == pipeline.READY_AHEAD + 3 * 10  # one call ahead, nothing after the stop
+    assert result.counts == {Outcome.PUT: 30, Outcome.POISON: 0, Outcome.RETRY: 270, Outcome.SKIPPED: 0}
+    first_retried = result.response["batchItemFailures"][0]["itemIdentifier"]
+    assert first_retried == "30"
     sqs = FakeSQS()
-    result = run(records, fake, sqs=sqs, deadline=deadline, worst_call_ms=2_000)
-    assert len(fake.calls) == 3
-    assert result.counts == {Outcome.PUT: 30, Outcome.POISON: 1, Outcome.RETRY: 269, Outcome.SKIPPED: 0}
+    redelivered = run(records[30:], fake, sqs=sqs)
+    assert redelivered.counts == {Outcome.PUT: 269, Outcome.POISON: 1, Outcome.RETRY: 0, Outcome.SKIPPED: 0}
     assert [json.loads(m)["sequenceNumber"] for m in sqs.messages] == ["290"]
-    assert result.report.stopped == "deadline"
-    assert result.response["batchItemFailures"][0]["itemIdentifier"] == "30"
+    assert len(fake.items) == 299
 
 
 @pytest.fixture
@@ -131,3 +146,22 @@ def test_versions_are_read_per_100_items_as_they_are_built_and_after_a_failed_re
     assert sorted(fake.items) == sorted(f"j{n}" for n in range(100))
     assert result.counts[Outcome.PUT] == 100 and result.counts[Outcome.RETRY] == 150
     assert result.response["batchItemFailures"][0]["itemIdentifier"] == "100"
+
+
+def test_an_older_timed_change_sent_as_a_fallback_is_guarded_too(state: Any) -> None:
+    """The newest change of an item carries no timestamp (it cannot be guarded) and PutItems rejects it: the
+    older change sent in its place does carry one, and must not overwrite a newer version already written
+    (the attacker's find: the guard looked at the newest candidate only)."""
+    guard = VersionGuard(state, "state", DATASET_ARN)
+    fake = FakePersonalize(
+        lambda items: (
+            ("InvalidInputException", "bad") if any("reject" in i.get("properties", "") for i in items) else None
+        )
+    )
+    run([cdc("a", 3, "50")], fake, guard=guard)  # version (ts+50) written
+    untimed = cdc_payload("MODIFY", {"sku": "a"}, {"sku": "a", "v": 9, "reject": True})
+    del untimed["dynamodb"]["ApproximateCreationDateTime"]
+    untimed["eventID"] = "e-untimed"
+    result = run([cdc("a", 1, "40"), kinesis_record(untimed, seq="60")], fake, guard=guard)
+    assert fake.items["a"] == {"v": 3}
+    assert result.stale == 1 and result.counts[Outcome.POISON] == 1
