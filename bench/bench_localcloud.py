@@ -78,6 +78,7 @@ NAIVE_HANDLER = "naive.handler"
 SCHEMA_FILE = ROOT / "examples" / "items-schema.json"
 TPS, LATENCY_MS, JITTER_MS = 10.0, 50.0, 10.0
 CEILING = TPS * 10  # items/s: 10 calls/s x 10 items
+EXTRA_ENV: dict[str, str] = {}  # set for every deployment (--log-level)
 OFFERED_PER_S = 150.0  # changes/s the writer offers: above the ceiling, so throughput is measured saturated
 HEADROOM = 0.97  # the "headroom" pacing mode: MAX_CALLS_PER_SECOND = 10 x 0.97 / shards
 # Prices (us-east-1, list prices as published by AWS; check the pricing pages before relying on them): Lambda arm64
@@ -456,7 +457,7 @@ def run_once(
         moto_endpoint=bench.moto_url,
         personalize_endpoint=bench.emulator.endpoint_url,
         asset_dir=NAIVE_DIR if deployment.system == "naive" else None,
-        env_overrides=dict(deployment.env),
+        env_overrides={**deployment.env, **EXTRA_ENV},
         log_dir=log_dir,
         mapping_overrides={"batching_window_s": batching_window_s} if batching_window_s is not None else None,
         sandbox=sandbox,
@@ -926,6 +927,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--memory-mb", type=int, help="the function's memory for every strategy (default: cdk.json's lambda.memoryMb)"
     )
+    parser.add_argument("--changes", type=int, help="changes per shard-count workload (default 1,500)")
+    parser.add_argument("--no-foreign", action="store_true", help="skip the runs with a foreign writer")
+    parser.add_argument(
+        "--log-level", help="the function's POWERTOOLS_LOG_LEVEL (DEBUG logs every PutItems slot the budget misses)"
+    )
     args = parser.parse_args(argv)
     if args.render_only:
         saved = pickle.loads(LAST_RUN.read_bytes())  # noqa: S301 - our own file, written by the previous run
@@ -938,6 +944,10 @@ def main(argv: list[str] | None = None) -> int:
         n_single, n_shards, shard_counts, models, min_box, window = 2_500, 1_500, (1, 2, 4, 8), QUOTA_MODELS, 15.0, None
     if args.shards:
         shard_counts = tuple(int(x) for x in args.shards.split(","))
+    if args.changes:
+        n_shards = args.changes
+    if args.log_level:
+        EXTRA_ENV["POWERTOOLS_LOG_LEVEL"] = args.log_level.upper()
     if args.models:
         models = tuple(args.models.split(","))
         if unknown := set(models) - set(QUOTA_MODELS):
@@ -992,7 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
             for model in models:
                 for mode in strategies:
                     pacing.append(one(workload, connector(mode, shards, memory), model))
-            if "shared" in strategies:
+            if "shared" in strategies and not args.no_foreign:
                 pacing.append(one(workload, connector("shared", shards, memory), models[0], foreign=0.2))
                 if not args.quick and "strict-spacing" in models:
                     pacing.append(one(workload, connector("shared", shards, memory), "strict-spacing", foreign=0.2))
