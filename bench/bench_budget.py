@@ -25,7 +25,8 @@ Reported per cell (median over repeats, measured after a warm-up): accepted call
 share of attempts throttled, and state-table requests per accepted PutItems call. Threads stand in for Lambda
 containers, so the GIL and this shared 2-core machine add wake-up jitter that separate containers would not.
 
-Run ``.venv/bin/python -m bench.bench_budget [--quick]``.
+Run ``.venv/bin/python -m bench.bench_budget [--quick]``; ``--shards``, ``--models``, ``--strategies`` and
+``--foreign on|off`` select cells (default: all).
 """
 
 from __future__ import annotations
@@ -276,7 +277,7 @@ def run_once(
     accepted_all = sum(ok for r in recs for _, ok in r.attempts)
     requests = sum(p.stats.requests for p in pacers if isinstance(p, SharedBudget))
     if os.environ.get("BENCH_DEBUG") and strategy == "shared":
-        keys = ("attempts", "requests", "conflicts", "reservations", "wasted", "cuts", "local", "timeouts")
+        keys = ("attempts", "requests", "conflicts", "reservations", "wasted", "throttles", "cuts", "local", "timeouts")
         print({k: sum(getattr(p.stats, k) for p in pacers) for k in keys}, file=sys.stderr)
     return Result(
         calls_s=sum(ok for _, ok in ours) / seconds,
@@ -319,20 +320,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jitter-ms", type=float, default=2.0, help="request-side network jitter, uniform 0..J")
     parser.add_argument("--shards", default="1,2,4,8")
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument(
+        "--strategies", default=",".join(STRATEGIES), help=f"a subset of {','.join(STRATEGIES)} (default: all)"
+    )
+    parser.add_argument(
+        "--foreign",
+        choices=("both", "on", "off"),
+        default="both",
+        help="cells with the foreign writer (on), without (off), or both (default)",
+    )
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     seconds = args.seconds or (3.0 if args.quick else 5.0)
     warmup = args.warmup if args.warmup is not None else 2.0
     shards = [int(s) for s in args.shards.split(",")]
     models = args.models.split(",")
+    strategies = [s for s in STRATEGIES if s in args.strategies.split(",")]
     sys.setswitchinterval(0.0005)  # threads stand in for processes: keep GIL hand-offs short
 
     cells: list[tuple[str, int, str, bool]] = []
     for model in models:
         for n in shards:
-            cells.extend((s, n, model, False) for s in STRATEGIES)
-            foreign_strategies = STRATEGIES if n == 4 else ("shared",)  # baselines under the foreign writer: N=4
-            cells.extend((s, n, model, True) for s in foreign_strategies)
+            if args.foreign != "on":
+                cells.extend((s, n, model, False) for s in strategies)
+            if args.foreign != "off":
+                foreign_strategies = STRATEGIES if n == 4 else ("shared",)  # baselines under the foreign writer: N=4
+                cells.extend((s, n, model, True) for s in foreign_strategies if s in strategies)
     total = repeats * sum(seconds + (args.foreign_warmup if fw else warmup) for *_, fw in cells)
     print(f"{len(cells)} cells × {repeats} repeat(s): about {total / 60:.0f} min", file=sys.stderr)
 
@@ -366,11 +379,14 @@ def main(argv: list[str] | None = None) -> int:
         f"\nShared PutItems budget: quota {QUOTA:g} calls/s, ~50 ms attempts, jitter 0-{args.jitter_ms:g} ms, "
         f"median of {repeats} × {seconds:g} s (after {warmup:g} s warm-up)\n"
     )
-    print("| model | N | strategy | calls/s | items/s | throttled | state req/call |")
-    print("|---|---|---|---|---|---|---|")
+    if args.foreign != "on":
+        print("| model | N | strategy | calls/s | items/s | throttled | state req/call |")
+        print("|---|---|---|---|---|---|---|")
     for model in models:
         for n in shards:
             for s in STRATEGIES:
+                if (s, n, model, False) not in results:
+                    continue
                 r = median_result(results[(s, n, model, False)])
                 rpc = f"{r.requests_per_call:.2f}" if s == "shared" else "-"
                 timeouts = f" ({r.timeouts} timeouts)" if r.timeouts else ""
@@ -378,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {model} | {n} | {s} | {r.calls_s:.2f} | {10 * r.calls_s:.0f} | "
                     f"{100 * r.throttled:.1f} %{timeouts} | {rpc} |"
                 )
+    if args.foreign == "off":
+        return 0
     print(f"\nWith a foreign writer at {FOREIGN_SHARE:.0%} of the quota (2 calls/s, outside the budget)\n")
     print(
         "| model | N | strategy | our calls/s | our throttled | foreign calls/s | foreign throttled | total calls/s |"

@@ -15,20 +15,24 @@ The item (``pk = "budget#<dataset group ARN>"``), all numbers, times in epoch se
 * ``expiresAt``: TTL, pushed a day ahead by every write.
 
 **Reserving.** A holder reserves a block of ``k`` consecutive slots ``1 / rate`` apart with one conditional
-``UpdateItem`` that returns the new ``next_slot`` (the block's end): ``SET next_slot = next_slot + k / rate`` if
-the timeline is busy (``next_slot`` between a moment one round trip ahead and the latest start this wait
-allows), else ``SET next_slot = start + k / rate`` (``next_slot`` before ``start``). Both are atomic, need no read,
-and check ``cut_at`` so a block is never reserved at a rate that was cut meanwhile; a failed check returns the
-current item (``ReturnValuesOnConditionCheckFailure``), so the retry is informed. The holder then sends its
-attempts at its slot times. Reservations queue FIFO on one timeline, so a hot shard cannot starve a cold one:
-a holder holds one block at a time and waits only for the blocks reserved before its own; past ``max_wait_s``,
-:meth:`wait` raises :class:`BudgetTimeout` without reserving. Block size: alone on the timeline, ``k`` doubles
-up to ``block_max`` (8: one write per 8 calls); as soon as another holder's block sits between two of its own,
-it drops to a quarter second of slots (2 at 9.7/s), so concurrent holders get equal blocks (equal shares), the
-queue stays short (bounded waits, rate cuts felt quickly) and a backlogged holder still pays one write per two
-calls; a holder that misses slots or cannot keep up with them halves ``k``. A slot missed by more than
-``slack`` is skipped, never used late. A holder built with ``max_share`` < 1 (a backfill beside the stream) takes
-at most that share of the rate while others reserve too, and all of it alone (:meth:`share_pause`).
+``UpdateItem`` that returns the new ``next_slot`` (the block's end): ``SET next_slot = next_slot + k / rate`` if the
+timeline is busy (``next_slot`` between a moment one round trip ahead and the latest start this wait allows), else
+``SET next_slot = start + k / rate`` (``next_slot`` before ``start``). Both are atomic, need no read, and check
+``cut_at`` so a block is never reserved at a rate that was cut meanwhile; a failed check returns the current item
+(``ReturnValuesOnConditionCheckFailure``), so the retry is informed. The holder then sends its attempts at its slot
+times. Reservations queue FIFO on one timeline, so a hot shard cannot starve a cold one: a holder holds one block at
+a time and waits only for the blocks reserved before its own; past ``max_wait_s``, :meth:`wait` raises
+:class:`BudgetTimeout` without reserving. Block size: alone on the timeline, ``k`` doubles up to ``block_max`` (8:
+one write per 8 calls); as soon as another holder's block sits between two of its own, it drops to a quarter second
+of slots (2 at 9.7/s), so concurrent holders get equal blocks (equal shares), the queue stays short (bounded waits,
+rate cuts felt quickly) and a backlogged holder still pays one write per two calls; while the shared rate probes
+above the knee (below the ceiling), to a single slot: the queue is one block per holder, all reserved before the
+probe's answer comes back, and when that answer is a throttle every slot still queued goes out over the limit (under
+a sliding window, evenly paced calls just over it lose one in nine), so the queue of unanswered slots stays one per
+holder (8 holders beside a foreign writer: about three throttles per congestion event become one, for one write per
+call while probing); a holder that misses slots or cannot keep up with them halves ``k``. A slot missed by more than
+``slack`` is skipped, never used late. A holder built with ``max_share`` < 1 (a backfill beside the stream) takes at
+most that share of the rate while others reserve too, and all of it alone (:meth:`share_pause`).
 
 **Never over the quota.** Every rate is capped at ``quota × headroom`` (default 9.7 calls/s for a quota of 10)
 and an attempt leaves in ``[slot, slot + slack]``. Slots are ``1 / ceiling`` apart on one timeline, so any
@@ -455,7 +459,10 @@ class SharedBudget:
         if not self._block_clean:
             return max(1, self._k // 2)
         if self._contended:
-            return min(self.block_max, max(1, math.ceil(self._law.rate(now) * SHARED_BLOCK_S)))
+            rate = self._law.rate(now)
+            if self._law.knee * 1.001 < rate < self.ceiling * 0.999:
+                return 1  # probing: one slot per holder, so few slots go out at a rate not yet answered
+            return min(self.block_max, max(1, math.ceil(rate * SHARED_BLOCK_S)))
         return min(self.block_max, self._k * 2)
 
     def _take_local(self, now: float, latest: float) -> float:

@@ -348,6 +348,27 @@ def test_the_rate_climbs_back_to_the_ceiling_when_the_foreign_writer_stops(ddb: 
     assert len(tail) / 10 >= 9.5
 
 
+def test_eight_holders_beside_a_foreign_writer_lose_few_attempts_per_congestion_event(ddb: Any, clock: Clock) -> None:
+    """Eight backlogged holders queue eight blocks ahead of the probe's answer: when it comes back throttled, the
+    slots reserved meanwhile still go out over the limit for as long as the queue (2 slots each: about 2 s), and
+    under a sliding window evenly paced calls just over the limit lose one in nine. One slot per block while the
+    rate probes keeps that tail as short as the holders' count allows: about as few throttles as one holder."""
+    meter, foreign = Meter(10), [T0 + 0.42]  # a foreign writer: 2 calls/s, evenly spaced, not retried
+
+    def service(t: float) -> bool:
+        while foreign[0] <= t:
+            meter(foreign[0])
+            foreign[0] += 0.5
+        return meter(t)
+
+    hs = [Holder(budget(ddb, clock), start=T0 + i * 0.011) for i in range(8)]
+    simulate(clock, hs, 80, service)
+    ours = {round(t, 6) for h in hs for t in h.sends if t > T0 + 20}
+    late = [ok for t, ok in meter.log if round(t, 6) in ours]
+    assert sum(late) / 60 >= 0.95 * 8  # the rest of the quota is used
+    assert sum(not ok for ok in late) / len(late) < 0.015  # was 2.5 %: three throttles per congestion event
+
+
 # --- the table unavailable --------------------------------------------------------------------------------
 
 
