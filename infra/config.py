@@ -387,7 +387,7 @@ class LambdaConfig(_Section):
     about 7 % throttled calls at exactly 10/s, none at 9.7/s).
     """
 
-    memory_mb: Annotated[int, IntIn(128, 10240)] = 512
+    memory_mb: Annotated[int, IntIn(128, 10240)] = 256
     timeout_seconds: Annotated[int, IntIn(30, 900)] = 300
     reserved_concurrency: Annotated[
         Annotated[int, IntIn(1, 1000)] | None,

@@ -106,7 +106,7 @@ class StreamToPersonalize(Construct):
         mapping: Mapping[str, Any] | None = None,
         config_delivery: Literal["auto", "env", "file"] = "auto",
         code_path: str | Path = DEFAULT_CODE_PATH,
-        memory_mb: int = 512,
+        memory_mb: int = 256,
         timeout: cdk.Duration | None = None,
         reserved_concurrency: int | None = None,
         max_calls_per_second: float = 9.7,

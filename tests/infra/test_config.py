@@ -55,7 +55,7 @@ def test_safe_defaults() -> None:
     assert config.lambda_.reserved_concurrency is None
     assert config.filter_pattern_quota == 5
     assert config.lambda_ == LambdaConfig()
-    assert config.lambda_.timeout_seconds == 300 and config.lambda_.memory_mb == 512
+    assert config.lambda_.timeout_seconds == 300 and config.lambda_.memory_mb == 256
     assert config.lambda_.effective_max_calls_per_second == 9.7  # 3 % under the quota, for network jitter
 
 

@@ -43,7 +43,7 @@ def test_function_runtime_contract(default_app: Synthesized) -> None:
             "Handler": "connector.handler.handler",
             "TracingConfig": {"Mode": "Active"},
             "Timeout": 300,
-            "MemorySize": 512,
+            "MemorySize": 256,
             "Layers": [Match.any_value()],
             "Environment": {
                 "Variables": {
