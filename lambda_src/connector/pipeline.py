@@ -43,7 +43,7 @@ from connector.putitems import (
 )
 from connector.response import Ledger, Outcome, Verdict, dead_letter
 from connector.telemetry import logger, tracer
-from connector.versions import VersionGuard, VersionStoreError
+from connector.versions import Stored, VersionGuard, VersionStoreError
 
 LOG_FIELD_MAX = 300
 READY_AHEAD = 2 * MAX_ITEMS_PER_CALL  # items built before each call: the call's and the next one's
@@ -166,7 +166,7 @@ class _Versions:
 
     def __init__(self, guard: VersionGuard, groups: list[Group], deadline: Deadline, result: Result) -> None:
         self.guard, self.groups, self.deadline, self.result = guard, groups, deadline, result
-        self.stored: dict[str, Any] = {}
+        self.stored: dict[str, Stored] = {}
         self.read_to = 0  # groups[:read_to] have been read (or need no read)
         self.failed = False
 
