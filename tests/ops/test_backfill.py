@@ -103,12 +103,16 @@ def test_resume_after_an_interruption_mid_segment(cloud: Cloud) -> None:
 
     interrupted = FakePersonalize(stop_midway)
     interrupted.items = cloud.personalize.items
-    first = backfill(cloud, stop=stop, personalize=interrupted.client).run()
+    first_run = backfill(cloud, stop=stop, personalize=interrupted.client)
+    first = first_run.run()
     assert first.interrupted
     assert 0 < len(cloud.personalize.items) < 150
+    # Which segments had saved a page before the stop depends on how the three threads were scheduled.
+    saved = sum(first_run.checkpoints.load(i) is not None for i in range(3))
+    assert saved >= 1
 
     second = backfill(cloud).run()
-    assert second.resumed == 3
+    assert second.resumed == saved
     assert cloud.personalize.items == cloud.table_as_items()
     # Only the pages under way when it stopped are written again.
     again = sum(len(c) for c in interrupted.accepted) + sum(len(c) for c in cloud.personalize.accepted) - 150
