@@ -16,8 +16,6 @@ import shlex
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import pytest
 
 from localcloud import cli
 from localcloud.demo import ROOT
+from tests.e2e.waiting import wait_for
 
 
 def _bash(exports: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -49,14 +48,6 @@ def _exported(exports: str) -> dict[str, str]:
     return env
 
 
-def _wait_for(what: str, condition: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 @pytest.mark.e2e
 def test_up_exports_run_the_ops_tools(
     template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -77,13 +68,13 @@ def test_up_exports_run_the_ops_tools(
 
     def operator() -> None:
         try:
-            _wait_for("the state file", state_file.exists)
+            wait_for("the state file", state_file.exists)
 
             def finished() -> bool:
                 printed.append(capsys.readouterr().out)
                 return "Ctrl-C" in "".join(printed)
 
-            _wait_for("the end of up's output", finished)
+            wait_for("the end of up's output", finished)
             outcome["output"] = "".join(printed)
             outcome["state"] = json.loads(state_file.read_text())
             outcome["localcloud_status"] = cli.main(["status", "--json"]), capsys.readouterr().out

@@ -16,8 +16,7 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import pytest
 from boto3.dynamodb.types import TypeSerializer
 
 from localcloud.demo import ROOT, LocalCloud
+from tests.e2e.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -48,14 +48,6 @@ def ops(cloud: LocalCloud, *args: str, timeout: float = 120) -> subprocess.Compl
         timeout=timeout,
         check=False,
     )
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
 
 
 def on_failure_bucket(cloud: LocalCloud) -> str:

@@ -17,9 +17,9 @@ from botocore.exceptions import ClientError
 from connector.response import Outcome, Verdict, dlq_message
 from connector.source import parse_event
 from ops.feed import Feeder, Stopped, Systemic
-from ops.redrive import Redrive
 from tests.factories import cdc_payload, kinesis_record
 from tests.ops.conftest import Cloud
+from tests.ops.test_redrive import redrive
 
 
 class DeadLetterDown:
@@ -120,16 +120,7 @@ def test_a_record_without_a_sequence_number_does_not_abort_the_redrive(cloud: Cl
             {"reason": "unparseable", "eventSourceARN": garbage["eventSourceARN"], "record": garbage}
         ),
     )
-    job = Redrive(
-        cloud.settings(),
-        dynamodb=cloud.ddb,
-        sqs=DeadLetterDown(cloud.sqs),
-        personalize=cloud.personalize.client,
-        show_progress=False,
-        wait_s=0,
-        visibility_s=30,
-        stop=stop_after(1.5),
-    )
+    job = redrive(cloud, None, sqs=DeadLetterDown(cloud.sqs), stop=stop_after(1.5))
     assert job.feeder is not None
     job.feeder._backoff = (0.01, 0.02)
     job.run()
@@ -145,16 +136,7 @@ def test_a_systemic_failure_deletes_nothing_ends_the_run_and_the_messages_come_b
 
     cloud.personalize.rule = denied
     stop = stop_after(1.0)
-    job = Redrive(
-        cloud.settings(),
-        dynamodb=cloud.ddb,
-        sqs=cloud.sqs,
-        personalize=cloud.personalize.client,
-        show_progress=False,
-        wait_s=0,
-        visibility_s=1,
-        stop=stop,
-    )
+    job = redrive(cloud, None, visibility_s=1, stop=stop)
     assert job.feeder is not None
     job.feeder._backoff = (0.01, 0.05)
     # A denied PutItems does not go away by waiting: the run ends with a one-line error (exit 2 from the CLI)
@@ -166,15 +148,7 @@ def test_a_systemic_failure_deletes_nothing_ends_the_run_and_the_messages_come_b
     assert len(got.get("Messages", [])) == 5
 
     cloud.personalize.rule = lambda _: None  # the outage is over
-    report = Redrive(
-        cloud.settings(),
-        dynamodb=cloud.ddb,
-        sqs=cloud.sqs,
-        personalize=cloud.personalize.client,
-        show_progress=False,
-        wait_s=0,
-        visibility_s=60,
-    ).run()
+    report = redrive(cloud, None, visibility_s=60).run()
     assert (report.tally.put, report.deleted) == (5, 5) and cloud.dlq_depth() == 0
     assert cloud.personalize.items == {f"s{i}": {"title": f"t{i}"} for i in range(5)}
 
@@ -189,15 +163,7 @@ def test_a_stale_cdc_copy_in_the_dlq_cannot_regress_an_item_the_stream_updated_s
     )
     feeder.feed([cdc("s1", "new", seq="200", ts=1_764_000_000_500)])  # the stream wrote the newer version
     dead_letter(cloud, cdc("s1", "old", seq="100", ts=1_764_000_000_000))  # an older change, dead-lettered
-    report = Redrive(
-        cloud.settings(),
-        dynamodb=cloud.ddb,
-        sqs=cloud.sqs,
-        personalize=cloud.personalize.client,
-        show_progress=False,
-        wait_s=0,
-        visibility_s=30,
-    ).run()
+    report = redrive(cloud, None).run()
     assert report.deleted == 1 and report.tally.skipped == 1
     assert cloud.personalize.items["s1"] == {"title": "new"}
 
@@ -213,14 +179,6 @@ def test_a_message_from_a_deleted_table_does_not_block_the_redrive_of_the_others
     gone = dynamodb_record("INSERT", {"sku": "x"}, {"sku": "x", "title": "x"})
     gone["eventSourceARN"] = "arn:aws:dynamodb:us-east-1:123456789012:table/old-catalog/stream/2024-01-01T00:00:00.000"
     dead_letter(cloud, gone)
-    report = Redrive(
-        cloud.settings(),
-        dynamodb=cloud.ddb,
-        sqs=cloud.sqs,
-        personalize=cloud.personalize.client,
-        show_progress=False,
-        wait_s=0,
-        visibility_s=30,
-    ).run()
+    report = redrive(cloud, None).run()
     assert report.deleted == 3
     assert set(cloud.personalize.items) == {"s0", "s1", "s2"}

@@ -31,11 +31,12 @@ BROKEN = json.dumps({"schema": SCHEMA})
 FIXED = json.dumps({"schema": SCHEMA, "fields": {"PRICE": "listPrice"}})
 
 
-def redrive(cloud: Cloud, config: str = FIXED, **kwargs: Any) -> Redrive:
+def redrive(cloud: Cloud, config: str | None = FIXED, **kwargs: Any) -> Redrive:
+    """A redrive against the test cloud; ``config=None`` keeps the cloud's own mapping."""
     return Redrive(
-        cloud.settings(CONNECTOR_CONFIG=config),
+        cloud.settings(CONNECTOR_CONFIG=config) if config is not None else cloud.settings(),
         dynamodb=cloud.ddb,
-        sqs=cloud.sqs,
+        sqs=kwargs.pop("sqs", cloud.sqs),
         personalize=cloud.personalize.client,
         show_progress=False,
         wait_s=0,

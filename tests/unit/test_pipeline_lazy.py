@@ -47,17 +47,21 @@ def run(
     )
 
 
-def test_the_first_call_leaves_after_two_calls_worth_of_items_are_built_not_the_whole_batch(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    built: list[int] = []
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per ``item.build`` call from now on."""
+    calls: list[int] = []
     real_build = item.build
 
     def counting_build(*args: Any, **kwargs: Any) -> Any:
-        built.append(1)
+        calls.append(1)
         return real_build(*args, **kwargs)
 
     monkeypatch.setattr(item, "build", counting_build)
+    return calls
+
+
+def test_the_first_call_leaves_after_two_calls_worth_of_items_are_built_not_the_whole_batch(built: list[int]) -> None:
     at_first_call: list[int] = []
 
     def rule(_: list[dict[str, Any]]) -> None:
@@ -74,19 +78,11 @@ def test_the_first_call_leaves_after_two_calls_worth_of_items_are_built_not_the_
 
 
 def test_after_a_deadline_stop_nothing_more_is_built_and_the_redelivery_dead_letters_the_poison_behind_it(
-    monkeypatch: pytest.MonkeyPatch,
+    built: list[int],
 ) -> None:
     """Once the sink stops, the groups not built yet are not built (no deadline check reserved time for them):
     they are retried, and the redelivery validates them, so a poison record behind the stop still reaches the
     DLQ, one invocation later."""
-    built: list[int] = []
-    real_build = item.build
-
-    def counting_build(*args: Any, **kwargs: Any) -> Any:
-        built.append(1)
-        return real_build(*args, **kwargs)
-
-    monkeypatch.setattr(item, "build", counting_build)
     fake = FakePersonalize()
     records = [dynamodb_record("INSERT", {"sku": f"s{i}"}, {"sku": f"s{i}", "v": i}, seq=str(i)) for i in range(300)]
     records[290] = dynamodb_record("INSERT", {"sku": "bad"}, {"sku": "bad", "__": 1}, seq="290")
