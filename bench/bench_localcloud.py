@@ -33,6 +33,11 @@ change not visible when the run ends counts as "more than the run took"), and th
 1,000 checkpointed changes (the runner's ledger; a Lambda cost proxy, pacing sleeps included; for a time-boxed
 run, "≈": the invocations still in flight count as busy until the box ended, per change put).
 
+With ``--repeats N`` every concurrent-invocation cell runs N times (the repeats interleaved, so a slow spell of
+the machine does not land on one cell), and the tables, the chart and the verdicts show each cell's medians, with
+the range of items/s and the worst throttled share beside them: one run is noisy here (a single throttle costs a
+rate plateau of several seconds in a 30 s run).
+
 Run ``.venv/bin/python -m bench.bench_localcloud [--quick]``; it writes ``bench/results/localcloud.md``,
 ``localcloud.png`` and ``README-section.md``.
 """
@@ -46,13 +51,14 @@ import json
 import math
 import pickle
 import random
+import statistics
 import sys
 import threading
 import time
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -320,6 +326,9 @@ class RunResult:
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds from the first write, items)
     memory_mb: int = 1024
     state_requests: int = 0  # state-table requests of the shared budget (the handler's budget_requests)
+    runs: int = 1  # > 1: this row is the per-field median of that many repeats of one cell (see ``medians``)
+    items_per_s_range: tuple[float, float] = (math.nan, math.nan)  # the repeats' lowest and highest items/s
+    throttled_max: float = math.nan  # the repeats' highest throttled share
 
     @property
     def gb_s_per_million(self) -> float:
@@ -339,6 +348,58 @@ class RunResult:
     @property
     def label(self) -> str:
         return self.deployment.label
+
+
+# the fields a cell's repeats are summarized by (per-field medians; the derived figures follow from them)
+_MEDIAN_FIELDS = (
+    "seconds",
+    "visible",
+    "items_per_s",
+    "items_per_s_span",
+    "items_per_call",
+    "calls_over_min",
+    "throttled_share",
+    "throttled",
+    "calls",
+    "p50_s",
+    "p99_s",
+    "handler_s_per_1k",
+    "redeliveries",
+    "lambda_throttles",
+    "state_requests",
+)
+
+
+def _cell(r: RunResult) -> tuple[int, str, float, str]:
+    return (r.workload.shards, r.quota_model, r.foreign_share, r.deployment.pacing)
+
+
+def medians(runs: Sequence[RunResult]) -> list[RunResult]:
+    """One row per cell (shards, quota model, foreign writer, strategy), in first-run order. A cell run once is
+    itself; a cell run several times is its first run with every field of ``_MEDIAN_FIELDS`` replaced by its
+    median over the runs (the lower median, a value one of the runs had: use an odd number of repeats),
+    ``converged`` only if all runs converged, and the spread kept beside (``items_per_s_range``,
+    ``throttled_max``)."""
+    cells: dict[tuple[int, str, float, str], list[RunResult]] = {}
+    for r in runs:
+        cells.setdefault(_cell(r), []).append(r)
+    rows = []
+    for group in cells.values():
+        if len(group) == 1:
+            rows.append(group[0])
+            continue
+        rates = [r.items_per_s for r in group]
+        rows.append(
+            replace(
+                group[0],
+                **{f: statistics.median_low(getattr(r, f) for r in group) for f in _MEDIAN_FIELDS},
+                converged=all(r.converged for r in group),
+                runs=len(group),
+                items_per_s_range=(min(rates), max(rates)),
+                throttled_max=max(r.throttled_share for r in group),
+            )
+        )
+    return rows
 
 
 def _resource(resources: Mapping[str, ProvisionedResource], kind: str) -> ProvisionedResource:
@@ -720,9 +781,14 @@ def pacing_table(results: Sequence[RunResult]) -> str:
         ok = r.converged and (r.throttled_share < 0.05 if foreign else r.throttled_share < 0.03 and r.items_per_s >= 95)
         verdict = ("✅ < 5 % throttled" if foreign else "✅ within quota, ≥ 95 items/s") if ok else _why_not(r)
         model = r.quota_model + (f" + {r.foreign_share:.0%} foreign writer" if foreign else "")
+        rate, throttled = f"{r.items_per_s:.1f}", f"{r.throttled_share:.1%}"
+        if r.runs > 1:
+            low, high = r.items_per_s_range
+            rate += f" ({low:.1f}-{high:.1f})"
+            throttled += f" (≤ {r.throttled_max:.1%})"
         lines.append(
-            f"| {r.workload.shards} | {model} | {r.label} | {r.seconds:.0f} | {r.items_per_s:.1f} | "
-            f"{r.items_per_s_span:.1f} | {r.throttled_share:.1%} | "
+            f"| {r.workload.shards} | {model} | {r.label} | {r.seconds:.0f} | {rate} | "
+            f"{r.items_per_s_span:.1f} | {throttled} | "
             f"{r.lambda_throttles:,} | {_latency(r)} | {r.redeliveries:,} | {r.handler_s_per_1k:.0f} | "
             f"{r.gb_s_per_million:,.0f} | {r.state_per_call:.2f} | {r.cost_per_million:.2f} | {verdict} |"
         )
@@ -905,9 +971,14 @@ rate for everyone until it recovers.
 Reserved concurrency 1 (the earlier default) cannot be deployed on a new account, leaves shards waiting on rejected
 invokes, and fires the Throttles metric all day; independent pacers (each invocation alone) drift into phase.
 
-Reproduce with `.venv/bin/python -m bench.bench_localcloud` (`--quick` for a smoke run); figures are from one
-run on a 2-core machine, ratios matter more than absolute values.
+Reproduce with `.venv/bin/python -m bench.bench_localcloud` (`--quick` for a smoke run, `--repeats 3` for
+medians); {_runs_note(pacing)} on a 2-core machine, ratios matter more than absolute values.
 """
+
+
+def _runs_note(pacing: Sequence[RunResult]) -> str:
+    runs = max((r.runs for r in pacing), default=1)
+    return "figures are from one run" if runs == 1 else f"figures are medians of {runs} runs per cell"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -936,9 +1007,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, help="changes per shard-count workload (default 1,500)")
     parser.add_argument("--no-foreign", action="store_true", help="skip the runs with a foreign writer")
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per concurrent-invocation cell, interleaved; the tables show each cell's medians (use an odd N)",
+    )
+    parser.add_argument(
         "--log-level", help="the function's POWERTOOLS_LOG_LEVEL (DEBUG logs every PutItems slot the budget misses)"
     )
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.render_only:
         saved = pickle.loads(LAST_RUN.read_bytes())  # noqa: S301 - our own file, written by the previous run
         write_outputs(saved["results"], saved["pacing"], saved["header"])
@@ -1003,15 +1082,18 @@ def main(argv: list[str] | None = None) -> int:
             naive = run_once(bench, workload, NAIVE, time_box=box, log=log, batching_window_s=window)
             results.append(naive)
             _summary(naive, log)
-        for shards in shard_counts:
-            workload = make_workload("shards", n_shards, seed=args.seed, shards=shards)
-            for model in models:
-                for mode in strategies:
-                    pacing.append(one(workload, connector(mode, shards, memory), model))
-            if "shared" in strategies and not args.no_foreign:
-                pacing.append(one(workload, connector("shared", shards, memory), models[0], foreign=0.2))
-                if not args.quick and "strict-spacing" in models:
-                    pacing.append(one(workload, connector("shared", shards, memory), "strict-spacing", foreign=0.2))
+        for repeat in range(args.repeats):
+            if args.repeats > 1:
+                log(f"repeat {repeat + 1} of {args.repeats}")
+            for shards in shard_counts:
+                workload = make_workload("shards", n_shards, seed=args.seed, shards=shards)
+                for model in models:
+                    for mode in strategies:
+                        pacing.append(one(workload, connector(mode, shards, memory), model))
+                if "shared" in strategies and not args.no_foreign:
+                    pacing.append(one(workload, connector("shared", shards, memory), models[0], foreign=0.2))
+                    if not args.quick and "strict-spacing" in models:
+                        pacing.append(one(workload, connector("shared", shards, memory), "strict-spacing", foreign=0.2))
     finally:
         bench.close()
 
@@ -1020,7 +1102,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {sys.version.split()[0]}): emulator at {TPS:g} PutItems calls/s per dataset group, "
         f"{LATENCY_MS:g} ms + 0-{JITTER_MS:g} ms latency; the writer offers {OFFERED_PER_S:g} changes/s; "
         f"ESM batch size and window from cdk.json; the baseline is time-boxed to the connector's time on the same "
-        f"workload (“box”: it had not finished). Total {time.monotonic() - began:.0f} s."
+        f"workload (“box”: it had not finished)"
+        + (f"; concurrent-invocation cells: median of {args.repeats} runs each" if args.repeats > 1 else "")
+        + f". Total {time.monotonic() - began:.0f} s."
     )
     LAST_RUN.parent.mkdir(parents=True, exist_ok=True)
     LAST_RUN.write_bytes(pickle.dumps({"results": results, "pacing": pacing, "header": header}))
@@ -1029,7 +1113,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_outputs(results: Sequence[RunResult], pacing: Sequence[RunResult], header: str) -> None:
+def write_outputs(results: Sequence[RunResult], runs: Sequence[RunResult], header: str) -> None:
+    pacing = medians(runs)
     text = f"{header}\n\n{main_table(results)}\n\n{pacing_table(pacing)}\n\n{conclusion(pacing)}\n"
     print("\n" + text, flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)

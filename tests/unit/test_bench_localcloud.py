@@ -1,0 +1,80 @@
+"""The local-cloud benchmark's repeats: one row per cell, per-field medians, the spread kept beside."""
+
+from __future__ import annotations
+
+import math
+
+from bench.bench_localcloud import RunResult, conclusion, connector, make_workload, medians, pacing_table
+
+
+def run(shards: int, mode: str, items_per_s: float, throttled: float, *, foreign: float = 0.0) -> RunResult:
+    return RunResult(
+        workload=make_workload("shards", 40, shards=shards),
+        deployment=connector(mode, shards, 256),
+        seconds=30.0,
+        converged=True,
+        visible=40,
+        expected=40,
+        items_per_s=items_per_s,
+        items_per_s_span=items_per_s * 0.8,
+        items_per_call=10.0,
+        calls_over_min=1.0,
+        accepted_calls=4,
+        minimum_calls=4,
+        throttled_share=throttled,
+        throttled=round(throttled * 100),
+        calls=100,
+        p50_s=10.0,
+        p99_s=20.0,
+        handler_s_per_1k=12.0,
+        handler_estimated=False,
+        redeliveries=0,
+        function_errors=0,
+        dlq=0,
+        max_attempts_in_1s=10,
+        foreign_share=foreign,
+        memory_mb=256,
+    )
+
+
+def test_a_cell_run_once_is_its_own_row() -> None:
+    runs = [run(1, "shared", 90.0, 0.0), run(1, "serial", 93.0, 0.01)]
+    assert medians(runs) == runs
+
+
+def test_repeats_become_one_row_of_medians_with_their_spread() -> None:
+    runs = [
+        run(2, "shared", 80.0, 0.03),
+        run(2, "serial", 91.0, 0.0),
+        run(2, "shared", 92.0, 0.0),
+        run(2, "shared", 88.0, 0.01),
+        run(2, "shared", 85.0, 0.0, foreign=0.2),  # another cell: the foreign writer
+    ]
+    rows = medians(runs)
+    assert [(r.deployment.pacing, r.foreign_share, r.runs) for r in rows] == [
+        ("shared", 0.0, 3),
+        ("serial", 0.0, 1),
+        ("shared", 0.2, 1),
+    ]
+    shared = rows[0]
+    assert shared.items_per_s == 88.0  # not the first run's 80, not the mean
+    assert shared.throttled_share == 0.01 and shared.throttled == 1  # per-field medians
+    assert shared.items_per_s_range == (80.0, 92.0)
+    assert shared.throttled_max == 0.03
+    table = pacing_table(rows)
+    assert "| 88.0 (80.0-92.0) |" in table and "1.0% (≤ 3.0%)" in table
+    assert math.isnan(rows[1].throttled_max) and "(≤" not in table.splitlines()[3]
+
+
+def test_a_cell_converged_only_if_every_repeat_did() -> None:
+    slow = run(4, "shared", 70.0, 0.0)
+    slow.converged = False
+    rows = medians([run(4, "shared", 90.0, 0.0), slow, run(4, "shared", 91.0, 0.0)])
+    assert len(rows) == 1 and not rows[0].converged
+
+
+def test_the_verdicts_judge_each_cell_by_its_median_not_its_worst_run() -> None:
+    runs = [run(1, "shared", rate, throttled) for rate, throttled in ((96.0, 0.0), (80.0, 0.05), (95.5, 0.01))]
+    text = conclusion(medians(runs))
+    assert "throttled at most 1.0%, at least 95.5 items/s → meets both goals" in text
+    assert "at least 80.0" in conclusion(runs)  # the runs one by one: the worst run decides
