@@ -5,9 +5,9 @@
   on-failure destination: an S3 bucket or an SQS queue), print ``export`` lines for the AWS CLI, your own scripts
   and the operator tools (``python -m ops ...``: every variable of the provisioned function's environment that
   the runtime's ``load_settings`` reads, ``CONNECTOR_CONFIG`` and ``STATE_TABLE`` included, the endpoints and
-  credentials, and ``ON_FAILURE_BUCKET`` or ``ON_FAILURE_QUEUE_URL`` for the ``--bucket`` / ``--queue-url`` flags
-  of ``ops replay``), write the same into ``.localcloud/state.json``, and stay in the foreground until Ctrl-C (or
-  ``down``).
+  credentials, and ``ON_FAILURE_BUCKET`` or ``ON_FAILURE_QUEUE_URL``, which ``ops replay`` and ``ops status`` read
+  when their flags are not given), write the same into ``.localcloud/state.json``, and stay in the foreground
+  until Ctrl-C (or ``down``).
 * ``status``: read the state file and ask the running local cloud for its numbers (the on-failure destination's
   pending batches: objects in the bucket or messages in the queue).
 * ``down``: stop the ``up`` process (SIGTERM to the pid in the state file) and wait for it to exit.
@@ -260,9 +260,8 @@ _EXPORT_FIRST = (
 def export_variables(state: dict[str, Any]) -> dict[str, str]:
     """Every variable ``up`` exports: the operator tools' environment (``state["environment"]``), then the local
     cloud's own names for your scripts (``TABLE_NAME``, ``STREAM_NAME``) and the on-failure destination
-    (``ON_FAILURE_BUCKET`` for ``ops replay --bucket`` / ``ops status --on-failure-bucket``, or
-    ``ON_FAILURE_QUEUE_URL`` for ``--queue-url`` / ``--on-failure-queue-url``: the tools take it as a flag only).
-    A resource the stack does not have is left out, never exported as ``None``."""
+    (``ON_FAILURE_BUCKET`` or ``ON_FAILURE_QUEUE_URL``, which ``ops replay`` and ``ops status`` read when their flags
+    are not given). A resource the stack does not have is left out, never exported as ``None``."""
     environment: dict[str, str] = state["environment"]
     ordered = {k: environment[k] for k in _EXPORT_FIRST if k in environment}
     ordered.update(environment)
@@ -283,12 +282,9 @@ def exports(state: dict[str, Any]) -> str:
 
 def ops_examples(state: dict[str, Any]) -> list[str]:
     """Operator commands that run as they are in a shell with :func:`exports`."""
-    flags = {"s3": ('--on-failure-bucket "$ON_FAILURE_BUCKET"', '--bucket "$ON_FAILURE_BUCKET"')}
-    flags["sqs"] = ('--on-failure-queue-url "$ON_FAILURE_QUEUE_URL"', '--queue-url "$ON_FAILURE_QUEUE_URL"')
-    status_flag, replay_flag = flags.get(state["onFailure"].get("kind") or "", ("", ""))
-    lines = [f"python -m ops status {status_flag}".rstrip(), "python -m ops redrive --dry-run"]
-    if replay_flag and state.get("stateTable"):
-        lines.append(f"python -m ops replay {replay_flag} --dry-run")
+    lines = ["python -m ops status", "python -m ops redrive --dry-run"]
+    if state["onFailure"].get("kind") in ("s3", "sqs") and state.get("stateTable"):
+        lines.append("python -m ops replay --dry-run")  # the destination: ON_FAILURE_BUCKET / ON_FAILURE_QUEUE_URL
     if state.get("tableName"):
         lines.append('python -m ops backfill --table "$TABLE_NAME" --dry-run')
     return lines

@@ -30,8 +30,10 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,9 +57,11 @@ def register(sub: Any) -> None:
         help="replay batches that exhausted their retries (S3 on-failure destination or SQS coordinates)",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--bucket", help="the S3 on-failure destination bucket (the stack's output)")
-    src.add_argument("--queue-url", help="an SQS on-failure queue (coordinates only)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--bucket", help="the S3 on-failure destination bucket (the stack's output; default: $ON_FAILURE_BUCKET)"
+    )
+    src.add_argument("--queue-url", help="an SQS on-failure queue, coordinates only (default: $ON_FAILURE_QUEUE_URL)")
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"S3 key prefix to replay (default {DEFAULT_PREFIX})")
     p.add_argument(
         "--delete", action="store_true", help=f"delete replayed S3 objects instead of moving them to {REPLAYED_PREFIX}"
@@ -378,12 +382,30 @@ def summary(report: Report, *, dry_run: bool) -> RichTable:
     return summary_table("replay" + (" (dry run: nothing written, moved or deleted)" if dry_run else ""), rows)
 
 
+def on_failure_source(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """``(bucket, queue_url)``: a flag if given, else ``ON_FAILURE_BUCKET`` / ``ON_FAILURE_QUEUE_URL`` (what
+    ``python -m localcloud up`` exports); exactly one of them."""
+    if args.bucket or args.queue_url:
+        return args.bucket, args.queue_url
+    env = os.environ if env is None else env
+    bucket, queue_url = env.get("ON_FAILURE_BUCKET") or None, env.get("ON_FAILURE_QUEUE_URL") or None
+    if bucket and queue_url:
+        raise OpsError("both ON_FAILURE_BUCKET and ON_FAILURE_QUEUE_URL are set: pass --bucket or --queue-url")
+    if not (bucket or queue_url):
+        raise OpsError(
+            "no on-failure destination: pass --bucket (the stack's FailedBatchesBucketName output) or --queue-url, "
+            "or set ON_FAILURE_BUCKET / ON_FAILURE_QUEUE_URL"
+        )
+    return bucket, queue_url
+
+
 def run(args: argparse.Namespace) -> int:
+    bucket, queue_url = on_failure_source(args)
     settings = settings_from(args)
     job = Replay(
         settings,
-        bucket=args.bucket,
-        queue_url=args.queue_url,
+        bucket=bucket,
+        queue_url=queue_url,
         prefix=args.prefix,
         delete=args.delete,
         discard_expired=args.discard_expired,

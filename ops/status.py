@@ -20,7 +20,8 @@ What it shows, and where each number comes from (the same calls on AWS and on th
 Resource names: flags win; else the stack's outputs (``--stack-name``, CloudFormation ``DescribeStacks``:
 ``FunctionName``, ``PoisonRecordsQueueUrl``, ``FailedBatchesBucketName`` or ``FailedBatchesQueueUrl``,
 ``StateTableName``, ``DatasetArn``); else the function's environment variables (``DLQ_URL``, ``STATE_TABLE``,
-``DATASET_ARN``). Every section is read on its own: a denied call (say, no ``sqs:ReceiveMessage``) shows as that
+``DATASET_ARN``) and ``ON_FAILURE_BUCKET`` / ``ON_FAILURE_QUEUE_URL`` (what ``python -m localcloud up``
+exports). Every section is read on its own: a denied call (say, no ``sqs:ReceiveMessage``) shows as that
 section's one-line error naming the permission, and the rest still shows (exit status 1).
 
 **Peeking at the DLQ without taking messages away.** SQS has no peek: a received message is hidden for the
@@ -106,8 +107,13 @@ def register(sub: Any) -> None:
     p.add_argument("--stack-name", help="read the resource names from this CloudFormation stack's outputs")
     p.add_argument("--function-name", help="the connector function (stack output FunctionName)")
     p.add_argument("--dlq-url", help="the poison DLQ (PoisonRecordsQueueUrl; env DLQ_URL)")
-    p.add_argument("--on-failure-bucket", help="the S3 on-failure destination (FailedBatchesBucketName)")
-    p.add_argument("--on-failure-queue-url", help="an SQS on-failure destination (FailedBatchesQueueUrl)")
+    p.add_argument(
+        "--on-failure-bucket", help="the S3 on-failure destination (FailedBatchesBucketName; or $ON_FAILURE_BUCKET)"
+    )
+    p.add_argument(
+        "--on-failure-queue-url",
+        help="an SQS on-failure destination (FailedBatchesQueueUrl; or $ON_FAILURE_QUEUE_URL)",
+    )
     p.add_argument("--state-table", help="the state table (StateTableName; env STATE_TABLE)")
     p.add_argument("--dataset-arn", help="the Items dataset (DatasetArn; env DATASET_ARN)")
     p.add_argument("--service-name", help="the connector's POWERTOOLS_SERVICE_NAME (default stream-to-personalize)")
@@ -163,15 +169,16 @@ def resolve_resources(
     resources = Resources(
         function_name=pick("function_name", "FunctionName", "AWS_LAMBDA_FUNCTION_NAME"),
         dlq_url=pick("dlq_url", "PoisonRecordsQueueUrl", "DLQ_URL"),
-        on_failure_bucket=pick("on_failure_bucket", "FailedBatchesBucketName"),
-        on_failure_queue_url=pick("on_failure_queue_url", "FailedBatchesQueueUrl"),
+        on_failure_bucket=pick("on_failure_bucket", "FailedBatchesBucketName", "ON_FAILURE_BUCKET"),
+        on_failure_queue_url=pick("on_failure_queue_url", "FailedBatchesQueueUrl", "ON_FAILURE_QUEUE_URL"),
         state_table=pick("state_table", "StateTableName", "STATE_TABLE"),
         dataset_arn=pick("dataset_arn", "DatasetArn", "DATASET_ARN"),
         service_name=getattr(args, "service_name", None) or env.get("POWERTOOLS_SERVICE_NAME", "stream-to-personalize"),
         esm_uuids=list(getattr(args, "esm_uuid", None) or []),
         quota=float(getattr(args, "quota", None) or env.get("QUOTA_CALLS_PER_SECOND") or DEFAULT_QUOTA),
     )
-    if not any((resources.function_name, resources.dlq_url, resources.on_failure_bucket, resources.state_table)):
+    named = (resources.function_name, resources.dlq_url, resources.state_table)
+    if not any((*named, resources.on_failure_bucket, resources.on_failure_queue_url)):
         raise OpsError(
             "nothing to show: pass --stack-name (the deployed stack), or the resource flags "
             "(--function-name, --dlq-url, --on-failure-bucket, --state-table ...)"

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 
-from ops.replay import REPLAYED_PREFIX, Replay, _dynamodb_event_record, parse_invocation_record
+from ops.common import OpsError
+from ops.replay import (
+    REPLAYED_PREFIX,
+    Replay,
+    _dynamodb_event_record,
+    on_failure_source,
+    parse_invocation_record,
+)
 from tests.ops.conftest import TABLE, Cloud
 
 # The documented example (AWS Lambda Developer Guide, "Example Amazon S3 invocation record"), shared with the local
@@ -146,3 +155,28 @@ def test_the_documented_record_as_the_local_runner_writes_it_parses_to_its_batch
     assert info["streamArn"] == DOCUMENTED_S3_RECORD["DDBStreamBatchInfo"]["streamArn"]
     assert records is not None and len(records) == DOCUMENTED_S3_RECORD["DDBStreamBatchInfo"]["batchSize"]
     assert records[0]["dynamodb"]["SequenceNumber"] == info["startSequenceNumber"]
+
+
+def test_the_on_failure_destination_comes_from_a_flag_or_the_environment() -> None:
+    def args(bucket: str | None = None, queue_url: str | None = None) -> argparse.Namespace:
+        return argparse.Namespace(bucket=bucket, queue_url=queue_url)
+
+    exported = {"ON_FAILURE_BUCKET": "failed-batches"}
+    assert on_failure_source(args(), exported) == ("failed-batches", None)
+    assert on_failure_source(args(queue_url="https://q"), exported) == (None, "https://q")  # a flag wins
+    assert on_failure_source(args(), {"ON_FAILURE_QUEUE_URL": "https://q"}) == (None, "https://q")
+    with pytest.raises(OpsError, match="--bucket"):
+        on_failure_source(args(), {})
+    with pytest.raises(OpsError, match="both"):
+        on_failure_source(args(), {**exported, "ON_FAILURE_QUEUE_URL": "https://q"})
+
+
+def test_replay_without_a_destination_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from ops.cli import main
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("ON_FAILURE_BUCKET", raising=False)
+        mp.delenv("ON_FAILURE_QUEUE_URL", raising=False)
+        code = main(["replay", "--state-table", "state", "--dry-run"])
+    assert code == 2
+    assert "no on-failure destination" in capsys.readouterr().err

@@ -238,3 +238,13 @@ def test_mapping_uuids_found_in_the_on_failure_keys(cloud: dict[str, str]) -> No
     )
     report = status.collect(resources, boto3.client, errors=0)
     assert [(m["uuid"], m["onFailureDelivered"]) for m in report["mappings"]["mappings"]] == [(ESM_UUID, 7)]
+
+
+def test_the_on_failure_destination_from_the_environment_localcloud_up_exports() -> None:
+    env = {"ON_FAILURE_BUCKET": "failed-batches", "STATE_TABLE": "state"}
+    resources = status.resolve_resources(_args(), env=env)
+    assert (resources.on_failure_bucket, resources.on_failure_queue_url) == ("failed-batches", None)
+    flagged = status.resolve_resources(_args(on_failure_bucket="flag-wins"), env=env)
+    assert flagged.on_failure_bucket == "flag-wins"
+    queue = status.resolve_resources(_args(), env={"ON_FAILURE_QUEUE_URL": "https://q"})
+    assert (queue.on_failure_bucket, queue.on_failure_queue_url) == (None, "https://q")
