@@ -19,6 +19,7 @@ from ops.replay import (
     on_failure_source,
     parse_invocation_record,
 )
+from tests.factories import cdc_payload
 from tests.ops.conftest import TABLE, Cloud
 
 # The documented example (AWS Lambda Developer Guide, "Example Amazon S3 invocation record"), shared with the local
@@ -180,3 +181,39 @@ def test_replay_without_a_destination_is_a_one_line_error(capsys: pytest.Capture
         code = main(["replay", "--state-table", "state", "--dry-run"])
     assert code == 2
     assert "no on-failure destination" in capsys.readouterr().err
+
+
+def test_replay_from_sqs_coordinates_rereads_a_kinesis_shard_range(cloud: Cloud) -> None:
+    """CDC over Kinesis (Kinesis Data Streams for DynamoDB): the SQS destination's ``KinesisBatchInfo`` names the
+    range, replay reads it again with ``AT_SEQUENCE_NUMBER`` and feeds the original records, stopping at the end
+    of the range; a change newer than the range, later in the shard, is not fed."""
+    kinesis = boto3.client("kinesis", region_name="us-east-1")
+    kinesis.create_stream(StreamName="cdc", ShardCount=1)
+    arn = kinesis.describe_stream(StreamName="cdc")["StreamDescription"]["StreamARN"]
+    seqs, shard = [], ""
+    for i in range(8):
+        doc = cdc_payload(
+            "INSERT", {"sku": f"k{i:02d}"}, {"sku": f"k{i:02d}", "title": f"v1 {i}"}, ts=1_764_000_000_000 + i
+        )
+        put = kinesis.put_record(StreamName="cdc", Data=json.dumps(doc).encode(), PartitionKey=f"k{i:02d}")
+        seqs.append(put["SequenceNumber"])
+        shard = put["ShardId"]
+    queue = cloud.sqs.create_queue(QueueName="on-failure-kinesis")["QueueUrl"]
+    info = {
+        "shardId": shard,
+        "startSequenceNumber": seqs[2],
+        "endSequenceNumber": seqs[5],
+        "approximateArrivalOfFirstRecord": "2026-11-30T10:00:00.000Z",
+        "approximateArrivalOfLastRecord": "2026-11-30T10:00:01.000Z",
+        "batchSize": 4,
+        "streamArn": arn,
+    }
+    doc = copy.deepcopy(DOCUMENTED_S3_RECORD)
+    del doc["payload"], doc["DDBStreamBatchInfo"]
+    doc["KinesisBatchInfo"] = info
+    cloud.sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(doc))
+
+    report = replay(cloud, queue_url=queue, kinesis=kinesis).run()
+    assert (report.batches, report.replayed, report.records, report.tally.put) == (1, 1, 4, 4)
+    assert cloud.personalize.items == {f"k{i:02d}": {"title": f"v1 {i}"} for i in range(2, 6)}
+    assert cloud.sqs.receive_message(QueueUrl=queue).get("Messages") is None
