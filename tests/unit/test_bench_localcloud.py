@@ -7,7 +7,9 @@ import math
 from bench.bench_localcloud import RunResult, conclusion, connector, make_workload, medians, pacing_table
 
 
-def run(shards: int, mode: str, items_per_s: float, throttled: float, *, foreign: float = 0.0) -> RunResult:
+def run(
+    shards: int, mode: str, items_per_s: float, throttled: float, *, foreign: float = 0.0, offered: float = 150.0
+) -> RunResult:
     return RunResult(
         workload=make_workload("shards", 40, shards=shards),
         deployment=connector(mode, shards, 256),
@@ -34,6 +36,7 @@ def run(shards: int, mode: str, items_per_s: float, throttled: float, *, foreign
         max_attempts_in_1s=10,
         foreign_share=foreign,
         memory_mb=256,
+        offered_per_s=offered,
     )
 
 
@@ -78,3 +81,20 @@ def test_the_verdicts_judge_each_cell_by_its_median_not_its_worst_run() -> None:
     text = conclusion(medians(runs))
     assert "throttled at most 1.0%, at least 95.5 items/s → meets both goals" in text
     assert "at least 80.0" in conclusion(runs)  # the runs one by one: the worst run decides
+
+
+def test_below_the_quota_the_items_per_s_goal_does_not_apply_and_cost_is_reported_per_load() -> None:
+    light = [run(4, "shared", 48.0, 0.0, offered=50.0), run(4, "serial", 49.0, 0.0, offered=50.0)]
+    heavy = [run(4, "shared", 90.0, 0.0), run(4, "serial", 93.0, 0.0)]
+    light[0].handler_s_per_1k, heavy[0].handler_s_per_1k = 18.0, 48.0  # serial: 12 s per 1k changes
+    rows = medians([*heavy, *light])
+    assert len(rows) == 4  # the offered rate is part of a cell
+    table = pacing_table(rows)
+    assert "sliding-window, 50 changes/s offered" in table
+    assert "✅ < 3 % throttled (sub-quota load)" in table  # 48 items/s is the writer's pace, not a miss
+    assert "❌ < 95 items/s" in table  # the saturated shared run at 90 items/s still misses
+    text = conclusion(rows)
+    assert "at 50 changes/s offered, below the quota (4 shards): throttled at most 0.0% → meets" in text
+    assert "at least 90.0 items/s" in text and "at least 48.0" not in text
+    assert "(saturated;" in text and "4.00-4.00x" in text
+    assert "(50 changes/s offered, below the quota;" in text and "1.50-1.50x" in text
