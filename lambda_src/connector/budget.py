@@ -30,7 +30,13 @@ above the knee (below the ceiling), to a single slot: the queue is one block per
 probe's answer comes back, and when that answer is a throttle every slot still queued goes out over the limit (under
 a sliding window, evenly paced calls just over it lose one in nine), so the queue of unanswered slots stays one per
 holder (8 holders beside a foreign writer: about three throttles per congestion event become one, for one write per
-call while probing); a holder that misses slots or cannot keep up with them halves ``k``. A slot missed by more than
+call while probing); a holder that misses slots or cannot keep up with them halves ``k``. **Whole batches:** the
+pipeline tells its budget how many calls a batch will make (:meth:`expect`); a batch whose remaining calls fit in
+one block (a second of slots) reserves them in one block, never more, and a block never holds more than the calls
+still expected. Without it, the equal short blocks of overlapping invocations interleave to the end, so every one
+of them lasts as long as all of them together (each is billed for that), they end together, and their shards'
+next batches arrive together and overlap again, even far below the quota. Whole small batches finish one after
+the other, so their next batches arrive staggered and mostly find the timeline free. A slot missed by more than
 ``slack`` is skipped, never used late. A holder built with ``max_share`` < 1 (a backfill beside the stream) takes at
 most that share of the rate while others reserve too, and all of it alone (:meth:`share_pause`).
 
@@ -210,6 +216,7 @@ class SharedBudget:
         self._slots: deque[float] = deque()
         self._block_end = "0"  # the stored next_slot right after this holder's block
         self._k = 1
+        self._expected = 0  # calls this holder still expects to make in its batch (0: unknown)
         self._block_clean = True  # every slot of the block used, each within one interval of the last
         self._contended = False  # another holder's block sits between this holder's last two blocks
         self._last_slot = 0.0
@@ -300,6 +307,15 @@ class SharedBudget:
                     self.stats.cuts += 1
                 return
 
+    def expect(self, calls: int) -> None:
+        """The calls this holder's batch will make (the pipeline's count of fresh calls; fallbacks and retries come
+        on top): blocks never hold more than the calls still expected, and a batch that fits in one block (a
+        second of slots) reserves it whole. See "Whole batches" in the module docstring."""
+        with self._lock:
+            self._expected = max(0, calls)
+            if not self._slots and 0 < calls <= self._law.rate(self._clock()):
+                self._k = calls
+
     def release(self) -> None:
         """Optional, at the end of a batch: give back this holder's unused slots if its block is still the end
         of the timeline (one conditional write; if someone reserved after it, the slots are simply wasted)."""
@@ -308,6 +324,7 @@ class SharedBudget:
             unused = [s for s in self._slots if s >= now + self._lead]
             self.stats.wasted += len(self._slots) - len(unused)
             self._slots.clear()
+            self._expected = 0
             if not unused or self._table_down(now):
                 self.stats.wasted += len(unused)
                 return
@@ -389,6 +406,7 @@ class SharedBudget:
                     self._block_clean = False  # this holder is slower than the slots: larger blocks would be wasted
                 self._paused = 0.0
                 self._last_slot = slot
+                self._expected = max(0, self._expected - 1)
                 if not self._slots:
                     self._k = self._next_k(t0)
                 return slot
@@ -455,15 +473,19 @@ class SharedBudget:
 
     def _next_k(self, now: float) -> int:
         """The next block's size: halve it if this holder missed or could not keep up with a slot; while others
-        reserve too, a short block (fair shares, a short queue, quick reaction to cuts); alone, double it."""
+        reserve too, a short block (fair shares, a short queue, quick reaction to cuts), or the rest of the batch
+        if it fits in a second of slots; alone, double it; never more than the calls still expected."""
         if not self._block_clean:
             return max(1, self._k // 2)
+        expected = self._expected or math.inf
         if self._contended:
             rate = self._law.rate(now)
             if self._law.knee * 1.001 < rate < self.ceiling * 0.999:
                 return 1  # probing: one slot per holder, so few slots go out at a rate not yet answered
-            return min(self.block_max, max(1, math.ceil(rate * SHARED_BLOCK_S)))
-        return min(self.block_max, self._k * 2)
+            if self._expected and self._expected <= rate:
+                return self._expected  # the rest of the batch in one turn (whole batches)
+            return int(min(self.block_max, max(1, math.ceil(rate * SHARED_BLOCK_S)), expected))
+        return int(min(self.block_max, self._k * 2, expected))
 
     def _take_local(self, now: float, latest: float) -> float:
         slot = max(now, self._local_next)

@@ -270,6 +270,7 @@ def _send(
             )
         unrecorded.update(p.change.position for p in versioned if p.item_id in failed)
 
+    sink.expect(-(-len(groups) // MAX_ITEMS_PER_CALL))  # the fresh calls; fallbacks and retries come on top
     build(READY_AHEAD)
     while (ready or fallbacks) and report.stopped is None:
         if not ready:  # every group built and sent: the next round of fallbacks
