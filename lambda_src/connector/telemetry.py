@@ -7,10 +7,12 @@ are held at WARNING whatever the function's log level.
 
 Tracing is switched by Powertools' own ``POWERTOOLS_TRACE_DISABLED`` (the stack sets it from ``lambda.tracing``).
 A Powertools ``Tracer`` imports ``aws_xray_sdk.core`` even when it is disabled (3.37: ``Tracer()`` always builds the
-X-Ray provider, and importing ``aws_xray_sdk.core`` creates the X-Ray recorder with its sampling clients: about
-0.2 s of CPU at one core, over a second of billed init at 256 MB). So when tracing is off, by Powertools' own rule
+X-Ray provider; only its module loads the SDK lazily, so importing the ``Tracer`` class is free). Outside Lambda that
+import also builds the X-Ray sampling clients (about 0.2 s of CPU); inside Lambda it is about 15 ms, and an enabled
+Tracer's auto-patching about 40 ms more: 0.05-0.1 s of the 0.35-0.5 s the handler's import takes at one core
+(``python -m bench.bench_import``; docs/deploy.md). So when tracing is off, by Powertools' own rule
 (:func:`tracing_enabled`), ``tracer`` is a :class:`NoTracer` instead: the same decorators, doing nothing, and the
-X-Ray SDK is never imported. Importing the ``Tracer`` class itself is free (Powertools loads the SDK lazily).
+X-Ray SDK is never imported (neither in tests, the local cloud nor the operator tools, which run outside Lambda).
 """
 
 from __future__ import annotations
