@@ -1,6 +1,6 @@
 """Bulk load on AWS (opt-in, ``bulkLoad.enabled``): a DynamoDB export to S3 -> the Items CSV -> a dataset import job.
 
-A Step Functions state machine (standard workflow, logging ALL, X-Ray tracing):
+A Step Functions state machine (standard workflow, logging ALL, X-Ray tracing of the state machine):
 
 1. ``Defaults``: the execution input ``{"exportPrefix": "<prefix>/AWSDynamoDB/<export id>/", "importMode":
    "FULL" | "INCREMENTAL", "keys"?: [key attribute names]}`` merged over the stack's defaults (``keys``: the new
@@ -50,6 +50,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from infra.nag import acknowledge
+from infra.stream_to_personalize import tracing_env, tracing_mode
 
 __all__ = ["CONVERTER_HANDLER", "POLL_SECONDS", "BulkLoad"]
 
@@ -77,6 +78,7 @@ class BulkLoad(Construct):
         timeout: cdk.Duration | None = None,
         csv_expire_days: int = 7,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+        tracing: bool = False,
     ) -> None:
         """Build the bulk load for ``dataset_arn``, reading exports from ``export_bucket_name``.
 
@@ -84,6 +86,9 @@ class BulkLoad(Construct):
         :param environment: the converter's variables: at least ``DATASET_ARN`` and the mapping
             (``CONNECTOR_CONFIG`` or ``CONNECTOR_CONFIG_FILE``), as the connector has them.
         :param default_keys: the table's key attribute names, used when an execution's input has no ``keys``.
+        :param tracing: X-Ray active tracing of the converter, as the connector's (``StreamToPersonalize.tracing``):
+            off, it has no ``TracingConfig``, no X-Ray grant and ``POWERTOOLS_TRACE_DISABLED=true``. The state
+            machine's own tracing does not depend on it.
         """
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
@@ -137,8 +142,8 @@ class BulkLoad(Construct):
             log_group=self.converter_logs,
             memory_size=memory_mb,
             timeout=timeout,
-            tracing=lambda_.Tracing.ACTIVE,
-            environment=dict(environment),
+            tracing=tracing_mode(tracing),
+            environment={**environment, **tracing_env(tracing)},
         )
         self.converter_role.add_to_principal_policy(
             iam.PolicyStatement(
@@ -320,8 +325,8 @@ class BulkLoad(Construct):
         )
         export = f"arn:<AWS::Partition>:s3:::{self.export_bucket.bucket_name}/*"
         findings = {
-            "Resource::*": "X-Ray trace writes and CloudWatch Logs delivery (log-delivery and resource-policy calls) "
-            "have no resource-level permissions.",
+            "Resource::*": "X-Ray trace writes (the state machine's; the converter's when lambda.tracing is on) and "
+            "CloudWatch Logs delivery (log-delivery and resource-policy calls) have no resource-level permissions.",
             f"Resource::{export}": "The export's data files and manifest, named by DynamoDB under an export id that "
             "is only known at run time, in the one configured export bucket; read only.",
             f"Resource::<{staging}.Arn>/{STAGING_PREFIX}*": "The staged CSV of each execution (bulk/<execution>/...), "

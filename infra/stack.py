@@ -86,6 +86,7 @@ class StreamToPersonalizeStack(cdk.Stack):
             on_failure_removal_policy=(
                 cdk.RemovalPolicy.RETAIN if config.on_failure.removal_policy == "retain" else cdk.RemovalPolicy.DESTROY
             ),
+            tracing=lam.tracing,
         )
 
         self.dynamodb_source: DynamoDbSource | None = None
@@ -151,6 +152,7 @@ class StreamToPersonalizeStack(cdk.Stack):
                 timeout=cdk.Duration.seconds(bulk.converter_timeout_seconds),
                 csv_expire_days=bulk.csv_expire_days,
                 log_retention=_retention(lam.log_retention_days),
+                tracing=self.connector.tracing,
             )
             cdk.CfnOutput(self, "BulkLoadStateMachineArn", value=self.bulk_load.state_machine.state_machine_arn)
             cdk.CfnOutput(self, "BulkLoadStagingBucketName", value=self.bulk_load.staging_bucket.bucket_name)

@@ -12,7 +12,7 @@ Import it into any CDK app::
 It owns:
 
 * the function (python3.13, arm64, code from ``lambda_src/`` without Docker, Powertools from the public
-  layer pinned to requirements.txt, X-Ray tracing) and its log group;
+  layer pinned to requirements.txt, X-Ray active tracing only with ``tracing=True``) and its log group;
 * ``dlq``: the poison-record queue (``DLQ_URL``), JSON messages ``{reason, source, eventSourceARN,
   sequenceNumber, itemId, record}`` written by the connector;
 * the event source mappings' on-failure destination, written by Lambda: ``failure_bucket`` (default, S3: whole
@@ -63,6 +63,8 @@ __all__ = [
     "HANDLER",
     "METRICS_NAMESPACE",
     "StreamToPersonalize",
+    "tracing_env",
+    "tracing_mode",
 ]
 
 DEFAULT_CODE_PATH = REPO_ROOT / "lambda_src"
@@ -87,6 +89,19 @@ EMF_METRICS = (
     "BudgetWaitMs",
     "BudgetFallbacks",
 )
+
+
+def tracing_mode(tracing: bool) -> lambda_.Tracing:
+    """``ACTIVE`` (``TracingConfig`` ``Active``; CDK grants xray:PutTraceSegments/PutTelemetryRecords on ``*``) or
+    ``DISABLED`` (CDK emits no ``TracingConfig``, so Lambda's default PassThrough, and no X-Ray grant)."""
+    return lambda_.Tracing.ACTIVE if tracing else lambda_.Tracing.DISABLED
+
+
+def tracing_env(tracing: bool) -> dict[str, str]:
+    """Powertools' own switch for the runtime: with ``true``, ``connector.telemetry`` never imports the X-Ray SDK."""
+    return {"POWERTOOLS_TRACE_DISABLED": "false" if tracing else "true"}
+
+
 _ASSET_EXCLUDES = ["**/__pycache__", "__pycache__", "**/*.pyc", "**/.pytest_cache", "**/.mypy_cache"]
 
 
@@ -122,6 +137,7 @@ class StreamToPersonalize(Construct):
         on_failure: Literal["s3", "sqs"] = "s3",
         on_failure_expire_days: int = 30,
         on_failure_removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
+        tracing: bool = False,
     ) -> None:
         """Create the function, its queues and its role.
 
@@ -148,10 +164,16 @@ class StreamToPersonalize(Construct):
         :param queue_retention: retention of the queues; default 14 days (the SQS maximum).
         :param on_failure: the event source mappings' on-failure destination: ``s3`` (a bucket of whole invocation
             records, kept ``on_failure_expire_days`` days) or ``sqs`` (a queue of batch coordinates).
+        :param tracing: X-Ray active tracing (``TracingConfig`` ``Active``, CDK's X-Ray write grant on the role,
+            ``POWERTOOLS_TRACE_DISABLED=false``). Off (default): no ``TracingConfig`` (Lambda's PassThrough), no
+            X-Ray grant, ``POWERTOOLS_TRACE_DISABLED=true``, and the handler never imports the X-Ray SDK (a shorter
+            cold start).
         """
         super().__init__(scope, construct_id)
         self.dataset_arn = dataset_arn
         self.service_name = service_name
+        #: Whether the function traces with X-Ray (other functions of the same runtime follow it: the bulk converter).
+        self.tracing = tracing
         self.mapping: Mapping[str, Any] = dict(mapping or {})
         code_dir = Path(code_path)
         if not (code_dir / "connector").is_dir():
@@ -236,7 +258,7 @@ class StreamToPersonalize(Construct):
             memory_size=memory_mb,
             timeout=timeout,
             reserved_concurrent_executions=reserved_concurrency,
-            tracing=lambda_.Tracing.ACTIVE,
+            tracing=tracing_mode(tracing),
             environment={
                 "DATASET_ARN": dataset_arn,
                 "DLQ_URL": self.dlq.queue_url,
@@ -248,6 +270,7 @@ class StreamToPersonalize(Construct):
                 "POWERTOOLS_SERVICE_NAME": service_name,
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
                 "POWERTOOLS_LOG_LEVEL": log_level,
+                **tracing_env(tracing),
             },
         )
         self.event_sources: list[sources.DynamoEventSource | sources.KinesisEventSource] = []
@@ -263,8 +286,8 @@ class StreamToPersonalize(Construct):
         acknowledge(
             policy,
             "AwsSolutions-IAM5[Resource::*]",
-            "X-Ray PutTraceSegments/PutTelemetryRecords (active tracing) and dynamodb:ListStreams (stream "
-            "read) do not support resource-level permissions.",
+            "X-Ray PutTraceSegments/PutTelemetryRecords (active tracing, when on) and dynamodb:ListStreams "
+            "(stream read) do not support resource-level permissions.",
         )
         if self.failure_bucket is not None:
             stack = cdk.Stack.of(self)

@@ -50,7 +50,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "monitoring": {"alarmTopicArn": EXISTING_TOPIC_ARN, "dashboard": False, "notifyOnOk": True},
         "lambda": {"powertoolsLayerArn": POWERTOOLS_LAYER_ARN},
     },
-    # New composite-key table with its own filter, new on-demand stream, unreserved concurrency; the bulk load.
+    # New composite-key table with its own filter, new on-demand stream, unreserved concurrency; the bulk load;
+    # X-Ray tracing on (off by default).
     "new_on_demand": {
         "dynamodb": {
             "source": "new",
@@ -59,7 +60,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "filters": [{"dynamodb": {"NewImage": {"entityType": {"S": ["PRODUCT"]}}}}],
         },
         "kinesis": {"source": "new", "capacity": "onDemand"},
-        "lambda": {"reservedConcurrency": "none", "maxCallsPerSecond": 10},
+        "lambda": {"reservedConcurrency": "none", "maxCallsPerSecond": 10, "tracing": True},
         "bulkLoad": {"enabled": True, "exportBucketName": "catalog-exports"},
     },
 }

@@ -8,6 +8,7 @@ report then lists no recommended flag as unconfigured except the ones CDK v2 ret
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,13 @@ def test_no_recommended_flag_left_unconfigured(default_app: Synthesized) -> None
 MINIMIZE_POLICIES = "@aws-cdk/aws-iam:minimizePolicies"
 
 
-def test_minimize_policies_merges_the_role_statements(default_app: Synthesized) -> None:
+def test_minimize_policies_merges_the_role_statements(variant_app: Callable[[str], Synthesized]) -> None:
     """The flag this template depends on: one statement holds the wildcards of two grants (X-Ray tracing and the
-    stream read), and the poison queue's send stays one statement."""
+    stream read; tracing is on in the ``new_on_demand`` variant), and the poison queue's send stays one
+    statement."""
     assert _flags()[MINIMIZE_POLICIES] is True
-    (policy,) = [
-        p for k, p in default_app.template.find_resources("AWS::IAM::Policy").items() if k.startswith("ConnectorRole")
-    ]
+    app = variant_app("new_on_demand")
+    (policy,) = [p for k, p in app.template.find_resources("AWS::IAM::Policy").items() if k.startswith("ConnectorRole")]
     statements = policy["Properties"]["PolicyDocument"]["Statement"]
     sqs = [s for s in statements if "sqs:SendMessage" in s["Action"]]
     assert len(sqs) == 1

@@ -41,7 +41,7 @@ def test_function_runtime_contract(default_app: Synthesized) -> None:
             "Runtime": "python3.13",
             "Architectures": ["arm64"],
             "Handler": "connector.handler.handler",
-            "TracingConfig": {"Mode": "Active"},
+            "TracingConfig": Match.absent(),  # lambda.tracing is off by default (tests/infra/test_tracing.py)
             "Timeout": 300,
             "MemorySize": 256,
             "Layers": [Match.any_value()],
@@ -58,6 +58,7 @@ def test_function_runtime_contract(default_app: Synthesized) -> None:
                     "POWERTOOLS_SERVICE_NAME": "stream-to-personalize",
                     "POWERTOOLS_METRICS_NAMESPACE": "StreamToPersonalize",
                     "POWERTOOLS_LOG_LEVEL": "INFO",
+                    "POWERTOOLS_TRACE_DISABLED": "true",
                 }
             },
         },
