@@ -882,7 +882,12 @@ def chart(results: Sequence[RunResult], pacing: Sequence[RunResult], path: Path)
     ax.legend(fontsize=8)
 
     ax = axes[1][0]
-    labels = [f"{r.workload.shards} sh · {r.deployment.pacing} · {r.quota_model.split('-')[0]}" for r in pacing]
+    labels = [
+        f"{r.workload.shards} sh · {r.deployment.pacing} · {r.quota_model.split('-')[0]}"
+        + ("" if r.saturated else f" · {r.offered_per_s:g}/s")
+        + (" · foreign" if r.foreign_share else "")
+        for r in pacing
+    ]
     positions = list(range(len(pacing)))
     bars = ax.bar(positions, [r.items_per_s for r in pacing], color=[_pacing_color(r) for r in pacing])
     ax.bar_label(bars, fmt="%.0f", fontsize=8)
@@ -1032,6 +1037,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="rewrite the Markdown and the chart from the last run's saved results",
     )
+    parser.add_argument("--save", type=Path, help="also save this run's results to this file (for --combine)")
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        metavar="SAVED",
+        help="render one report from several runs saved with --save (their rows in the order given); run nothing",
+    )
     parser.add_argument("--shards", help="comma-separated shard counts (default 1,2,4,8; --quick: 2,4)")
     parser.add_argument("--models", help=f"comma-separated quota models (default all: {','.join(QUOTA_MODELS)})")
     parser.add_argument("--strategies", help="comma-separated: shared,serial,alone (default all three)")
@@ -1064,9 +1077,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be at least 1")
     if args.offered <= 0:
         parser.error("--offered must be positive")
-    if args.render_only:
-        saved = pickle.loads(LAST_RUN.read_bytes())  # noqa: S301 - our own file, written by the previous run
-        write_outputs(saved["results"], saved["pacing"], saved["header"])
+    if args.render_only or args.combine:
+        paths = args.combine or [LAST_RUN]
+        if missing := [str(path) for path in paths if not path.is_file()]:
+            parser.error(f"no saved run at {', '.join(missing)}")
+        runs = [pickle.loads(path.read_bytes()) for path in paths]  # noqa: S301 - our own files
+        header = runs[0]["header"] if len(runs) == 1 else "\n\n".join(f"- {run['header']}" for run in runs)
+        write_outputs([r for run in runs for r in run["results"]], [r for run in runs for r in run["pacing"]], header)
         return 0
     shard_counts: tuple[int, ...]
     if args.quick:  # a smoke run: small workloads, a 1 s batching window instead of the stack's
@@ -1156,7 +1173,11 @@ def main(argv: list[str] | None = None) -> int:
         + f". Total {time.monotonic() - began:.0f} s."
     )
     LAST_RUN.parent.mkdir(parents=True, exist_ok=True)
-    LAST_RUN.write_bytes(pickle.dumps({"results": results, "pacing": pacing, "header": header}))
+    saved = pickle.dumps({"results": results, "pacing": pacing, "header": header})
+    LAST_RUN.write_bytes(saved)
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_bytes(saved)
     write_outputs(results, pacing, header)
     log(f"wrote {RESULTS / 'localcloud.md'}, {RESULTS / 'localcloud.png'}, {RESULTS / 'README-section.md'}")
     return 0

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import math
+import pickle
+from pathlib import Path
 
+import pytest
+
+from bench import bench_localcloud
 from bench.bench_localcloud import RunResult, conclusion, connector, make_workload, medians, pacing_table
 
 
@@ -98,3 +103,21 @@ def test_below_the_quota_the_items_per_s_goal_does_not_apply_and_cost_is_reporte
     assert "at least 90.0 items/s" in text and "at least 48.0" not in text
     assert "(saturated;" in text and "4.00-4.00x" in text
     assert "(50 changes/s offered, below the quota;" in text and "1.50-1.50x" in text
+
+
+def test_combine_renders_one_report_from_runs_saved_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench_localcloud, "RESULTS", tmp_path / "results")
+    saved = []
+    for name, rows, header in (
+        ("heavy", [run(2, "shared", 90.0, 0.0), run(2, "serial", 93.0, 0.0)], "saturated run"),
+        ("light", [run(2, "shared", 48.0, 0.0, offered=50.0)], "sub-quota run"),
+    ):
+        path = tmp_path / f"{name}.pickle"
+        path.write_bytes(pickle.dumps({"results": [], "pacing": rows, "header": header}))
+        saved.append(str(path))
+    assert bench_localcloud.main(["--combine", *saved]) == 0
+    text = (tmp_path / "results" / "localcloud.md").read_text()
+    assert "- saturated run" in text and "- sub-quota run" in text
+    assert text.count("| 2 | sliding-window") == 3 and "50 changes/s offered" in text
+    with pytest.raises(SystemExit):
+        bench_localcloud.main(["--combine", str(tmp_path / "missing.pickle")])
