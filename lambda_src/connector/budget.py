@@ -32,11 +32,13 @@ a sliding window, evenly paced calls just over it lose one in nine), so the queu
 holder (8 holders beside a foreign writer: about three throttles per congestion event become one, for one write per
 call while probing); a holder that misses slots or cannot keep up with them halves ``k``. **Whole batches:** the
 pipeline tells its budget how many calls a batch will make (:meth:`expect`); a batch whose remaining calls fit in
-one block (a second of slots) reserves them in one block, never more, and a block never holds more than the calls
-still expected. Without it, the equal short blocks of overlapping invocations interleave to the end, so every one
-of them lasts as long as all of them together (each is billed for that), they end together, and their shards'
-next batches arrive together and overlap again, even far below the quota. Whole small batches finish one after
-the other, so their next batches arrive staggered and mostly find the timeline free. A slot missed by more than
+one block (a second of slots) reserves them in one block if the timeline ahead is shorter than ``WHOLE_QUEUE_S``
+(a condition of the reservation itself, so a long queue is never lengthened by a whole block: the wait of the
+holders behind stays bounded), and a block never holds more than the calls still expected. Without it, the
+equal short blocks of overlapping invocations interleave to the end, so every one of them lasts as long as all
+of them together (each is billed for that), they end together, and their shards' next batches arrive together
+and overlap again, even far below the quota. Whole small batches finish one after the other, so their next
+batches arrive staggered and mostly find the timeline free. A slot missed by more than
 ``slack`` is skipped, never used late. A holder built with ``max_share`` < 1 (a backfill beside the stream) takes at
 most that share of the rate while others reserve too, and all of it alone (:meth:`share_pause`).
 
@@ -101,6 +103,7 @@ SETTLE_S = (
 )
 TTL_S = 86_400
 SHARED_BLOCK_S = 0.25  # block length while other holders reserve too (equal blocks: equal shares, short queue)
+WHOLE_QUEUE_S = 1.0  # the rest of a batch goes in one block only behind a queue shorter than this (see expect)
 MAX_TRIES = 4  # conditional-update attempts per reservation before pacing this attempt locally
 
 # Item attributes, always through placeholders (several are DynamoDB reserved words).
@@ -217,6 +220,7 @@ class SharedBudget:
         self._block_end = "0"  # the stored next_slot right after this holder's block
         self._k = 1
         self._expected = 0  # calls this holder still expects to make in its batch (0: unknown)
+        self._whole = False  # the next block is the rest of the batch: reserve it only behind a short queue
         self._block_clean = True  # every slot of the block used, each within one interval of the last
         self._contended = False  # another holder's block sits between this holder's last two blocks
         self._last_slot = 0.0
@@ -313,8 +317,9 @@ class SharedBudget:
         second of slots) reserves it whole. See "Whole batches" in the module docstring."""
         with self._lock:
             self._expected = max(0, calls)
-            if not self._slots and 0 < calls <= self._law.rate(self._clock()):
-                self._k = calls
+            if calls > 0 and not self._slots:
+                self._whole = calls <= self._law.rate(self._clock())
+                self._k = calls if self._whole else min(self._k, calls)
 
     def release(self) -> None:
         """Optional, at the end of a batch: give back this holder's unused slots if its block is still the end
@@ -408,7 +413,7 @@ class SharedBudget:
                 self._last_slot = slot
                 self._expected = max(0, self._expected - 1)
                 if not self._slots:
-                    self._k = self._next_k(t0)
+                    self._k, self._whole = self._next_k(t0)
                 return slot
             if now > latest:
                 break
@@ -436,7 +441,7 @@ class SharedBudget:
                 update = "SET #next = #next + :dur, #exp = :exp"
                 condition = f"#next BETWEEN :start AND :latest AND {cut_ok}"
                 values[":dur"] = _n(duration)
-                values[":latest"] = _n(latest)
+                values[":latest"] = _n(min(latest, start + WHOLE_QUEUE_S) if self._whole else latest)
             else:
                 update = "SET #next = :end, #exp = :exp"
                 condition = f"(attribute_not_exists(#next) OR #next < :start) AND {cut_ok}"
@@ -449,6 +454,9 @@ class SharedBudget:
             except _Conflict as conflict:
                 self._learn(conflict.item)  # from now on the stored timeline decides, not the guess
                 guess_busy = False
+                if self._whole and self._next_slot > start + WHOLE_QUEUE_S:  # a long queue: an ordinary block
+                    self._whole = False
+                    self._k = min(self._k, self._shared_k(rate))
                 if self._next_slot > latest:
                     self.stats.timeouts += 1
                     raise BudgetTimeout(dataset_group=self.dataset_group, max_wait_s=self.max_wait_s) from None
@@ -471,21 +479,25 @@ class SharedBudget:
             return True
         return False  # persistent contention: pace this attempt locally
 
-    def _next_k(self, now: float) -> int:
-        """The next block's size: halve it if this holder missed or could not keep up with a slot; while others
-        reserve too, a short block (fair shares, a short queue, quick reaction to cuts), or the rest of the batch
-        if it fits in a second of slots; alone, double it; never more than the calls still expected."""
+    def _next_k(self, now: float) -> tuple[int, bool]:
+        """The next block's size, and whether it is the rest of the batch: halve it if this holder missed or could
+        not keep up with a slot; while others reserve too, a short block (fair shares, a short queue, quick
+        reaction to cuts), or the rest of the batch if it fits in a second of slots (behind a short queue only:
+        :meth:`_reserve`); alone, double it; never more than the calls still expected."""
         if not self._block_clean:
-            return max(1, self._k // 2)
+            return max(1, self._k // 2), False
         expected = self._expected or math.inf
         if self._contended:
             rate = self._law.rate(now)
             if self._law.knee * 1.001 < rate < self.ceiling * 0.999:
-                return 1  # probing: one slot per holder, so few slots go out at a rate not yet answered
-            if self._expected and self._expected <= rate:
-                return self._expected  # the rest of the batch in one turn (whole batches)
-            return int(min(self.block_max, max(1, math.ceil(rate * SHARED_BLOCK_S)), expected))
-        return int(min(self.block_max, self._k * 2, expected))
+                return 1, False  # probing: one slot per holder, so few slots go out at a rate not yet answered
+            if self._expected and self._shared_k(rate) < self._expected <= rate:
+                return self._expected, True  # the rest of the batch in one turn (whole batches)
+            return int(min(self._shared_k(rate), expected)), False
+        return int(min(self.block_max, self._k * 2, expected)), False
+
+    def _shared_k(self, rate: float) -> int:
+        return min(self.block_max, max(1, math.ceil(rate * SHARED_BLOCK_S)))
 
     def _take_local(self, now: float, latest: float) -> float:
         slot = max(now, self._local_next)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from connector import budget as budget_module
 from connector.budget import SharedBudget
 from tests.fakes import moto_state_table
 from tests.unit.test_budget import GROUP, LATENCY, TABLE, Clock, Meter
@@ -102,10 +103,28 @@ def test_overlapping_small_batches_run_whole_and_are_billed_far_less(ddb: Any) -
     # The same calls in about the same time: the quota is used as fully as before, never exceeded.
     span = max(b.done for b in whole[:4]) - min(b.start for b in whole[:4])
     assert span < 28 / 9.7 + 0.5
-    # A batch runs in one turn: its calls are consecutive slots, nobody else's in between.
+    # The first batch runs in one turn (its calls are consecutive slots, nobody else's in between); behind a queue
+    # of a second or more the others reserve ordinary short blocks.
     first_batches = sorted(whole[:4], key=lambda b: b.sends[0])
-    for earlier, later in itertools.pairwise(first_batches):
-        assert earlier.sends[-1] < later.sends[0]
+    assert all(first_batches[0].sends[-1] < b.sends[0] for b in first_batches[1:])
+
+
+@pytest.mark.parametrize("bound", [True, False])
+def test_whole_blocks_never_make_a_long_queue(ddb: Any, bound: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Eight 9-call batches at once: whole blocks back to back would queue 7 x 0.93 s ahead of the last one, past
+    # BUDGET_MAX_WAIT_S (5 s: a BudgetTimeout, the rest of its batch retried). Behind a queue of a second or more
+    # the others take ordinary short blocks, so the longest wait for a first slot is at most WHOLE_QUEUE_S, one whole
+    # block and the others' short blocks: 1 + 0.93 + 6 x 0.31 s (before whole batches: 7 x 0.31 s).
+    if not bound:
+        monkeypatch.setattr(budget_module, "WHOLE_QUEUE_S", 60.0)
+    clock = Clock()
+    batches = [Batch(SharedBudget(ddb, TABLE, GROUP, clock=clock, sleep=clock.sleep), 9, clock.now) for _ in range(8)]
+    run_batches(clock, batches, Meter(), hint=True)
+    first_wait = max(b.sends[0] - b.start for b in batches)
+    if bound:
+        assert first_wait < 3.8, first_wait
+    else:
+        assert first_wait > 5.0, first_wait  # what the bound prevents
 
 
 def test_a_block_never_holds_more_than_the_calls_still_expected(ddb: Any) -> None:
