@@ -90,7 +90,7 @@ PLATEAU_S = 10.0
 FAST = 2.0  # calls/s gained per second below the knee
 PROBE = 0.01  # calls/s² of the quadratic probe above the knee
 MIN_RATE = 0.2  # calls/s: never cut below
-LOSS_THRESH = 0.02  # at or below the knee, a level that throttles at most this share of its attempts stays
+LOSS_THRESH = 0.01  # at or below the knee, a level that throttles at most this share of its attempts stays
 RESTORE_THRESH = 0.1  # go back up only to a level that throttled less than this (more is congestion, not collisions)
 MIN_LOST = 2  # at or below the knee, act on a level's share once it has this many throttles (one says little)
 SAME_LEVEL = 0.015  # levels closer than this (relative) are one level
@@ -327,6 +327,7 @@ class SharedBudget:
                 return
             if sent >= self._law.settle:
                 self._unlost += 1
+            flushed = False
             for _ in range(MAX_TRIES):
                 if sent < self._law.settle:
                     return  # answered by the last cut
@@ -337,7 +338,10 @@ class SharedBudget:
                 restore = False
                 if not law.probing(current):  # at or below the knee: congestion, or collisions cutting won't cure?
                     if share <= LOSS_THRESH or memory.lost + self._unlost - memory.mark_lost < MIN_LOST:
-                        return  # a tolerable share (BBR's loss_thresh), or too little evidence yet: the level stays
+                        if flushed or not self._flush(now):
+                            return  # a tolerable share (BBR's loss_thresh), or too little evidence: the level stays
+                        flushed = True
+                        continue  # decide again with every holder's counts, this throttle's included
                     best_share = memory.best_share()
                     restore = memory.best > current * 1.001 and best_share < min(share, RESTORE_THRESH)
                 if restore:  # a faster level throttled less: cutting did not help here, go back to it
@@ -609,6 +613,23 @@ class SharedBudget:
                 float(item.get("settle", {}).get("N", 0)),
             )
 
+    def _flush(self, now: float) -> bool:
+        """Add this holder's counts to the item's and learn everyone's (one write, for a throttle that does not
+        cut: the next decision, by any holder, counts it). False if the table failed."""
+        try:
+            reply = self._update(
+                "SET #exp = :exp ADD #sent :sent, #lost :lost",
+                "",
+                {":exp": _n(int(now + TTL_S)), ":sent": _n(self._unsent), ":lost": _n(self._unlost)},
+                return_new=True,
+            )
+        except Exception as exc:  # any table failure: local pacing, never an error
+            self._fall_back(now, exc)
+            return False
+        self._unsent = self._unlost = 0
+        self._learn(reply.get("Attributes"))
+        return True
+
     def _update(
         self, update: str, condition: str, values: dict[str, Any], *, return_new: bool = False
     ) -> dict[str, Any]:
@@ -619,7 +640,7 @@ class SharedBudget:
                 TableName=self.table,
                 Key=self.key,
                 UpdateExpression=update,
-                ConditionExpression=condition,
+                **({"ConditionExpression": condition} if condition else {}),
                 ExpressionAttributeNames={n: a for n, a in _NAMES.items() if n in used},
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW" if return_new else "NONE",  # ALL_NEW: moto omits unchanged values
