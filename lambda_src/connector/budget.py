@@ -12,6 +12,9 @@ The item (``pk = "budget#<dataset group ARN>"``), all numbers, times in epoch se
 
 * ``next_slot``: the end of the shared timeline, the first slot nobody has reserved yet;
 * ``base``, ``knee``, ``cut_at``, ``settle``: the shared rate law (below);
+* ``sent``, ``lost``: attempts sent after a settle and how many were throttled (counters); ``mark_sent``,
+  ``mark_lost``: their values at the last change of the law; ``best``, ``best_sent``, ``best_lost``: the level
+  that throttled the smallest share (below);
 * ``expiresAt``: TTL, pushed a day ahead by every write.
 
 **Reserving.** A holder reserves a block of ``k`` consecutive slots ``1 / rate`` apart with one conditional
@@ -43,18 +46,50 @@ bucket (burst ≥ 1) alike. A larger slack than the minimum spacing allows (``1 
 deliberate: a wake-up a few milliseconds late (a busy CPU, a cold start beside) would otherwise waste the slot,
 and measured on the local cloud that cost about 15 % of the quota. What it gives up: two attempts can be closer
 than ``1 / quota``, so a service that demanded strict spacing would throttle some (network jitter alone does
-that at any rate above ``1 / (1 / quota + jitter)``); the AIMD below then lowers the rate.
+that at any rate above ``1 / (1 / quota + jitter)``); the AIMD below then lowers the rate if, and only as far
+as, that lowers the share throttled.
 
 **Learning the real limit.** The shared rate is a function of time, so recovering costs no writes:
 after a cut at ``cut_at`` it climbs fast (``FAST`` calls/s per second) from ``base`` to ``knee``, holds the knee
 for ``PLATEAU_S``, then probes upwards, slowly at first (quadratic, like CUBIC), up to the ceiling. On a
-throttle, a holder cuts it for everyone with one conditional ``UpdateItem``: ``base = BETA × r`` where ``r``
-is the rate the throttled attempt's block was reserved at, and ``knee = KNEE × r`` if the attempt came from
-the probe (the knee was right), ``DEEP × r`` if it came at or below the knee (the knee was too high). Attempts
+throttle (at or below the knee, only as the next paragraph allows), a holder cuts it for everyone with one
+conditional ``UpdateItem``: ``base = BETA × r`` where ``r`` is the rate the throttled attempt's block was
+reserved at, and ``knee = KNEE × r`` if the attempt came from the probe (the knee was right), ``DEEP × r`` if it
+came at or below the knee (the knee was too high). Attempts
 reserved before a cut still go out at the old rate and the service's window remembers them, so throttles of
 attempts sent before ``settle`` (the timeline's end at the cut + ``settle_s``) are the same congestion event
 and cut nothing. The rate thus settles just below what the service allows, a foreign writer's share
 included, and climbs back to the ceiling when the foreign writer stops.
+
+**Collisions are not congestion.** Under a counting window, cutting below the real limit ends the throttles.
+Under strict spacing beside a foreign writer it does the opposite: a foreign call admitted in our gap ``s = 1 /
+r`` throttles our next call if that comes less than ``1 / quota`` after it: with a foreign writer at ``f``
+calls/s, about ``f (1 / r − 1 / quota)`` of our calls for ``r`` ≥ ``quota / 2`` (at 2/s: 0.6 % at 9.7/s, 6 % at
+7.8/s, 20 % at 5/s and below). The share *rises* as we cut, every throttle cut again, and the rate spiralled
+down to about 1 call/s with 20 % throttled. So at or below the knee (throttles above it are the probe's
+overshoot and cut at once, as above) a throttle is judged by the share of the current *level* (the attempts
+sent since the last change's settle, all holders together, in the item's counters):
+
+* at most ``LOSS_THRESH`` (1 %), or a single throttle so far: the level stays, no cut (a tolerable loss, like
+  BBR's ``BBRLossThresh`` of 2 %, "the maximum tolerated per-round-trip packet loss rate when probing for
+  bandwidth", draft-cardwell-iccrg-bbr-congestion-control-02; one throttle measures nothing). This also spares
+  the plateau that an isolated jitter throttle at the knee used to cost;
+* more, and a faster level (``best``) throttled a smaller share that was below ``RESTORE_THRESH`` (10 %): go
+  back up to it (base = knee = that rate, then the plateau and the probe as after a cut) instead of cutting
+  deeper. The cut that led here did not help: collisions, not congestion. A level throttling more than 10 % is
+  congested whatever a lower one shows, so a sliding window's start-up transient cannot bounce the rate back
+  into it;
+* otherwise cut, as above.
+
+``best`` is the level with the smallest share seen, pooled over its visits (older visits count half), so one
+unlucky second does not move it; a level's rate is its knee (the rate it held), not the probe's peak. The
+counters cost no request of their own: each holder adds its attempts and throttles to its next reservation
+(``ADD``); a throttle that does not cut adds them at once (one write), so the next decision, by any holder,
+counts it: at most one extra write per throttle, none per call. What it gives up: under a window model
+a knee just above the real limit can now throttle up to 1 % of calls before it is cut; under strict spacing the
+rate stays near the ceiling and the foreign writer is the one squeezed (its calls fit only in gaps wider than
+``1 / quota``): uncoordinated writers under strict spacing cannot both be served, and going slower would not
+help either of them.
 
 **When the table fails** (missing, access denied, timeouts, any error): :meth:`wait` never raises for it. The
 holder paces itself locally at ``fallback_rate`` (default ceiling / 4) with the same AIMD, counts it in
