@@ -277,7 +277,18 @@ def run_once(
     accepted_all = sum(ok for r in recs for _, ok in r.attempts)
     requests = sum(p.stats.requests for p in pacers if isinstance(p, SharedBudget))
     if os.environ.get("BENCH_DEBUG") and strategy == "shared":
-        keys = ("attempts", "requests", "conflicts", "reservations", "wasted", "throttles", "cuts", "local", "timeouts")
+        keys = (
+            "attempts",
+            "requests",
+            "conflicts",
+            "reservations",
+            "wasted",
+            "throttles",
+            "cuts",
+            "restores",
+            "local",
+            "timeouts",
+        )
         print({k: sum(getattr(p.stats, k) for p in pacers) for k in keys}, file=sys.stderr)
     return Result(
         calls_s=sum(ok for _, ok in ours) / seconds,

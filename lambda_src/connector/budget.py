@@ -12,6 +12,9 @@ The item (``pk = "budget#<dataset group ARN>"``), all numbers, times in epoch se
 
 * ``next_slot``: the end of the shared timeline, the first slot nobody has reserved yet;
 * ``base``, ``knee``, ``cut_at``, ``settle``: the shared rate law (below);
+* ``sent``, ``lost``: attempts sent after a settle and how many were throttled (counters); ``mark_sent``,
+  ``mark_lost``: their values at the last change of the law; ``best``, ``best_sent``, ``best_lost``: the level
+  that throttled the smallest share (below);
 * ``expiresAt``: TTL, pushed a day ahead by every write.
 
 **Reserving.** A holder reserves a block of ``k`` consecutive slots ``1 / rate`` apart with one conditional
@@ -51,18 +54,50 @@ bucket (burst ≥ 1) alike. A larger slack than the minimum spacing allows (``1 
 deliberate: a wake-up a few milliseconds late (a busy CPU, a cold start beside) would otherwise waste the slot,
 and measured on the local cloud that cost about 15 % of the quota. What it gives up: two attempts can be closer
 than ``1 / quota``, so a service that demanded strict spacing would throttle some (network jitter alone does
-that at any rate above ``1 / (1 / quota + jitter)``); the AIMD below then lowers the rate.
+that at any rate above ``1 / (1 / quota + jitter)``); the AIMD below then lowers the rate if, and only as far
+as, that lowers the share throttled.
 
 **Learning the real limit.** The shared rate is a function of time, so recovering costs no writes:
 after a cut at ``cut_at`` it climbs fast (``FAST`` calls/s per second) from ``base`` to ``knee``, holds the knee
 for ``PLATEAU_S``, then probes upwards, slowly at first (quadratic, like CUBIC), up to the ceiling. On a
-throttle, a holder cuts it for everyone with one conditional ``UpdateItem``: ``base = BETA × r`` where ``r``
-is the rate the throttled attempt's block was reserved at, and ``knee = KNEE × r`` if the attempt came from
-the probe (the knee was right), ``DEEP × r`` if it came at or below the knee (the knee was too high). Attempts
+throttle (at or below the knee, only as the next paragraph allows), a holder cuts it for everyone with one
+conditional ``UpdateItem``: ``base = BETA × r`` where ``r`` is the rate the throttled attempt's block was
+reserved at, and ``knee = KNEE × r`` if the attempt came from the probe (the knee was right), ``DEEP × r`` if it
+came at or below the knee (the knee was too high). Attempts
 reserved before a cut still go out at the old rate and the service's window remembers them, so throttles of
 attempts sent before ``settle`` (the timeline's end at the cut + ``settle_s``) are the same congestion event
 and cut nothing. The rate thus settles just below what the service allows, a foreign writer's share
 included, and climbs back to the ceiling when the foreign writer stops.
+
+**Collisions are not congestion.** Under a counting window, cutting below the real limit ends the throttles.
+Under strict spacing beside a foreign writer it does the opposite: a foreign call admitted in our gap ``s = 1 /
+r`` throttles our next call if that comes less than ``1 / quota`` after it: with a foreign writer at ``f``
+calls/s, about ``f (1 / r − 1 / quota)`` of our calls for ``r`` ≥ ``quota / 2`` (at 2/s: 0.6 % at 9.7/s, 6 % at
+7.8/s, 20 % at 5/s and below). The share *rises* as we cut, every throttle cut again, and the rate spiralled
+down to about 1 call/s with 20 % throttled. So at or below the knee (throttles above it are the probe's
+overshoot and cut at once, as above) a throttle is judged by the share of the current *level* (the attempts
+sent since the last change's settle, all holders together, in the item's counters):
+
+* at most ``LOSS_THRESH`` (1 %), or a single throttle so far: the level stays, no cut (a tolerable loss, like
+  BBR's ``BBRLossThresh`` of 2 %, "the maximum tolerated per-round-trip packet loss rate when probing for
+  bandwidth", draft-cardwell-iccrg-bbr-congestion-control-02; one throttle measures nothing). This also spares
+  the plateau that an isolated jitter throttle at the knee used to cost;
+* more, and a faster level (``best``) throttled a smaller share that was below ``RESTORE_THRESH`` (10 %): go
+  back up to it (base = knee = that rate, then the plateau and the probe as after a cut) instead of cutting
+  deeper. The cut that led here did not help: collisions, not congestion. A level throttling more than 10 % is
+  congested whatever a lower one shows, so a sliding window's start-up transient cannot bounce the rate back
+  into it;
+* otherwise cut, as above.
+
+``best`` is the level with the smallest share seen, pooled over its visits (older visits count half), so one
+unlucky second does not move it; a level's rate is its knee (the rate it held), not the probe's peak. The
+counters cost no request of their own: each holder adds its attempts and throttles to its next reservation
+(``ADD``); a throttle that does not cut adds them at once (one write), so the next decision, by any holder,
+counts it: at most one extra write per throttle, none per call. What it gives up: under a window model
+a knee just above the real limit can now throttle up to 1 % of calls before it is cut; under strict spacing the
+rate stays near the ceiling and the foreign writer is the one squeezed (its calls fit only in gaps wider than
+``1 / quota``): uncoordinated writers under strict spacing cannot both be served, and going slower would not
+help either of them.
 
 **When the table fails** (missing, access denied, timeouts, any error): :meth:`wait` never raises for it. The
 holder paces itself locally at ``fallback_rate`` (default ceiling / 4) with the same AIMD, counts it in
@@ -98,6 +133,10 @@ PLATEAU_S = 10.0
 FAST = 2.0  # calls/s gained per second below the knee
 PROBE = 0.01  # calls/s² of the quadratic probe above the knee
 MIN_RATE = 0.2  # calls/s: never cut below
+LOSS_THRESH = 0.01  # at or below the knee, a level that throttles at most this share of its attempts stays
+RESTORE_THRESH = 0.1  # go back up only to a level that throttled less than this (more is congestion, not collisions)
+MIN_LOST = 2  # at or below the knee, act on a level's share once it has this many throttles (one says little)
+SAME_LEVEL = 0.015  # levels closer than this (relative) are one level
 SETTLE_S = (
     1.0  # the service's counting window (assumed ≤ 1 s): throttles until it has passed after the cut are old news
 )
@@ -114,6 +153,13 @@ _NAMES = {
     "#cut": "cut_at",
     "#settle": "settle",
     "#exp": "expiresAt",
+    "#sent": "sent",
+    "#lost": "lost",
+    "#msent": "mark_sent",
+    "#mlost": "mark_lost",
+    "#best": "best",
+    "#bsent": "best_sent",
+    "#blost": "best_lost",
 }
 
 
@@ -141,16 +187,57 @@ class RateLaw:
         probe = d - max(0.0, (self.knee - self.base) / FAST) - PLATEAU_S
         return min(self.ceiling, max(self.knee, self.base) + PROBE * max(0.0, probe) ** 2)
 
+    def probing(self, current: float) -> bool:
+        """Whether ``current`` is above the knee (or at the ceiling): a throttle there means the probe overshot."""
+        return current > self.knee * 1.001 or current >= self.ceiling * 0.999
+
     def cut(self, now: float, throttled_rate: float, settle: float) -> None:
         """Cut below ``throttled_rate``, the rate of the block whose attempt was throttled."""
         current = min(self.rate(now), throttled_rate)
         # Above the knee (or at the ceiling): the probe overshot and the knee was about right; at or below the
         # knee, the knee itself is too high: cut it as deep as the rate.
-        probing = current > self.knee * 1.001 or current >= self.ceiling * 0.999
+        probing = self.probing(current)
         self.base = max(MIN_RATE, BETA * current)
         self.knee = max(self.base, (KNEE if probing else DEEP) * current)
         self.cut_at = now
         self.settle = settle
+
+    def restore(self, now: float, rate: float, settle: float) -> None:
+        """Undo a cut: hold ``rate`` (the rate the cut was made from) for ``PLATEAU_S``, then probe as usual."""
+        self.base = self.knee = min(self.ceiling, rate)
+        self.cut_at = now
+        self.settle = settle
+
+
+@dataclass(slots=True)
+class _Memory:
+    """What the item remembers of the last rate change, to tell whether it lowered the throttled share."""
+
+    sent: int = 0  # the item's counters: attempts sent after a settle, and how many of them were throttled
+    lost: int = 0
+    mark_sent: int = 0  # the counters at the last change: the share since then is the current level's
+    mark_lost: int = 0
+    best: float = 0.0  # the rate of the level that throttled least (0: none yet)
+    best_sent: float = 0.0  # its attempts and throttles, pooled over its visits (older visits count half)
+    best_lost: float = 0.0
+
+    def share(self, unsent: int, unlost: int) -> float:
+        """The throttled share of the current level (attempts sent after its settle)."""
+        return (self.lost + unlost - self.mark_lost) / max(1, self.sent + unsent - self.mark_sent)
+
+    def best_share(self) -> float:
+        return self.best_lost / max(1.0, self.best_sent)
+
+    def left(self, rate: float, share: float, unsent: int, unlost: int) -> tuple[float, float, float]:
+        """The best level after leaving a level held at ``rate`` with ``share`` throttled: the same level again
+        pools its counts (halving the older ones), a level that throttled less replaces it."""
+        sent = max(1, self.sent + unsent - self.mark_sent)
+        lost = self.lost + unlost - self.mark_lost
+        if not self.best or abs(rate - self.best) <= SAME_LEVEL * self.best:
+            return rate, self.best_sent / 2 + sent, self.best_lost / 2 + lost
+        if share < self.best_share():
+            return rate, sent, lost
+        return self.best, self.best_sent, self.best_lost
 
 
 @dataclass(slots=True)
@@ -164,6 +251,7 @@ class BudgetStats:
     wasted: int = 0  # reserved slots never used
     throttles: int = 0  # throttled() calls
     cuts: int = 0  # shared (or local) rate cuts this holder made
+    restores: int = 0  # times this holder went back up to a level that had throttled less
     fallbacks: int = 0  # times the table failed and local pacing took over
     local: int = 0  # tokens granted by local pacing
     timeouts: int = 0  # BudgetTimeout raised
@@ -215,6 +303,8 @@ class SharedBudget:
         # What this holder knows of the shared item (refreshed by every reply).
         self._law = RateLaw(self.ceiling, self.ceiling, self.ceiling, 0.0)
         self._next_slot = 0.0
+        self._memory = _Memory()
+        self._unsent, self._unlost = 0, 0  # counted here since settle, not yet added to the item's counters
         # This holder's block.
         self._slots: deque[float] = deque()
         self._block_end = "0"  # the stored next_slot right after this holder's block
@@ -261,6 +351,8 @@ class SharedBudget:
         waited = max(0.0, now - t0)
         with self._lock:
             self.stats.attempts += 1
+            if slot == self._last_slot and slot >= self._law.settle:  # a shared slot, in the current level
+                self._unsent += 1
             self.stats.waited_s += waited
         return waited
 
@@ -279,14 +371,36 @@ class SharedBudget:
                     self._local_law.cut(now, self._local_law.rate(now), max(self._local_next, now) + self.settle_s)
                     self.stats.cuts += 1
                 return
+            if sent >= self._law.settle:
+                self._unlost += 1
+            flushed = False
             for _ in range(MAX_TRIES):
                 if sent < self._law.settle:
                     return  # answered by the last cut
                 law = RateLaw(self.ceiling, self._law.base, self._law.knee, self._law.cut_at)
-                law.cut(now, self._block_rate, max(self._next_slot, now) + self.settle_s)
-                try:  # optimistic: cut from the law and timeline this holder knows, which must be current
+                memory, settle = self._memory, max(self._next_slot, now) + self.settle_s
+                share = memory.share(self._unsent, self._unlost)  # the current level's, since the last change
+                current = min(law.rate(now), self._block_rate)
+                restore = False
+                if not law.probing(current):  # at or below the knee: congestion, or collisions cutting won't cure?
+                    if share <= LOSS_THRESH or memory.lost + self._unlost - memory.mark_lost < MIN_LOST:
+                        if flushed or not self._flush(now):
+                            return  # a tolerable share (BBR's loss_thresh), or too little evidence: the level stays
+                        flushed = True
+                        continue  # decide again with every holder's counts, this throttle's included
+                    best_share = memory.best_share()
+                    restore = memory.best > current * 1.001 and best_share < min(share, RESTORE_THRESH)
+                if restore:  # a faster level throttled less: cutting did not help here, go back to it
+                    law.restore(now, memory.best, settle)
+                else:
+                    law.cut(now, self._block_rate, settle)
+                best = memory.left(min(current, self._law.knee), share, self._unsent, self._unlost)
+                sent_total, lost_total = memory.sent + self._unsent, memory.lost + self._unlost
+                try:  # optimistic: cut from the law, timeline and counters this holder knows, which must be current
                     self._update(
-                        "SET #base = :base, #knee = :knee, #cut = :now, #settle = :settle, #exp = :exp",
+                        "SET #base = :base, #knee = :knee, #cut = :now, #settle = :settle, #exp = :exp,"
+                        " #msent = :msent, #mlost = :mlost, #best = :best, #bsent = :bsent, #blost = :blost"
+                        " ADD #sent :sent, #lost :lost",
                         "(attribute_not_exists(#cut) OR #cut = :known)"
                         " AND (attribute_not_exists(#next) OR #next <= :next)",
                         {
@@ -297,6 +411,13 @@ class SharedBudget:
                             ":known": _n(self._law.cut_at),
                             ":next": _n(self._next_slot),
                             ":exp": _n(int(now + TTL_S)),
+                            ":msent": _n(sent_total),
+                            ":mlost": _n(lost_total),
+                            ":best": _n(best[0]),
+                            ":bsent": {"N": f"{best[1]:.2f}"},
+                            ":blost": {"N": f"{best[2]:.2f}"},
+                            ":sent": _n(self._unsent),
+                            ":lost": _n(self._unlost),
                         },
                     )
                 except _Conflict as conflict:
@@ -308,7 +429,12 @@ class SharedBudget:
                     self.stats.cuts += 1
                 else:
                     self._law = law
-                    self.stats.cuts += 1
+                    self._memory = _Memory(sent_total, lost_total, sent_total, lost_total, *best)
+                    self._unsent = self._unlost = 0
+                    if restore:
+                        self.stats.restores += 1
+                    else:
+                        self.stats.cuts += 1
                 return
 
     def expect(self, calls: int) -> None:
@@ -446,10 +572,14 @@ class SharedBudget:
                 update = "SET #next = :end, #exp = :exp"
                 condition = f"(attribute_not_exists(#next) OR #next < :start) AND {cut_ok}"
                 values[":end"] = _n(start + duration)
+            # This holder's attempts and throttles since its last write ride along: no request of their own.
+            update += " ADD #sent :sent, #lost :lost"
+            values[":sent"], values[":lost"] = _n(self._unsent), _n(self._unlost)
             sent = self._clock()
             try:
                 reply = self._update(update, condition, values, return_new=True)
-                end = Decimal(reply["Attributes"]["next_slot"]["N"])  # atomic: the end of this holder's block
+                attributes = reply["Attributes"]
+                end = Decimal(attributes["next_slot"]["N"])  # atomic: the end of this holder's block
                 first = end - Decimal(values[":dur"]["N"]) if busy else Decimal(values[":start"]["N"])
             except _Conflict as conflict:
                 self._learn(conflict.item)  # from now on the stored timeline decides, not the guess
@@ -466,6 +596,9 @@ class SharedBudget:
                 self._fall_back(now, exc)
                 return False
             self._lead = 0.8 * self._lead + 0.2 * max(0.002, 2 * (self._clock() - sent))
+            self._memory.sent = int(attributes.get("sent", {}).get("N", 0))
+            self._memory.lost = int(attributes.get("lost", {}).get("N", 0))
+            self._unsent = self._unlost = 0
             self._slots.extend(float(first) + i / rate for i in range(k))
             self._contended = busy and first != Decimal(self._block_end)
             self._block_end = str(end)
@@ -525,6 +658,21 @@ class SharedBudget:
         if not item:
             return
         self._next_slot = float(item.get("next_slot", {}).get("N", 0))
+
+        def number(name: str) -> float:
+            return float(item.get(name, {}).get("N", 0))
+
+        if number("cut_at") != self._law.cut_at:  # a new level: what this holder counted belongs to the old one
+            self._unsent = self._unlost = 0
+        self._memory = _Memory(
+            int(number("sent")),
+            int(number("lost")),
+            int(number("mark_sent")),
+            int(number("mark_lost")),
+            number("best"),
+            number("best_sent"),
+            number("best_lost"),
+        )
         if "cut_at" in item:
             self._law = RateLaw(
                 self.ceiling,
@@ -533,6 +681,23 @@ class SharedBudget:
                 float(item["cut_at"]["N"]),
                 float(item.get("settle", {}).get("N", 0)),
             )
+
+    def _flush(self, now: float) -> bool:
+        """Add this holder's counts to the item's and learn everyone's (one write, for a throttle that does not
+        cut: the next decision, by any holder, counts it). False if the table failed."""
+        try:
+            reply = self._update(
+                "SET #exp = :exp ADD #sent :sent, #lost :lost",
+                "",
+                {":exp": _n(int(now + TTL_S)), ":sent": _n(self._unsent), ":lost": _n(self._unlost)},
+                return_new=True,
+            )
+        except Exception as exc:  # any table failure: local pacing, never an error
+            self._fall_back(now, exc)
+            return False
+        self._unsent = self._unlost = 0
+        self._learn(reply.get("Attributes"))
+        return True
 
     def _update(
         self, update: str, condition: str, values: dict[str, Any], *, return_new: bool = False
@@ -544,10 +709,10 @@ class SharedBudget:
                 TableName=self.table,
                 Key=self.key,
                 UpdateExpression=update,
-                ConditionExpression=condition,
+                **({"ConditionExpression": condition} if condition else {}),
                 ExpressionAttributeNames={n: a for n, a in _NAMES.items() if n in used},
                 ExpressionAttributeValues=values,
-                ReturnValues="UPDATED_NEW" if return_new else "NONE",
+                ReturnValues="ALL_NEW" if return_new else "NONE",  # ALL_NEW: moto omits unchanged values
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
