@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from typing import Any
 
+import boto3
 import pytest
+from botocore.awsrequest import AWSResponse
 
 from connector import handler
 from connector.config import ConfigError, load_settings
 from tests.factories import DATASET_ARN, FakeContext, dynamodb_record, event, kinesis_record
-from tests.fakes import FakePersonalize, FakeSQS, reject_ids
+from tests.fakes import FakePersonalize, FakeSQS, moto_state_table, reject_ids
 
 SECRET = "s3cr3t-customer-value"
 
@@ -82,3 +85,41 @@ def test_runtime_built_from_environment(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("PUT_ITEMS_RETRY_MODE", "adaptive")
     assert handler.runtime().sink._client.meta.config.retries["mode"] == "adaptive"
     handler.reset()
+
+
+class _Raw:
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield b"{}"
+
+
+def _accept_on_the_wire(**_: Any) -> AWSResponse:
+    """PutItems answered at ``before-send``, after the connector's pacer took its slot (FakePersonalize answers at
+    ``before-call``, before any pacing)."""
+    return AWSResponse("https://personalize-events", 200, {}, _Raw())
+
+
+def test_batch_done_carries_the_shared_budgets_counters_and_a_batch_reserves_no_slot_it_does_not_use(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With STATE_TABLE: the pipeline tells the budget the batch's calls (``expect``), so one block holds exactly
+    them (without the hint: blocks of 1, 2 and 4), and the ``Batch done`` line says what the budget did."""
+    personalize = boto3.client("personalize-events", region_name="us-east-1")
+    env = {
+        "DATASET_ARN": DATASET_ARN,
+        "DLQ_URL": "https://sqs/q",
+        "STATE_TABLE": "state",
+        "QUOTA_CALLS_PER_SECOND": "200",
+    }
+    with moto_state_table("state") as dynamodb:
+        rt = handler.build_runtime(load_settings(env), personalize=personalize, sqs=FakeSQS(), dynamodb=dynamodb)
+        personalize.meta.events.register_last("before-send.personalize-events.PutItems", _accept_on_the_wire)
+        handler.reset(rt)
+        caplog.set_level(logging.INFO)
+        records = [dynamodb_record("INSERT", {"sku": f"s{i}"}, {"sku": f"s{i}", "title": "t"}) for i in range(45)]
+        handler.handler(event(*records), FakeContext())
+        handler.reset()
+    fields = next(r for r in caplog.records if r.getMessage() == "Batch done").__dict__
+    assert fields["put_items_calls"] == 5 and fields["put_items_attempts"] == 5
+    assert {f"budget_{name}" for name in handler.BUDGET_LOGGED} <= set(fields)
+    assert fields["budget_cuts"] == 0 and fields["budget_restores"] == 0
+    assert fields["budget_reservations"] == 1 and fields["budget_wasted"] == 0  # one block of exactly 5 slots
