@@ -1057,6 +1057,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, help="changes per shard-count workload (default 1,500)")
     parser.add_argument("--no-foreign", action="store_true", help="skip the runs with a foreign writer")
     parser.add_argument(
+        "--foreign-only", action="store_true", help="only the shared budget's runs with a foreign writer"
+    )
+    parser.add_argument(
         "--offered",
         type=float,
         default=OFFERED_PER_S,
@@ -1077,6 +1080,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be at least 1")
     if args.offered <= 0:
         parser.error("--offered must be positive")
+    if args.foreign_only and (args.no_foreign or args.strategies not in (None, "shared")):
+        parser.error("--foreign-only runs the shared budget beside a foreign writer: drop --no-foreign / --strategies")
     if args.render_only or args.combine:
         paths = args.combine or [LAST_RUN]
         if missing := [str(path) for path in paths if not path.is_file()]:
@@ -1153,7 +1158,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"repeat {repeat + 1} of {args.repeats}")
             for shards in shard_counts:
                 workload = make_workload("shards", n_shards, seed=args.seed, shards=shards)
-                for model in models:
+                for model in () if args.foreign_only else models:
                     for mode in strategies:
                         pacing.append(one(workload, connector(mode, shards, memory), model))
                 if "shared" in strategies and not args.no_foreign:
