@@ -82,11 +82,12 @@ sent since the last change's settle, all holders together, in the item's counter
   BBR's ``BBRLossThresh`` of 2 %, "the maximum tolerated per-round-trip packet loss rate when probing for
   bandwidth", draft-cardwell-iccrg-bbr-congestion-control-02; one throttle measures nothing). This also spares
   the plateau that an isolated jitter throttle at the knee used to cost;
-* more, and a faster level (``best``) throttled a smaller share that was below ``RESTORE_THRESH`` (10 %): go
-  back up to it (base = knee = that rate, then the plateau and the probe as after a cut) instead of cutting
-  deeper. The cut that led here did not help: collisions, not congestion. A level throttling more than 10 % is
-  congested whatever a lower one shows, so a sliding window's start-up transient cannot bounce the rate back
-  into it;
+* more, but under ``RESTORE_THRESH`` (10 %), and a faster level (``best``) throttled a smaller share: go back up
+  to it (base = knee = that rate, then the plateau and the probe as after a cut) instead of cutting deeper. The
+  cut that led here did not help: collisions, not congestion. A level throttling more than 10 % is congested
+  whatever a faster one showed before, so it cuts: when the real limit drops (a foreign writer starts), the rate
+  is not sent back, again and again, to the level measured before the drop (that cost 14-20 % throttled for a
+  minute), and a sliding window's start-up transient cannot bounce it back into congestion either;
 * otherwise cut, as above.
 
 ``best`` is the level with the smallest share seen, pooled over its visits (older visits count half), so one
@@ -390,7 +391,7 @@ class SharedBudget:
                         flushed = True
                         continue  # decide again with every holder's counts, this throttle's included
                     best_share = memory.best_share()
-                    restore = memory.best > current * 1.001 and best_share < min(share, RESTORE_THRESH)
+                    restore = memory.best > current * 1.001 and best_share < share < RESTORE_THRESH
                 if restore:  # a faster level throttled less: cutting did not help here, go back to it
                     law.restore(now, memory.best, settle)
                 else:
