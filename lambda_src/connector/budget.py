@@ -27,23 +27,23 @@ times. Reservations queue FIFO on one timeline, so a hot shard cannot starve a c
 a time and waits only for the blocks reserved before its own; past ``max_wait_s``, :meth:`wait` raises
 :class:`BudgetTimeout` without reserving. Block size: alone on the timeline, ``k`` doubles up to ``block_max`` (8:
 one write per 8 calls); as soon as another holder's block sits between two of its own, it drops to a quarter second
-of slots (2 at 9.7/s), so concurrent holders get equal blocks (equal shares), the queue stays short (bounded waits,
+of slots (3 at 9.7/s), so concurrent holders get equal blocks (equal shares), the queue stays short (bounded waits,
 rate cuts felt quickly) and a backlogged holder still pays one write per two calls; while the shared rate probes
 above the knee (below the ceiling), to a single slot: the queue is one block per holder, all reserved before the
 probe's answer comes back, and when that answer is a throttle every slot still queued goes out over the limit (under
 a sliding window, evenly paced calls just over it lose one in nine), so the queue of unanswered slots stays one per
 holder (8 holders beside a foreign writer: about three throttles per congestion event become one, for one write per
 call while probing); a holder that misses slots or cannot keep up with them halves ``k``. **Whole batches:** the
-pipeline tells its budget how many calls a batch will make (:meth:`expect`); a batch whose remaining calls fit in
-one block (a second of slots) reserves them in one block if the timeline ahead is shorter than ``WHOLE_QUEUE_S``
-(a condition of the reservation itself, so a long queue is never lengthened by a whole block: the wait of the
-holders behind stays bounded), and a block never holds more than the calls still expected. Without it, the
-equal short blocks of overlapping invocations interleave to the end, so every one of them lasts as long as all
-of them together (each is billed for that), they end together, and their shards' next batches arrive together
-and overlap again, even far below the quota. Whole small batches finish one after the other, so their next
-batches arrive staggered and mostly find the timeline free. A slot missed by more than
-``slack`` is skipped, never used late. A holder built with ``max_share`` < 1 (a backfill beside the stream) takes at
-most that share of the rate while others reserve too, and all of it alone (:meth:`share_pause`).
+pipeline tells its budget how many calls a batch will make (:meth:`expect`: exactly once every item is built, at
+most until then); a batch whose exact remaining calls fit in one block (a second of slots) reserves them in one
+block if the timeline ahead is shorter than ``WHOLE_QUEUE_S`` (a condition of the reservation itself, so a long
+queue is never lengthened by a whole block: the wait of the holders behind stays bounded), and a block never holds
+more than the calls still expected. Without it, the equal short blocks of overlapping invocations interleave to the
+end, so every one of them lasts as long as all of them together (each is billed for that), they end together, and
+their shards' next batches arrive together and overlap again, even far below the quota. Whole small batches finish
+one after the other, so their next batches arrive staggered and mostly find the timeline free. A slot missed by more
+than ``slack`` is skipped, never used late. A holder built with ``max_share`` < 1 (a backfill beside the stream)
+takes at most that share of the rate while others reserve too, and all of it alone (:meth:`share_pause`).
 
 **Never over the quota.** Every rate is capped at ``quota × headroom`` (default 9.7 calls/s for a quota of 10)
 and an attempt leaves in ``[slot, slot + slack]``. Slots are ``1 / ceiling`` apart on one timeline, so any
@@ -82,11 +82,12 @@ sent since the last change's settle, all holders together, in the item's counter
   BBR's ``BBRLossThresh`` of 2 %, "the maximum tolerated per-round-trip packet loss rate when probing for
   bandwidth", draft-cardwell-iccrg-bbr-congestion-control-02; one throttle measures nothing). This also spares
   the plateau that an isolated jitter throttle at the knee used to cost;
-* more, and a faster level (``best``) throttled a smaller share that was below ``RESTORE_THRESH`` (10 %): go
-  back up to it (base = knee = that rate, then the plateau and the probe as after a cut) instead of cutting
-  deeper. The cut that led here did not help: collisions, not congestion. A level throttling more than 10 % is
-  congested whatever a lower one shows, so a sliding window's start-up transient cannot bounce the rate back
-  into it;
+* more, but under ``RESTORE_THRESH`` (10 %), and a faster level (``best``) throttled a smaller share: go back up
+  to it (base = knee = that rate, then the plateau and the probe as after a cut) instead of cutting deeper. The
+  cut that led here did not help: collisions, not congestion. A level throttling more than 10 % is congested
+  whatever a faster one showed before, so it cuts: when the real limit drops (a foreign writer starts), the rate
+  is not sent back, again and again, to the level measured before the drop (that cost 14-20 % throttled for a
+  minute), and a sliding window's start-up transient cannot bounce it back into congestion either;
 * otherwise cut, as above.
 
 ``best`` is the level with the smallest share seen, pooled over its visits (older visits count half), so one
@@ -311,6 +312,7 @@ class SharedBudget:
         self._k = 1
         self._expected = 0  # calls this holder still expects to make in its batch (0: unknown)
         self._whole = False  # the next block is the rest of the batch: reserve it only behind a short queue
+        self._exact = False  # _expected is the exact count (every item built), not only an upper bound
         self._block_clean = True  # every slot of the block used, each within one interval of the last
         self._contended = False  # another holder's block sits between this holder's last two blocks
         self._last_slot = 0.0
@@ -389,7 +391,7 @@ class SharedBudget:
                         flushed = True
                         continue  # decide again with every holder's counts, this throttle's included
                     best_share = memory.best_share()
-                    restore = memory.best > current * 1.001 and best_share < min(share, RESTORE_THRESH)
+                    restore = memory.best > current * 1.001 and best_share < share < RESTORE_THRESH
                 if restore:  # a faster level throttled less: cutting did not help here, go back to it
                     law.restore(now, memory.best, settle)
                 else:
@@ -437,14 +439,15 @@ class SharedBudget:
                         self.stats.cuts += 1
                 return
 
-    def expect(self, calls: int) -> None:
-        """The calls this holder's batch will make (the pipeline's count of fresh calls; fallbacks and retries come
-        on top): blocks never hold more than the calls still expected, and a batch that fits in one block (a
-        second of slots) reserves it whole. See "Whole batches" in the module docstring."""
+    def expect(self, calls: int, *, exact: bool = True) -> None:
+        """The calls this holder's batch will still make (the pipeline's count of fresh calls; fallbacks and
+        retries come on top): ``exact``, or at most that many (the items are not all built yet). Blocks never hold
+        more than the calls still expected, and an exact rest that fits in one block (a second of slots) is
+        reserved whole. See "Whole batches" in the module docstring."""
         with self._lock:
-            self._expected = max(0, calls)
+            self._expected, self._exact = max(0, calls), exact
             if calls > 0 and not self._slots:
-                self._whole = calls <= self._law.rate(self._clock())
+                self._whole = exact and calls <= self._law.rate(self._clock())
                 self._k = calls if self._whole else min(self._k, calls)
 
     def release(self) -> None:
@@ -455,7 +458,7 @@ class SharedBudget:
             unused = [s for s in self._slots if s >= now + self._lead]
             self.stats.wasted += len(self._slots) - len(unused)
             self._slots.clear()
-            self._expected = 0
+            self._expected, self._whole, self._exact = 0, False, False
             if not unused or self._table_down(now):
                 self.stats.wasted += len(unused)
                 return
@@ -584,9 +587,8 @@ class SharedBudget:
             except _Conflict as conflict:
                 self._learn(conflict.item)  # from now on the stored timeline decides, not the guess
                 guess_busy = False
-                if self._whole and self._next_slot > start + WHOLE_QUEUE_S:  # a long queue: an ordinary block
-                    self._whole = False
-                    self._k = min(self._k, self._shared_k(rate))
+                if self._whole and self._next_slot > start + WHOLE_QUEUE_S:  # a long queue: one slot, decide again
+                    self._whole, self._k = False, 1
                 if self._next_slot > latest:
                     self.stats.timeouts += 1
                     raise BudgetTimeout(dataset_group=self.dataset_group, max_wait_s=self.max_wait_s) from None
@@ -624,7 +626,7 @@ class SharedBudget:
             rate = self._law.rate(now)
             if self._law.knee * 1.001 < rate < self.ceiling * 0.999:
                 return 1, False  # probing: one slot per holder, so few slots go out at a rate not yet answered
-            if self._expected and self._shared_k(rate) < self._expected <= rate:
+            if self._exact and self._shared_k(rate) < self._expected <= rate:
                 return self._expected, True  # the rest of the batch in one turn (whole batches)
             return int(min(self._shared_k(rate), expected)), False
         return int(min(self.block_max, self._k * 2, expected)), False
@@ -684,14 +686,25 @@ class SharedBudget:
 
     def _flush(self, now: float) -> bool:
         """Add this holder's counts to the item's and learn everyone's (one write, for a throttle that does not
-        cut: the next decision, by any holder, counts it). False if the table failed."""
+        cut: the next decision, by any holder, counts it), only if the law is still the one they were counted under:
+        after someone else's change they belong to the old level, and are dropped (``_learn``). False if the table
+        failed."""
         try:
             reply = self._update(
                 "SET #exp = :exp ADD #sent :sent, #lost :lost",
-                "",
-                {":exp": _n(int(now + TTL_S)), ":sent": _n(self._unsent), ":lost": _n(self._unlost)},
+                "attribute_not_exists(#cut) OR #cut = :known",
+                {
+                    ":exp": _n(int(now + TTL_S)),
+                    ":sent": _n(self._unsent),
+                    ":lost": _n(self._unlost),
+                    ":known": _n(self._law.cut_at),
+                },
                 return_new=True,
             )
+        except _Conflict as conflict:  # the law changed meanwhile: learn it; these counts were the old level's
+            self._learn(conflict.item)
+            self._unsent = self._unlost = 0
+            return True
         except Exception as exc:  # any table failure: local pacing, never an error
             self._fall_back(now, exc)
             return False
@@ -709,7 +722,7 @@ class SharedBudget:
                 TableName=self.table,
                 Key=self.key,
                 UpdateExpression=update,
-                **({"ConditionExpression": condition} if condition else {}),
+                ConditionExpression=condition,
                 ExpressionAttributeNames={n: a for n, a in _NAMES.items() if n in used},
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW" if return_new else "NONE",  # ALL_NEW: moto omits unchanged values

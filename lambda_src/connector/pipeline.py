@@ -48,6 +48,7 @@ from connector.versions import Stored, VersionGuard, VersionStoreError
 LOG_FIELD_MAX = 300
 READY_AHEAD = 2 * MAX_ITEMS_PER_CALL  # items built before each call: the call's and the next one's
 GUARD_READ = 100  # groups whose stored versions one BatchGetItem reads (its maximum)
+WHOLE_BUILD = GUARD_READ  # a batch of at most this many groups is built whole before its first call (below)
 
 
 @dataclass(slots=True)
@@ -231,7 +232,13 @@ def _send(
     their own (a fallback rejected inside a full call of good items would cost a bisection; and fallbacks do not
     count towards a systemic rejection, so a call carrying one could dead-letter good items at its onset).
     Once the sink has stopped (deadline, outage, systemic rejection), the groups not built yet are not built
-    (no deadline check reserved time for them): their records are retried, and validated when redelivered."""
+    (no deadline check reserved time for them): their records are retried, and validated when redelivered.
+
+    The sink's pacer is told the calls to come (``sink.expect``): an upper bound at first (groups can still turn
+    out stale or unbuildable), the exact count once every group is built. A batch of at most ``WHOLE_BUILD`` groups
+    (one version read) is built whole before its first call, a few milliseconds: its count is exact at once, so
+    the shared budget can reserve it as one block (whole batches), and a block is never reserved for calls that
+    will not be made."""
     plans: list[_Plan] = []
     by_item: dict[str, _Plan] = {}
     ready: deque[PendingItem] = deque()  # newest candidates, built and not sent yet
@@ -270,8 +277,12 @@ def _send(
             )
         unrecorded.update(p.change.position for p in versioned if p.item_id in failed)
 
-    sink.expect(-(-len(groups) // MAX_ITEMS_PER_CALL))  # the fresh calls; fallbacks and retries come on top
-    build(READY_AHEAD)
+    def announce() -> None:  # the fresh calls still to make; fallbacks and retries come on top
+        built = len(plans) == len(groups)
+        sink.expect(-(-(len(ready) if built else len(groups)) // MAX_ITEMS_PER_CALL), exact=built)
+
+    build(len(groups) if len(groups) <= WHOLE_BUILD else READY_AHEAD)
+    announce()
     while (ready or fallbacks) and report.stopped is None:
         if not ready:  # every group built and sent: the next round of fallbacks
             ready, fallbacks = deque(fallbacks), []
@@ -294,7 +305,10 @@ def _send(
             if rest:
                 fallbacks.append(rest[0])
         if report.stopped is None:
+            exact = len(plans) == len(groups)
             build(READY_AHEAD)
+            if not exact and len(plans) == len(groups):
+                announce()
     for group in groups[len(plans) :]:  # never built: sending stopped before them
         plan = _Plan(group, [])
         plan.verdicts = {c.position: Verdict(c.record, Outcome.RETRY, None, group.item_id) for c in group.changes}

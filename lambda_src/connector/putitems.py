@@ -221,18 +221,19 @@ class PutItemsSink:
         self._dataset_arn = dataset_arn
         self._worst_call_ms = worst_call_ms
         self._counters = instrument(client, pacer)
-        self._expect: Callable[[int], None] | None = getattr(pacer, "expect", None)
+        self._expect: Callable[..., None] | None = getattr(pacer, "expect", None)
         # Distinct items rejected on their own since the last accepted call, across the container's invocations
         # (an item redelivered, or its older changes sent as fallbacks, count once): the evidence for a
         # systemic rejection.
         self._rejected: set[str] = set()
         self._on_accepted: Callable[[list[PendingItem]], None] | None = None
 
-    def expect(self, calls: int) -> None:
-        """Tell the pacer how many calls the batch will make: the shared budget reserves the block that ends a
-        batch whole (:meth:`connector.budget.SharedBudget.expect`); a pacer without ``expect`` needs no hint."""
+    def expect(self, calls: int, *, exact: bool) -> None:
+        """Tell the pacer how many calls the batch will still make (``exact``, or at most): the shared budget
+        reserves the rest of a batch whole (:meth:`connector.budget.SharedBudget.expect`); a pacer without
+        ``expect`` needs no hint."""
         if self._expect is not None:
-            self._expect(calls)
+            self._expect(calls, exact=exact)
 
     def send(
         self,

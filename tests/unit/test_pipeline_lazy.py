@@ -161,3 +161,42 @@ def test_an_older_timed_change_sent_as_a_fallback_is_guarded_too(state: Any) -> 
     result = run([cdc("a", 1, "40"), kinesis_record(untimed, seq="60")], fake, guard=guard)
     assert fake.items["a"] == {"v": 3}
     assert result.stale == 1 and result.counts[Outcome.POISON] == 1
+
+
+class ExpectingPacer(Pacer):
+    """A pacer that records what the pipeline tells it (``expect``), as the shared budget would be told."""
+
+    def __init__(self) -> None:
+        super().__init__(1000, clock=lambda: 0.0, sleep=lambda _: None)
+        self.told: list[tuple[int, bool]] = []
+
+    def expect(self, calls: int, *, exact: bool) -> None:
+        self.told.append((calls, exact))
+
+
+def told(records: list[dict[str, Any]], fake: FakePersonalize) -> list[tuple[int, bool]]:
+    pacer = ExpectingPacer()
+    sink = PutItemsSink(fake.client, DATASET_ARN, worst_call_ms=100, pacer=pacer)
+    settings = load_settings({"DATASET_ARN": DATASET_ARN, "DLQ_URL": DLQ})
+    pipeline.run(
+        event(*records), settings=settings, sink=sink, sqs=FakeSQS(), deadline=Deadline.unbounded(), dlq_worst_ms=1_000
+    )
+    return pacer.told
+
+
+def test_a_small_batch_is_built_whole_and_its_exact_calls_told_before_the_first(built: list[int]) -> None:
+    """At most 100 groups (one version read): every item is built before the first call, so the budget is told
+    the exact calls at once and may reserve them as one block (whole batches)."""
+    fake = FakePersonalize()
+    records = [dynamodb_record("INSERT", {"sku": f"s{i}"}, {"sku": f"s{i}", "title": "t"}) for i in range(45)]
+    assert told(records, fake) == [(5, True)]
+    assert len(built) == 45 and len(fake.calls) == 5
+
+
+def test_a_big_batch_is_told_an_upper_bound_then_the_exact_rest_once_all_is_built() -> None:
+    fake = FakePersonalize()
+    records = [dynamodb_record("INSERT", {"sku": f"s{i}"}, {"sku": f"s{i}", "title": "t"}) for i in range(250)]
+    hints = told(records, fake)
+    assert hints[0] == (25, False)  # 250 groups, not built yet: at most 25 calls
+    assert len(hints) == 2 and hints[1][1] is True and hints[1][0] <= 3  # the rest, exact, near the end
+    assert len(fake.calls) == 25
