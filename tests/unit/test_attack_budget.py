@@ -7,19 +7,17 @@ reason names the mechanism); the others are attacks that held.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from connector import budget as budget_module
-from connector.budget import BudgetTimeout, SharedBudget
+from connector.budget import SharedBudget
 from tests.fakes import moto_state_table
 from tests.unit.test_budget import GROUP, LATENCY, T0, TABLE, Clock, Holder, Meter, max_in_window, simulate, stored
+from tests.unit.test_budget_batches import Batch, run
 
 
 @pytest.fixture
@@ -30,69 +28,6 @@ def ddb() -> Iterator[Any]:
 
 def make(ddb: Any, clock: Clock, **kwargs: Any) -> SharedBudget:
     return SharedBudget(ddb, TABLE, GROUP, clock=clock, sleep=clock.sleep, **kwargs)
-
-
-@dataclass
-class Batch:
-    """One invocation: ``calls`` calls one after the other's answer, from ``start``; it tells its budget
-    ``expect`` calls (``None``: no hint), releases at the end, and stops on a BudgetTimeout (the pipeline
-    reports the rest as retry)."""
-
-    budget: SharedBudget
-    calls: int
-    start: float
-    expect: int | None = None
-    exact: bool = True  # the pipeline's expect(): exact once every item is built, an upper bound before
-    sends: list[float] = field(default_factory=list)
-    done: float = 0.0
-    timeouts: int = 0
-
-
-def run(clock: Clock, batches: list[Batch], meter: Callable[[float], bool], late: float = 0.0, seed: int = 0) -> None:
-    """``late``: every attempt reaches the service up to this many seconds after its slot (a late wake-up)."""
-    rng = random.Random(seed)
-    seq = itertools.count()
-    events: list[tuple[float, int, Callable[[], None]]] = []
-
-    def at(t: float, action: Callable[[], None]) -> None:
-        heapq.heappush(events, (t, next(seq), action))
-
-    def ready(b: Batch, t: float) -> None:
-        if len(b.sends) == b.calls:
-            b.done = t
-            b.budget.release()
-            return
-        try:
-            waited = b.budget.wait()
-        except BudgetTimeout:
-            b.timeouts += 1
-            b.done = t
-            b.budget.release()
-            return
-        sent = t + waited + rng.uniform(0, late)
-        b.sends.append(sent)
-        at(sent, lambda: arrive(b, sent))
-
-    def arrive(b: Batch, t: float) -> None:
-        ok = meter(t)
-        at(t + LATENCY, lambda: answer(b, t + LATENCY, ok))
-
-    def answer(b: Batch, t: float, ok: bool) -> None:
-        if not ok:
-            b.budget.throttled()
-        ready(b, t)
-
-    def begin(b: Batch) -> None:
-        if b.expect is not None:
-            b.budget.expect(b.expect, exact=b.exact)
-        ready(b, b.start)
-
-    for b in batches:
-        at(b.start, lambda b=b: begin(b))  # type: ignore[misc]
-    while events:
-        t, _, action = heapq.heappop(events)
-        clock.now = t
-        action()
 
 
 # --- finds ------------------------------------------------------------------------------------------------

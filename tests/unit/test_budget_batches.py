@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from connector import budget as budget_module
-from connector.budget import SharedBudget
+from connector.budget import BudgetTimeout, SharedBudget
 from tests.fakes import moto_state_table
 from tests.unit.test_budget import GROUP, LATENCY, TABLE, Clock, Meter
 
@@ -26,26 +27,27 @@ QUIET = 5.0  # seconds between scenarios: the timeline is idle again
 
 @dataclass
 class Batch:
-    """One invocation: ``calls`` PutItems calls, one after the other's answer, from ``start``."""
+    """One invocation: ``calls`` calls one after the other's answer, from ``start``; it tells its budget
+    ``expect`` calls (``None``: no hint), releases at the end, and stops on a BudgetTimeout (the pipeline
+    reports the rest as retry)."""
 
     budget: SharedBudget
     calls: int
     start: float
+    expect: int | None = None
+    exact: bool = True  # the pipeline's expect(): exact once every item is built, an upper bound before
     sends: list[float] = field(default_factory=list)
     done: float = 0.0
+    timeouts: int = 0
 
     @property
     def billed(self) -> float:
         return self.done - self.start
 
 
-@pytest.fixture
-def ddb() -> Iterator[Any]:
-    with moto_state_table(TABLE) as client:
-        yield client
-
-
-def run_batches(clock: Clock, batches: list[Batch], meter: Callable[[float], bool], *, hint: bool) -> None:
+def run(clock: Clock, batches: list[Batch], meter: Callable[[float], bool], late: float = 0.0, seed: int = 0) -> None:
+    """``late``: every attempt reaches the service up to this many seconds after its slot (a late wake-up)."""
+    rng = random.Random(seed)
     seq = itertools.count()
     events: list[tuple[float, int, Callable[[], None]]] = []
 
@@ -55,20 +57,31 @@ def run_batches(clock: Clock, batches: list[Batch], meter: Callable[[float], boo
     def ready(b: Batch, t: float) -> None:
         if len(b.sends) == b.calls:
             b.done = t
-            b.budget.release()  # the handler does it at the end of every batch
+            b.budget.release()
             return
-        sent = t + b.budget.wait()
+        try:
+            waited = b.budget.wait()
+        except BudgetTimeout:
+            b.timeouts += 1
+            b.done = t
+            b.budget.release()
+            return
+        sent = t + waited + rng.uniform(0, late)
         b.sends.append(sent)
         at(sent, lambda: arrive(b, sent))
 
     def arrive(b: Batch, t: float) -> None:
-        if not meter(t):
-            pytest.fail("throttled")
-        at(t + LATENCY, lambda: ready(b, t + LATENCY))
+        ok = meter(t)
+        at(t + LATENCY, lambda: answer(b, t + LATENCY, ok))
+
+    def answer(b: Batch, t: float, ok: bool) -> None:
+        if not ok:
+            b.budget.throttled()
+        ready(b, t)
 
     def begin(b: Batch) -> None:
-        if hint:
-            b.budget.expect(b.calls)
+        if b.expect is not None:
+            b.budget.expect(b.expect, exact=b.exact)
         ready(b, b.start)
 
     for b in batches:
@@ -77,6 +90,25 @@ def run_batches(clock: Clock, batches: list[Batch], meter: Callable[[float], boo
         t, _, action = heapq.heappop(events)
         clock.now = t
         action()
+
+
+@pytest.fixture
+def ddb() -> Iterator[Any]:
+    with moto_state_table(TABLE) as client:
+        yield client
+
+
+def run_batches(clock: Clock, batches: list[Batch], meter: Callable[[float], bool], *, hint: bool) -> None:
+    """:func:`run`, each batch telling its budget its calls if ``hint``; a throttle fails the test."""
+
+    def strict(t: float) -> bool:
+        if not meter(t):
+            pytest.fail("throttled")
+        return True
+
+    for b in batches:
+        b.expect = b.calls if hint else None
+    run(clock, batches, strict)
 
 
 def scenario(ddb: Any, clock: Clock, *, hint: bool, holders: int = 4, calls: int = 7) -> list[Batch]:
