@@ -383,8 +383,8 @@ class SharedBudget:
                 memory, settle = self._memory, max(self._next_slot, now) + self.settle_s
                 share = memory.share(self._unsent, self._unlost)  # the current level's, since the last change
                 current = min(law.rate(now), self._block_rate)
-                restore = False
-                if not law.probing(current):  # at or below the knee: congestion, or collisions cutting won't cure?
+                restore, probing = False, law.probing(current)
+                if not probing:  # at or below the knee: congestion, or collisions cutting won't cure?
                     if share <= LOSS_THRESH or memory.lost + self._unlost - memory.mark_lost < MIN_LOST:
                         if flushed or not self._flush(now):
                             return  # a tolerable share (BBR's loss_thresh), or too little evidence: the level stays
@@ -437,6 +437,17 @@ class SharedBudget:
                         self.stats.restores += 1
                     else:
                         self.stats.cuts += 1
+                    logger.info(
+                        "Shared PutItems rate restored" if restore else "Shared PutItems rate cut",
+                        extra={
+                            "from_rate": round(current, 2),
+                            "base": round(law.base, 2),
+                            "knee": round(law.knee, 2),
+                            "level_share": round(share, 4),
+                            "level_attempts": sent_total - memory.mark_sent,
+                            "probing": probing,
+                        },
+                    )
                 return
 
     def expect(self, calls: int, *, exact: bool = True) -> None:

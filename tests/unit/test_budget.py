@@ -405,7 +405,9 @@ def test_an_isolated_throttle_at_the_knee_keeps_the_level(ddb: Any, clock: Clock
     assert b.rate() < 0.9 * knee
 
 
-def test_a_level_that_throttles_more_than_a_faster_one_goes_back_up_to_it(ddb: Any, clock: Clock) -> None:
+def test_a_level_that_throttles_more_than_a_faster_one_goes_back_up_to_it(
+    ddb: Any, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
     """Under strict spacing beside a foreign writer the share rises as the rate falls: going back to the faster
     level that throttled less, instead of cutting deeper, is what stops the spiral."""
     b = budget(ddb, clock)
@@ -420,6 +422,21 @@ def test_a_level_that_throttles_more_than_a_faster_one_goes_back_up_to_it(ddb: A
     assert b.rate() == pytest.approx(9.7)
     assert b.stats.restores == 1
     assert stored(ddb)["best"] == pytest.approx(9.7)
+    changes = [
+        (r.getMessage(), *(r.__dict__[k] for k in ("from_rate", "knee", "probing", "level_share")))
+        for r in caplog.records
+        if "PutItems rate" in r.getMessage()
+    ]
+    assert changes == [  # each change is logged, with the share of the level it left
+        ("Shared PutItems rate cut", 9.7, pytest.approx(0.97 * 9.7, abs=0.01), True, 0.005),
+        (
+            "Shared PutItems rate restored",
+            pytest.approx(0.97 * 9.7, abs=0.01),
+            9.7,
+            False,
+            pytest.approx(2 / 30, abs=0.001),
+        ),
+    ]
 
 
 class Spacing:
