@@ -29,7 +29,9 @@ Figures, per run: sustained items/s (items in accepted calls ÷ the time at leas
 from the runner's ledger: this leaves out the runner's batching-window waits, when no handler runs) and the
 end-to-end items/s (÷ the span from the first to the last accepted call), items per accepted call, accepted
 calls ÷ the minimum (Σ over delivered batches of ⌈distinct item ids / 10⌉, first deliveries only), the
-throttled share of all PutItems calls, change-to-visible latency p50/p99 (from the return of the write that
+throttled share of all PutItems calls (and, for the concurrent-invocation cells, of those in the second half of
+the PutItems span: a fresh shared rate learns a foreign writer's share in its first seconds, so the whole run's
+share also measures how short the run is), change-to-visible latency p50/p99 (from the return of the write that
 made a change to the first accepted call carrying that item in this version or a newer one; poison excluded; a
 change not visible when the run ends counts as "more than the run took"), and the summed handler time per
 1,000 checkpointed changes (the runner's ledger; a Lambda cost proxy, pacing sleeps included; for a time-boxed
@@ -332,6 +334,7 @@ class RunResult:
     items_per_s_range: tuple[float, float] = (math.nan, math.nan)  # the repeats' lowest and highest items/s
     throttled_max: float = math.nan  # the repeats' highest throttled share
     offered_per_s: float = OFFERED_PER_S  # changes/s the writer offered
+    throttled_late: float = math.nan  # the throttled share in the second half of the PutItems span (``late_share``)
 
     @property
     def saturated(self) -> bool:
@@ -375,6 +378,7 @@ _MEDIAN_FIELDS = (
     "redeliveries",
     "lambda_throttles",
     "state_requests",
+    "throttled_late",
 )
 
 
@@ -408,6 +412,19 @@ def medians(runs: Sequence[RunResult]) -> list[RunResult]:
             )
         )
     return rows
+
+
+def late_share(calls: Sequence[Mapping[str, Any]], dataset_arn: str) -> float:
+    """The throttled share of the PutItems attempts to ``dataset_arn`` in the second half of their span (the
+    emulator's call log: ``ts``, ``operation``, ``dataset_arn``, ``outcome``); NaN without calls. A fresh shared
+    rate learns a foreign writer's share in its first seconds (one throttle per level at least, on the way down):
+    the whole run's share depends on how long the run is, this half on the level it settled on."""
+    ours = [c for c in calls if c["operation"] == "PutItems" and c["dataset_arn"] == dataset_arn]
+    if not ours:
+        return math.nan
+    middle = (ours[0]["ts"] + ours[-1]["ts"]) / 2
+    late = [c for c in ours if c["ts"] >= middle]
+    return sum(c["outcome"] == "throttled" for c in late) / len(late)
 
 
 def _resource(resources: Mapping[str, ProvisionedResource], kind: str) -> ProvisionedResource:
@@ -604,6 +621,7 @@ def run_once(
     stats = runner.stats()
     emu = bench.emulator.stats()
     accepted = [e for e in bench.emulator.accepted() if e["dataset_arn"] == dataset_arn]
+    throttled_late = late_share(bench.emulator.calls(), dataset_arn)
     dlq = _queue_depth(bench, dlq_url)
 
     # sustained items/s over the accepted calls
@@ -682,6 +700,7 @@ def run_once(
     timeline = _timeline(accepted, began_wall)
     return RunResult(
         offered_per_s=offered_per_s,
+        throttled_late=throttled_late,
         memory_mb=deployment.memory_mb,
         state_requests=_budget_requests(log_dir),
         workload=workload,
@@ -807,6 +826,8 @@ def pacing_table(results: Sequence[RunResult]) -> str:
             low, high = r.items_per_s_range
             rate += f" ({low:.1f}-{high:.1f})"
             throttled += f" (≤ {r.throttled_max:.1%})"
+        if not math.isnan(r.throttled_late):
+            throttled += f"; 2nd half {r.throttled_late:.1%}"
         lines.append(
             f"| {r.workload.shards} | {model} | {r.label} | {r.seconds:.0f} | {rate} | "
             f"{r.items_per_s_span:.1f} | {throttled} | "

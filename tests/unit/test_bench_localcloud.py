@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from bench import bench_localcloud
-from bench.bench_localcloud import RunResult, conclusion, connector, make_workload, medians, pacing_table
+from bench.bench_localcloud import (
+    RunResult,
+    conclusion,
+    connector,
+    late_share,
+    make_workload,
+    medians,
+    pacing_table,
+)
 
 
 def run(
@@ -121,3 +129,26 @@ def test_combine_renders_one_report_from_runs_saved_apart(tmp_path: Path, monkey
     assert text.count("| 2 | sliding-window") == 3 and "50 changes/s offered" in text
     with pytest.raises(SystemExit):
         bench_localcloud.main(["--combine", str(tmp_path / "missing.pickle")])
+
+
+def test_the_second_half_share_counts_this_datasets_put_items_attempts_after_the_middle_of_their_span() -> None:
+    arn, other = "arn:ds/items", "arn:ds/users"
+
+    def call(ts: float, outcome: str = "ok", operation: str = "PutItems", dataset: str = arn) -> dict[str, object]:
+        return {"ts": ts, "operation": operation, "dataset_arn": dataset, "outcome": outcome}
+
+    calls = [
+        *(call(t, "throttled") for t in (0.0, 1.0, 2.0)),  # learning: all in the first half
+        *(call(t) for t in (3.0, 4.0, 6.0, 7.0, 8.0)),
+        call(9.0, "throttled"),
+        call(10.0),  # the span is 0-10 s: the second half starts at 5 s
+        call(6.5, "throttled", dataset=other),  # another dataset
+        call(6.6, "throttled", operation="PutUsers"),
+    ]
+    assert late_share(calls, arn) == pytest.approx(1 / 5)
+    assert math.isnan(late_share([], arn))
+    runs = [run(2, "shared", 70.0, 0.05, foreign=0.2) for _ in range(3)]
+    for r, late in zip(runs, (0.02, 0.0, 0.01), strict=True):
+        r.throttled_late = late
+    assert "5.0% (≤ 5.0%); 2nd half 1.0% |" in pacing_table(medians(runs))  # the median of the halves
+    assert "2nd half" not in pacing_table([run(1, "shared", 90.0, 0.0)])  # runs saved before it: not shown
