@@ -1220,9 +1220,11 @@ def write_outputs(results: Sequence[RunResult], runs: Sequence[RunResult], heade
 
 
 def _summary(r: RunResult, log: Callable[[str], None]) -> None:
+    late = "" if math.isnan(r.throttled_late) else f" (2nd half {r.throttled_late:.1%})"
     log(
         f"  → {r.seconds:.1f} s{'' if r.converged else ' (time box)'}: {r.items_per_s:.1f} items/s, "
-        f"{r.items_per_call:.2f} items/call, calls ÷ min {r.calls_over_min:.2f}, throttled {r.throttled_share:.1%}, "
+        f"{r.items_per_call:.2f} items/call, calls ÷ min {r.calls_over_min:.2f}, "
+        f"throttled {r.throttled_share:.1%}{late}, "
         f"latency p50/p99 {_latency(r)}, visible {_visible(r)}, billed {r.handler_s_per_1k:.1f} s/1k, "
         f"redelivered {r.redeliveries:,}, DLQ {r.dlq}"
     )
