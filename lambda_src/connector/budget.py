@@ -112,6 +112,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import threading
 import time
 from collections import deque
@@ -144,6 +145,7 @@ SETTLE_S = (
 TTL_S = 86_400
 SHARED_BLOCK_S = 0.25  # block length while other holders reserve too (equal blocks: equal shares, short queue)
 WHOLE_QUEUE_S = 1.0  # the rest of a batch goes in one block only behind a queue shorter than this (see expect)
+LEAD_SAMPLES = 5  # the lead is 2 × the median of the table's last round trips (one slow reply does not move it)
 MAX_TRIES = 4  # conditional-update attempts per reservation before pacing this attempt locally
 
 # Item attributes, always through placeholders (several are DynamoDB reserved words).
@@ -319,7 +321,12 @@ class SharedBudget:
         self._block_rate = self.ceiling  # the rate the current block was reserved at
         self._share_tokens, self._share_at, self._share_due = 0.0, 0.0, 0.0  # max_share < 1: a token bucket
         self._paused = 0.0  # share pauses since the last attempt
-        self._lead = 0.02  # seconds between asking for a block and its first slot; tracks 2 × the table's RTT
+        # Seconds between asking for a block and its first slot: 2 × the median of the table's last round trips
+        # (seeded with 10 ms, so a cold start's slow first reply does not set it either). A mean would let one
+        # slow reply (300 ms on the local cloud) raise it for the next ten blocks, and every block that starts
+        # ``lead`` after asking instead of chaining onto this holder's last one leaves a gap (see _reserve).
+        self._rtts: deque[float] = deque((0.01, 0.01), maxlen=LEAD_SAMPLES)
+        self._lead = 2 * statistics.median(self._rtts)
         # Local pacing, while the table is unavailable.
         fallback = self.ceiling / 4 if fallback_rate is None else min(fallback_rate, self.ceiling)
         self._local_law = RateLaw(fallback, fallback, fallback, 0.0)
@@ -608,7 +615,8 @@ class SharedBudget:
             except Exception as exc:  # any table failure: local pacing, never an error
                 self._fall_back(now, exc)
                 return False
-            self._lead = 0.8 * self._lead + 0.2 * max(0.002, 2 * (self._clock() - sent))
+            self._rtts.append(self._clock() - sent)
+            self._lead = max(0.002, 2 * statistics.median(self._rtts))
             self._memory.sent = int(attributes.get("sent", {}).get("N", 0))
             self._memory.lost = int(attributes.get("lost", {}).get("N", 0))
             self._unsent = self._unlost = 0
