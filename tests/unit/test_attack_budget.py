@@ -8,22 +8,15 @@ reason names the mechanism); the others are attacks that held.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from connector import budget as budget_module
 from connector.budget import SharedBudget
-from tests.fakes import moto_state_table
 from tests.unit.test_budget import GROUP, LATENCY, T0, TABLE, Clock, Holder, Meter, max_in_window, simulate, stored
 from tests.unit.test_budget_batches import Batch, run
-
-
-@pytest.fixture
-def ddb() -> Iterator[Any]:
-    with moto_state_table(TABLE) as client:
-        yield client
 
 
 def make(ddb: Any, clock: Clock, **kwargs: Any) -> SharedBudget:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
 from connector.budget import BudgetTimeout, SharedBudget, from_settings
 from connector.config import ConfigError, dataset_group_arn, load_settings
-from tests.fakes import create_state_table, moto_state_table
+from tests.fakes import create_state_table
 
 TABLE = "state"
 GROUP = "arn:aws:personalize:us-east-1:123456789012:dataset-group/shop"
@@ -42,12 +42,6 @@ class Clock:
     def sleep(self, seconds: float) -> None:
         assert seconds >= 0
         self.sleeps.append(seconds)
-
-
-@pytest.fixture
-def ddb() -> Iterator[Any]:
-    with moto_state_table(TABLE) as client:
-        yield client
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,6 @@ import pytest
 
 from connector import budget as budget_module
 from connector.budget import BudgetTimeout, SharedBudget
-from tests.fakes import moto_state_table
 from tests.unit.test_budget import GROUP, LATENCY, TABLE, Clock, Meter
 
 QUIET = 5.0  # seconds between scenarios: the timeline is idle again
@@ -90,12 +89,6 @@ def run(clock: Clock, batches: list[Batch], meter: Callable[[float], bool], late
         t, _, action = heapq.heappop(events)
         clock.now = t
         action()
-
-
-@pytest.fixture
-def ddb() -> Iterator[Any]:
-    with moto_state_table(TABLE) as client:
-        yield client
 
 
 def run_batches(clock: Clock, batches: list[Batch], meter: Callable[[float], bool], *, hint: bool) -> None:

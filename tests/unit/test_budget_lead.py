@@ -11,13 +11,12 @@ the simulated clock (the loop of ``test_budget_batches``: a 50 ms call latency, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from connector.budget import SharedBudget
-from tests.fakes import moto_state_table
 from tests.unit.test_budget import GROUP, TABLE, Clock, Meter
 from tests.unit.test_budget_batches import Batch, run_batches
 
@@ -39,12 +38,6 @@ class SlowTable:
             return self.client.update_item(**kwargs)
         finally:
             self.clock.now += rtt / 2
-
-
-@pytest.fixture
-def ddb() -> Iterator[Any]:
-    with moto_state_table(TABLE) as client:
-        yield client
 
 
 def lone_batch(ddb: Any, rtt: Callable[[int], float]) -> Batch:
