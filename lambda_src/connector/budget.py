@@ -321,12 +321,11 @@ class SharedBudget:
         self._block_rate = self.ceiling  # the rate the current block was reserved at
         self._share_tokens, self._share_at, self._share_due = 0.0, 0.0, 0.0  # max_share < 1: a token bucket
         self._paused = 0.0  # share pauses since the last attempt
-        # Seconds between asking for a block and its first slot: 2 × the median of the table's last round trips
-        # (seeded with 10 ms, so a cold start's slow first reply does not set it either). A mean would let one
-        # slow reply (300 ms on the local cloud) raise it for the next ten blocks, and every block that starts
-        # ``lead`` after asking instead of chaining onto this holder's last one leaves a gap (see _reserve).
+        # The table's last round trips. The lead (``_lead``: seconds between asking for a block and its first slot)
+        # is 2 × their median (seeded with 10 ms, so a cold start's slow first reply does not set it either). A
+        # mean would let one slow reply (300 ms on the local cloud) raise it for the next ten blocks, and every
+        # block that starts ``lead`` after asking instead of chaining onto this holder's last one leaves a gap.
         self._rtts: deque[float] = deque((0.01, 0.01), maxlen=LEAD_SAMPLES)
-        self._lead = 2 * statistics.median(self._rtts)
         # Local pacing, while the table is unavailable.
         fallback = self.ceiling / 4 if fallback_rate is None else min(fallback_rate, self.ceiling)
         self._local_law = RateLaw(fallback, fallback, fallback, 0.0)
@@ -534,6 +533,10 @@ class SharedBudget:
 
     # --- internals (called with the lock held) ---------------------------------------------------------------
 
+    @property
+    def _lead(self) -> float:
+        return max(0.002, 2 * statistics.median(self._rtts))
+
     def _take(self, t0: float) -> float:
         """The slot time for one attempt that asked at ``t0``."""
         latest = t0 + self.max_wait_s
@@ -616,7 +619,6 @@ class SharedBudget:
                 self._fall_back(now, exc)
                 return False
             self._rtts.append(self._clock() - sent)
-            self._lead = max(0.002, 2 * statistics.median(self._rtts))
             self._memory.sent = int(attributes.get("sent", {}).get("N", 0))
             self._memory.lost = int(attributes.get("lost", {}).get("N", 0))
             self._unsent = self._unlost = 0
