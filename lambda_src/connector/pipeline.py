@@ -305,9 +305,9 @@ def _send(
             if rest:
                 fallbacks.append(rest[0])
         if report.stopped is None:
-            exact = len(plans) == len(groups)
+            was_built = len(plans) == len(groups)
             build(READY_AHEAD)
-            if not exact and len(plans) == len(groups):
+            if not was_built and len(plans) == len(groups):  # the last group built now: the count is exact
                 announce()
     for group in groups[len(plans) :]:  # never built: sending stopped before them
         plan = _Plan(group, [])
