@@ -60,10 +60,13 @@ def _two_shard_run(moto_url: str, tmp_path: Path, reserved: int | None) -> list[
     template["Resources"]["Stream"]["Properties"]["ShardCount"] = 2
     if reserved is not None:
         template["Resources"]["Fn"]["Properties"]["ReservedConcurrentExecutions"] = reserved
-    with base.harness(moto_url, tmp_path, template, env={"SLEEP_S": "0.6"}) as h:
+    # One PutRecords (both shards have records before either polls), and each invocation lasts longer than the
+    # pollers' cadence (about 1 s per shard, jittered): without the limit the two invocations must overlap. With
+    # single puts and 0.6 s, the shards could poll 0.7 s apart and run one after the other (a flaky control).
+    with base.harness(moto_url, tmp_path, template, env={"SLEEP_S": "1.5"}) as h:
         kinesis = h.client("kinesis")
-        for i in range(12):  # twelve partition keys hash onto both shards
-            kinesis.put_record(StreamName=h.stream_name, Data=b'{"itemId": "x"}', PartitionKey=f"key-{i}")
+        records = [{"Data": b'{"itemId": "x"}', "PartitionKey": f"key-{i}"} for i in range(12)]  # both shards
+        assert kinesis.put_records(StreamName=h.stream_name, Records=records)["FailedRecordCount"] == 0
         h.wait_idle()
     return _spans(tmp_path)
 
