@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(PY) -m bench.bench_runtime $(ARGS)
 	$(PY) -m bench.bench_memory $(ARGS)
 	$(PY) -m bench.bench_budget $(ARGS)
+	$(PY) -m bench.bench_learning $(ARGS)
 	$(PY) -m bench.bench_bulk $(ARGS)
 	$(PY) -m bench.bench_localcloud $(ARGS)
 

@@ -1,0 +1,140 @@
+"""How the shared rate learns a foreign writer's share: many seeded runs on simulated time, figures not tests.
+
+``bench_budget`` runs the budget in real time, so a cell lasts seconds and a repeat is costly; ``bench_localcloud``
+starts every cell with a fresh shared rate, so a 1,500-change cell is mostly the learning. This one drives
+:class:`connector.budget.SharedBudget` on moto's DynamoDB with the unit tests' discrete-event loop and simulated
+clock (``tests/unit/test_budget.py``: a 120 s run takes a few seconds), beside a foreign writer outside the budget
+(evenly spaced, from a random phase), under two quota models: ``sliding`` (at most 10 accepted calls in any 1 s)
+and ``spacing`` (accepted calls at least 100 ms apart), with 0-2 ms of request jitter. Per cell, over ``--seeds``
+runs:
+
+* the throttled share of our attempts in the first 10 s, the first 20 s and the whole run (medians): the cost
+  of learning, and the steady state;
+* our accepted calls/s in the last 40 s (median and lowest);
+* **collapsed**: runs whose last 40 s accepted fewer than ``--collapse`` × what the foreign writer leaves (under
+  strict spacing a cut raises the share throttled by collisions, so a run of cuts can spiral down).
+
+Why not the test loop alone: the tests check one seed each; the learning's cost and the spiral are rare-event
+figures that need many seeds. Run ``.venv/bin/python -m bench.bench_learning [--quick]``; it writes
+``bench/results/learning.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "lambda_src"), str(ROOT)]
+for _k, _v in {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+    "POWERTOOLS_TRACE_DISABLED": "true",
+    "POWERTOOLS_LOG_LEVEL": "ERROR",
+}.items():
+    os.environ.setdefault(_k, _v)
+
+from tests.fakes import moto_state_table  # noqa: E402
+from tests.unit.test_budget import T0, TABLE, Clock, Holder, Meter, Spacing, budget, simulate  # noqa: E402
+
+QUOTA = 10
+LATE_S = 40.0  # the steady state: the last this many seconds of a run
+MODELS: dict[str, Callable[[], Callable[[float], bool]]] = {
+    "sliding": lambda: Meter(QUOTA),
+    "spacing": lambda: Spacing(QUOTA),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    early10: float  # throttled share of our attempts in the first 10 s
+    early20: float
+    whole: float
+    late_rate: float  # our accepted calls/s in the last LATE_S seconds
+
+
+def run_once(model: str, holders: int, seconds: float, foreign_rate: float, seed: int) -> Run:
+    rng = random.Random(seed)
+    with moto_state_table(TABLE) as ddb:
+        clock, meter = Clock(), MODELS[model]()
+        foreign = [T0 + rng.uniform(0, 1 / foreign_rate)] if foreign_rate > 0 else [float("inf")]
+        ours: list[tuple[float, bool]] = []
+
+        def service(t: float) -> bool:
+            while foreign[0] <= t:
+                meter(foreign[0])
+                foreign[0] += 1 / foreign_rate
+            ok = meter(t + rng.uniform(0, 0.002))
+            ours.append((t, ok))
+            return ok
+
+        hs = [Holder(budget(ddb, clock), start=T0 + i * 0.011) for i in range(holders)]
+        simulate(clock, hs, seconds, service)
+
+    def lost(until: float) -> float:
+        window = [ok for t, ok in ours if t < T0 + until]
+        return sum(not ok for ok in window) / max(1, len(window))
+
+    late = [ok for t, ok in ours if t > T0 + seconds - LATE_S]
+    return Run(lost(10), lost(20), lost(seconds), sum(late) / LATE_S)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="5 seeds × 60 s (about a minute)")
+    parser.add_argument("--models", default="sliding,spacing", help="comma-separated: sliding,spacing")
+    parser.add_argument("--holders", default="1,2,4,8", help="comma-separated concurrent holders")
+    parser.add_argument("--seeds", type=int, default=20, help="runs per cell (default 20)")
+    parser.add_argument("--seconds", type=float, default=120.0, help="simulated seconds per run (default 120)")
+    parser.add_argument("--foreign", type=float, default=2.0, help="the foreign writer's calls/s (default 2)")
+    parser.add_argument(
+        "--collapse", type=float, default=0.75, help="a run collapsed below this share of what is left (0.75)"
+    )
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "learning.md"))
+    args = parser.parse_args(argv)
+    seeds, seconds = (5, 60.0) if args.quick else (args.seeds, args.seconds)
+    models = [m for m in args.models.split(",") if m]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown or seeds < 1 or seconds <= LATE_S or not 0 <= args.foreign < QUOTA:
+        wrong = f"need --seeds ≥ 1, --seconds > {LATE_S:g} and 0 ≤ --foreign < {QUOTA}"
+        parser.error(f"unknown model(s) {unknown}" if unknown else wrong)
+    left = QUOTA * 0.97 if args.foreign == 0 else QUOTA - args.foreign
+    rows = []
+    began = time.monotonic()
+    for model in models:
+        for holders in [int(h) for h in args.holders.split(",")]:
+            runs = [run_once(model, holders, seconds, args.foreign, seed) for seed in range(seeds)]
+            collapsed = sum(r.late_rate < args.collapse * left for r in runs)
+            row = (
+                f"| {model} | {holders} | {statistics.median(r.early10 for r in runs):.1%} | "
+                f"{statistics.median(r.early20 for r in runs):.1%} | {statistics.median(r.whole for r in runs):.1%} | "
+                f"{statistics.median(r.late_rate for r in runs):.2f} (lowest {min(r.late_rate for r in runs):.2f}) | "
+                f"{collapsed} of {seeds} |"
+            )
+            rows.append(row)
+            print(f"[{time.monotonic() - began:6.0f} s] {row}", flush=True)
+    header = (
+        f"Shared-rate learning on simulated time: {seeds} seeds × {seconds:g} s per cell, foreign writer "
+        f"{args.foreign:g} calls/s (leaves {left:g}), collapsed below {args.collapse:g} × that in the last "
+        f"{LATE_S:g} s. `python -m bench.bench_learning {' '.join(argv if argv is not None else sys.argv[1:])}`, "
+        f"{time.monotonic() - began:.0f} s.\n\n"
+        "| model | holders | throttled, first 10 s | first 20 s | whole run | accepted calls/s, last 40 s "
+        "| collapsed |\n"
+        "|---|---:|---:|---:|---:|---|---:|\n"
+    )
+    Path(args.out).write_text(header + "\n".join(rows) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
