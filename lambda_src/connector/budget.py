@@ -84,10 +84,14 @@ sent since the last change's settle, all holders together, in the item's counter
   the plateau that an isolated jitter throttle at the knee used to cost;
 * more, but under ``RESTORE_THRESH`` (10 %), and a faster level (``best``) throttled a smaller share: go back up
   to it (base = knee = that rate, then the plateau and the probe as after a cut) instead of cutting deeper. The
-  cut that led here did not help: collisions, not congestion. A level throttling more than 10 % is congested
-  whatever a faster one showed before, so it cuts: when the real limit drops (a foreign writer starts), the rate
+  cut that led here did not help: collisions, not congestion. A level throttling more than 10 % goes back up only
+  if the best level's latest visit throttled less than 10 % itself (``best_last``), and otherwise cuts: when the
+  real limit drops (a foreign writer starts) while the best level is held, that visit ends congested, so the rate
   is not sent back, again and again, to the level measured before the drop (that cost 14-20 % throttled for a
-  minute), and a sliding window's start-up transient cannot bounce it back into congestion either;
+  minute), and a sliding window's start-up transient cannot bounce it back into congestion either. Without the
+  exception (10 % was a hard cap), one unlucky level over 10 % under strict spacing beside a foreign writer
+  started a run of cuts that nothing stopped: below about 6.7 calls/s beside 2/s, collisions alone throttle more
+  than 10 %, so every lower level cut again (``bench_learning``: RESULT);
 * otherwise cut, as above.
 
 ``best`` is the level with the smallest share seen, pooled over its visits (older visits count half), so one
@@ -163,6 +167,7 @@ _NAMES = {
     "#best": "best",
     "#bsent": "best_sent",
     "#blost": "best_lost",
+    "#blast": "best_last",
 }
 
 
@@ -223,6 +228,7 @@ class _Memory:
     best: float = 0.0  # the rate of the level that throttled least (0: none yet)
     best_sent: float = 0.0  # its attempts and throttles, pooled over its visits (older visits count half)
     best_lost: float = 0.0
+    best_last: float = 1.0  # the share its latest visit throttled (1: not known)
 
     def share(self, unsent: int, unlost: int) -> float:
         """The throttled share of the current level (attempts sent after its settle)."""
@@ -231,16 +237,17 @@ class _Memory:
     def best_share(self) -> float:
         return self.best_lost / max(1.0, self.best_sent)
 
-    def left(self, rate: float, share: float, unsent: int, unlost: int) -> tuple[float, float, float]:
+    def left(self, rate: float, share: float, unsent: int, unlost: int) -> tuple[float, float, float, float]:
         """The best level after leaving a level held at ``rate`` with ``share`` throttled: the same level again
-        pools its counts (halving the older ones), a level that throttled less replaces it."""
+        pools its counts (halving the older ones), a level that throttled less replaces it; and the share of
+        the best level's latest visit."""
         sent = max(1, self.sent + unsent - self.mark_sent)
         lost = self.lost + unlost - self.mark_lost
         if not self.best or abs(rate - self.best) <= SAME_LEVEL * self.best:
-            return rate, self.best_sent / 2 + sent, self.best_lost / 2 + lost
+            return rate, self.best_sent / 2 + sent, self.best_lost / 2 + lost, share
         if share < self.best_share():
-            return rate, sent, lost
-        return self.best, self.best_sent, self.best_lost
+            return rate, sent, lost, share
+        return self.best, self.best_sent, self.best_lost, self.best_last
 
 
 @dataclass(slots=True)
@@ -396,8 +403,11 @@ class SharedBudget:
                             return  # a tolerable share (BBR's loss_thresh), or too little evidence: the level stays
                         flushed = True
                         continue  # decide again with every holder's counts, this throttle's included
-                    best_share = memory.best_share()
-                    restore = memory.best > current * 1.001 and best_share < share < RESTORE_THRESH
+                    # over RESTORE_THRESH only if the best level's latest visit was not congested itself (a limit
+                    # that dropped while it was held): under strict spacing collisions alone exceed it below
+                    # about 6.7 calls/s beside a 2/s foreign writer, and cutting there spiralled down
+                    trusted = share < RESTORE_THRESH or memory.best_last < RESTORE_THRESH
+                    restore = memory.best > current * 1.001 and memory.best_share() < share and trusted
                 if restore:  # a faster level throttled less: cutting did not help here, go back to it
                     law.restore(now, memory.best, settle)
                 else:
@@ -407,7 +417,8 @@ class SharedBudget:
                 try:  # optimistic: cut from the law, timeline and counters this holder knows, which must be current
                     self._update(
                         "SET #base = :base, #knee = :knee, #cut = :now, #settle = :settle, #exp = :exp,"
-                        " #msent = :msent, #mlost = :mlost, #best = :best, #bsent = :bsent, #blost = :blost"
+                        " #msent = :msent, #mlost = :mlost, #best = :best, #bsent = :bsent, #blost = :blost,"
+                        " #blast = :blast"
                         " ADD #sent :sent, #lost :lost",
                         "(attribute_not_exists(#cut) OR #cut = :known)"
                         " AND (attribute_not_exists(#next) OR #next <= :next)",
@@ -424,6 +435,7 @@ class SharedBudget:
                             ":best": _n(best[0]),
                             ":bsent": {"N": f"{best[1]:.2f}"},
                             ":blost": {"N": f"{best[2]:.2f}"},
+                            ":blast": {"N": f"{best[3]:.4f}"},
                             ":sent": _n(self._unsent),
                             ":lost": _n(self._unlost),
                         },
@@ -695,6 +707,7 @@ class SharedBudget:
             number("best"),
             number("best_sent"),
             number("best_lost"),
+            float(item.get("best_last", {}).get("N", 1)),
         )
         if "cut_at" in item:
             self._law = RateLaw(
