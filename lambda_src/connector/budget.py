@@ -14,7 +14,7 @@ The item (``pk = "budget#<dataset group ARN>"``), all numbers, times in epoch se
 * ``base``, ``knee``, ``cut_at``, ``settle``: the shared rate law (below);
 * ``sent``, ``lost``: attempts sent after a settle and how many were throttled (counters); ``mark_sent``,
   ``mark_lost``: their values at the last change of the law; ``best``, ``best_sent``, ``best_lost``: the level
-  that throttled the smallest share (below);
+  that throttled the smallest share (below), and ``best_last``: the share its latest visit throttled;
 * ``expiresAt``: TTL, pushed a day ahead by every write.
 
 **Reserving.** A holder reserves a block of ``k`` consecutive slots ``1 / rate`` apart with one conditional
