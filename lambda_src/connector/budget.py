@@ -14,7 +14,7 @@ The item (``pk = "budget#<dataset group ARN>"``), all numbers, times in epoch se
 * ``base``, ``knee``, ``cut_at``, ``settle``: the shared rate law (below);
 * ``sent``, ``lost``: attempts sent after a settle and how many were throttled (counters); ``mark_sent``,
   ``mark_lost``: their values at the last change of the law; ``best``, ``best_sent``, ``best_lost``: the level
-  that throttled the smallest share (below), and ``best_last``: the share its latest visit throttled;
+  that throttled the smallest share (below);
 * ``expiresAt``: TTL, pushed a day ahead by every write.
 
 **Reserving.** A holder reserves a block of ``k`` consecutive slots ``1 / rate`` apart with one conditional
@@ -84,15 +84,15 @@ sent since the last change's settle, all holders together, in the item's counter
   the plateau that an isolated jitter throttle at the knee used to cost;
 * more, but under ``RESTORE_THRESH`` (10 %), and a faster level (``best``) throttled a smaller share: go back up
   to it (base = knee = that rate, then the plateau and the probe as after a cut) instead of cutting deeper. The
-  cut that led here did not help: collisions, not congestion. A level throttling more than 10 % goes back up only
-  if the best level's latest visit throttled less than 10 % itself (``best_last``), and otherwise cuts: when the
-  real limit drops (a foreign writer starts) while the best level is held, that visit ends congested, so the rate
+  cut that led here did not help: collisions, not congestion. A level throttling more than 10 % is congested
+  whatever a faster one showed before, so it cuts: when the real limit drops (a foreign writer starts), the rate
   is not sent back, again and again, to the level measured before the drop (that cost 14-20 % throttled for a
-  minute), and a sliding window's start-up transient cannot bounce it back into congestion either. Without the
-  exception (10 % was a hard cap), one unlucky level over 10 % under strict spacing beside a foreign writer
-  started a run of cuts that nothing stopped: below about 6.7 calls/s beside 2/s, collisions alone throttle more
-  than 10 %, so every lower level cut again (``bench_learning``, 120 s runs: 1 of 20 at 4 holders ended at 1.2
-  calls/s; none of 80 with the exception);
+  minute), and a sliding window's start-up transient cannot bounce it back into congestion either. The cap has a
+  rare cost under strict spacing beside a foreign writer: below about 6.7 calls/s beside 2/s, collisions alone
+  throttle more than 10 %, so one unlucky level can start cuts that nothing stops (``bench_learning``: 1 of 20
+  runs of 120 s at 4 holders ends at 1.2 calls/s). Going back up anyway when the best level's latest visit
+  throttled under 10 % was tried: it sent every drop of the limit after a long hold at the ceiling back to the old
+  level once (3-8 points more throttled for 10-30 s, ``tests/unit/test_attack_restore_cap.py``), so it was not kept;
 * otherwise cut, as above.
 
 ``best`` is the level with the smallest share seen, pooled over its visits (older visits count half), so one
@@ -168,7 +168,6 @@ _NAMES = {
     "#best": "best",
     "#bsent": "best_sent",
     "#blost": "best_lost",
-    "#blast": "best_last",
 }
 
 
@@ -229,7 +228,6 @@ class _Memory:
     best: float = 0.0  # the rate of the level that throttled least (0: none yet)
     best_sent: float = 0.0  # its attempts and throttles, pooled over its visits (older visits count half)
     best_lost: float = 0.0
-    best_last: float = 1.0  # the share its latest visit throttled (1: not known)
 
     def share(self, unsent: int, unlost: int) -> float:
         """The throttled share of the current level (attempts sent after its settle)."""
@@ -238,17 +236,16 @@ class _Memory:
     def best_share(self) -> float:
         return self.best_lost / max(1.0, self.best_sent)
 
-    def left(self, rate: float, share: float, unsent: int, unlost: int) -> tuple[float, float, float, float]:
+    def left(self, rate: float, share: float, unsent: int, unlost: int) -> tuple[float, float, float]:
         """The best level after leaving a level held at ``rate`` with ``share`` throttled: the same level again
-        pools its counts (halving the older ones), a level that throttled less replaces it; and the share of
-        the best level's latest visit."""
+        pools its counts (halving the older ones), a level that throttled less replaces it."""
         sent = max(1, self.sent + unsent - self.mark_sent)
         lost = self.lost + unlost - self.mark_lost
         if not self.best or abs(rate - self.best) <= SAME_LEVEL * self.best:
-            return rate, self.best_sent / 2 + sent, self.best_lost / 2 + lost, share
+            return rate, self.best_sent / 2 + sent, self.best_lost / 2 + lost
         if share < self.best_share():
-            return rate, sent, lost, share
-        return self.best, self.best_sent, self.best_lost, self.best_last
+            return rate, sent, lost
+        return self.best, self.best_sent, self.best_lost
 
 
 @dataclass(slots=True)
@@ -404,11 +401,8 @@ class SharedBudget:
                             return  # a tolerable share (BBR's loss_thresh), or too little evidence: the level stays
                         flushed = True
                         continue  # decide again with every holder's counts, this throttle's included
-                    # over RESTORE_THRESH only if the best level's latest visit was not congested itself (a limit
-                    # that dropped while it was held): under strict spacing collisions alone exceed it below
-                    # about 6.7 calls/s beside a 2/s foreign writer, and cutting there spiralled down
-                    trusted = share < RESTORE_THRESH or memory.best_last < RESTORE_THRESH
-                    restore = memory.best > current * 1.001 and memory.best_share() < share and trusted
+                    best_share = memory.best_share()
+                    restore = memory.best > current * 1.001 and best_share < share < RESTORE_THRESH
                 if restore:  # a faster level throttled less: cutting did not help here, go back to it
                     law.restore(now, memory.best, settle)
                 else:
@@ -418,8 +412,7 @@ class SharedBudget:
                 try:  # optimistic: cut from the law, timeline and counters this holder knows, which must be current
                     self._update(
                         "SET #base = :base, #knee = :knee, #cut = :now, #settle = :settle, #exp = :exp,"
-                        " #msent = :msent, #mlost = :mlost, #best = :best, #bsent = :bsent, #blost = :blost,"
-                        " #blast = :blast"
+                        " #msent = :msent, #mlost = :mlost, #best = :best, #bsent = :bsent, #blost = :blost"
                         " ADD #sent :sent, #lost :lost",
                         "(attribute_not_exists(#cut) OR #cut = :known)"
                         " AND (attribute_not_exists(#next) OR #next <= :next)",
@@ -436,7 +429,6 @@ class SharedBudget:
                             ":best": _n(best[0]),
                             ":bsent": {"N": f"{best[1]:.2f}"},
                             ":blost": {"N": f"{best[2]:.2f}"},
-                            ":blast": {"N": f"{best[3]:.4f}"},
                             ":sent": _n(self._unsent),
                             ":lost": _n(self._unlost),
                         },
@@ -708,7 +700,6 @@ class SharedBudget:
             number("best"),
             number("best_sent"),
             number("best_lost"),
-            float(item.get("best_last", {}).get("N", 1)),
         )
         if "cut_at" in item:
             self._law = RateLaw(

@@ -433,43 +433,6 @@ def test_a_level_that_throttles_more_than_a_faster_one_goes_back_up_to_it(
     ]
 
 
-def test_a_level_over_10_percent_goes_back_up_if_the_best_level_was_fine_on_its_latest_visit(
-    ddb: Any, clock: Clock
-) -> None:
-    """Under strict spacing beside a foreign writer, a level over 10 % used to cut whatever a faster level showed:
-    one unlucky level started a run of cuts into rates where collisions alone throttle more than 10 %, down to
-    about 1 call/s (``bench_learning``, 1 run in 20 at 4 holders). Back up to the best level if its latest visit
-    throttled less than 10 % (here 1 in 200)."""
-    b = budget(ddb, clock)
-    send(b, clock, 200)
-    b.throttled()  # at the ceiling: a cut, and the ceiling is the best level (0.5 %, on this latest visit too)
-    clock.now += 3
-    send(b, clock, 10)
-    b.throttled()
-    send(b, clock, 5)
-    b.throttled()  # 2 in 15 at the knee: over 10 %
-    assert (b.stats.cuts, b.stats.restores) == (1, 1)
-    assert b.rate() == pytest.approx(9.7)
-    assert stored(ddb)["best_last"] == pytest.approx(1 / 200, abs=1e-4)
-
-
-def test_a_level_over_10_percent_cuts_if_the_best_level_was_congested_on_its_latest_visit(
-    ddb: Any, clock: Clock
-) -> None:
-    """The limit dropped while the best level was held: its latest visit ended at 1 throttle in 8 (over 10 %), so a
-    congested level below it cuts instead of going back to it (the stale-best find of ``test_attack_budget``)."""
-    b = budget(ddb, clock)
-    send(b, clock, 8)
-    b.throttled()
-    clock.now += 3
-    send(b, clock, 5)
-    b.throttled()
-    send(b, clock, 5)
-    b.throttled()  # 2 in 10 at the knee
-    assert (b.stats.cuts, b.stats.restores) == (2, 0)
-    assert b.rate() < 0.97 * 9.7
-
-
 class Spacing:
     """Strict spacing: a call is accepted only ``1 / limit`` or more after the last accepted call."""
 

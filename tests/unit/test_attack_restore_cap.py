@@ -1,0 +1,100 @@
+"""Attacks on an exception to the rate law's 10 % cap that was tried and reverted (``best_last``).
+
+The exception: a level throttling more than ``RESTORE_THRESH`` goes back up to the best level if that level's latest
+visit throttled under 10 % itself. It stopped one collapse under strict spacing beside a foreign writer
+(``bench_learning``: 1 of 20 runs of 120 s at 4 holders ended at 1.2 calls/s; none with it), but this attack found
+its systematic cost: the ceiling is held until the real limit drops, so its visit ends with one throttle in hundreds
+of attempts, and the next, congested, level went back up to the pre-drop level once more before cutting. Both
+finds are kept as tests that hold on the current rule (they failed with the exception), with the figures (without
+-> with the exception). Driven like ``test_attack_budget.py``: moto's DynamoDB, a simulated clock and the
+discrete-event loop of ``test_budget.py``.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from tests.unit.test_budget import T0, Clock, Holder, Meter, Spacing, budget, simulate
+
+
+def drop(ddb: Any, holders: int, limit: float, at: float, seconds: float) -> tuple[list[tuple[float, bool]], int]:
+    """Sliding window; the real limit drops from 10 to ``limit`` at ``T0 + at`` after a hold at the ceiling."""
+    clock = Clock()
+    meter = Meter(10)
+
+    def service(t: float) -> bool:
+        meter.limit = 10 if t < T0 + at else limit
+        return meter(t)
+
+    hs = [Holder(budget(ddb, clock), start=T0 + i * 0.011) for i in range(holders)]
+    simulate(clock, hs, seconds, service)
+    return meter.log, sum(h.budget.stats.restores for h in hs)
+
+
+def window(log: list[tuple[float, bool]], a: float, b: float) -> tuple[float, float]:
+    """Accepted calls/s and the throttled share between ``T0 + a`` and ``T0 + b``."""
+    w = [ok for t, ok in log if T0 + a < t <= T0 + b]
+    return sum(w) / (b - a), sum(not ok for ok in w) / max(1, len(w))
+
+
+# Found by the attack, sliding window, 10 -> 8 calls/s, 1 holder, drop at 30 s: throttled in the first 10 s after the
+# drop 8.6 % -> 16.9 % with the exception, first 30 s 3.8 % -> 7.0 % (restores 0 -> 1). Also: drop at 300 s 10.8 % ->
+# 15.9 %; 4 holders 15.1 % -> 19.6 %; 10 -> 6 at 4 holders 17.6 % -> 24.3 % (first 30 s); the steady state after it
+# was the same. A visit's share is not evidence of the level's current state when its throttles all came at its end.
+def test_a_drop_after_a_long_hold_at_the_ceiling_does_not_go_back_to_the_old_level(ddb: Any) -> None:
+    log, restores = drop(ddb, 1, 8, 30, 70)
+    assert restores == 0
+    assert window(log, 30, 40)[1] < 0.13, window(log, 30, 40)
+
+
+# Found by the attack, the same mechanism deeper: 4 holders, 10 -> 3 at 30 s: 30-60 s after the drop 6.7 % -> 10.8 %
+# throttled with the exception (first 30 s 54 % -> 60 %; restores 0 -> 1).
+def test_a_deep_drop_is_learned_as_fast_as_before(ddb: Any) -> None:
+    log, restores = drop(ddb, 4, 3, 30, 90)
+    assert window(log, 60, 90)[1] < 0.08, window(log, 60, 90)
+    assert restores == 0
+
+
+def test_after_a_drop_the_lower_limit_is_still_learned(ddb: Any) -> None:
+    # 10 -> 6 at 1 holder, last 30 s of 90 s after the drop: 5.83 calls/s, 2.1 % throttled (5.8, 1.7 % with the
+    # exception)
+    log, _ = drop(ddb, 1, 6, 30, 110)
+    rate, lost = window(log, 80, 110)
+    assert rate >= 0.9 * 6
+    assert lost < 0.05
+
+
+@pytest.mark.parametrize("holders", [1, 4])
+def test_strict_spacing_with_a_foreign_writer_starting_later_is_held(ddb: Any, holders: int) -> None:
+    # A 2/s foreign writer starts at 30 s under strict spacing: 1 and 4 holders stay near the ceiling (9.2-9.4
+    # calls/s, 1-2.5 % throttled in the 30 s after; the same with the exception).
+    rng = random.Random(holders)
+    clock = Clock()
+    meter, foreign, ours = Spacing(10), [T0 + 30 + rng.uniform(0, 0.5)], []
+
+    def service(t: float) -> bool:
+        while foreign[0] <= t:
+            meter(foreign[0])
+            foreign[0] += 0.5
+        ok = meter(t + rng.uniform(0, 0.002))
+        ours.append((t, ok))
+        return ok
+
+    hs = [Holder(budget(ddb, clock), start=T0 + i * 0.011) for i in range(holders)]
+    simulate(clock, hs, 80, service)
+    rate, lost = window(ours, 40, 80)
+    assert rate >= 6.5
+    assert lost < 0.05
+
+
+# The cost of the cap, kept as a find: under strict spacing beside a 2/s foreign writer, one unlucky level over 10 %
+# cuts into rates where collisions alone throttle more than 10 %, and every lower level cuts again
+# (``bench_learning``: this seed, 4 holders, 120 s, ends at 1.18 calls/s in its last 40 s; 1 of 20 seeds there).
+@pytest.mark.xfail(strict=True, reason="a level over 10 % always cuts: under strict spacing the rate can spiral down")
+def test_strict_spacing_beside_a_foreign_writer_does_not_collapse_seed_11() -> None:
+    from bench.bench_learning import run_once
+
+    assert run_once("spacing", 4, 120.0, 2.0, seed=11).late_rate >= 6.0
