@@ -22,7 +22,6 @@ figures that need many seeds. Run ``.venv/bin/python -m bench.bench_learning [--
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -31,17 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "lambda_src"), str(ROOT)]
-for _k, _v in {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
-    "POWERTOOLS_TRACE_DISABLED": "true",
-    "POWERTOOLS_LOG_LEVEL": "ERROR",
-}.items():
-    os.environ.setdefault(_k, _v)
+from bench.offline import ROOT, offline
+
+offline()
 
 from tests.fakes import moto_state_table  # noqa: E402
 from tests.unit.test_budget import T0, TABLE, Clock, Holder, Meter, Spacing, budget, simulate  # noqa: E402
