@@ -17,27 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_budget import T0, Clock, Holder, Meter, Spacing, budget, simulate
-
-
-def drop(ddb: Any, holders: int, limit: float, at: float, seconds: float) -> tuple[list[tuple[float, bool]], int]:
-    """Sliding window; the real limit drops from 10 to ``limit`` at ``T0 + at`` after a hold at the ceiling."""
-    clock = Clock()
-    meter = Meter(10)
-
-    def service(t: float) -> bool:
-        meter.limit = 10 if t < T0 + at else limit
-        return meter(t)
-
-    hs = [Holder(budget(ddb, clock), start=T0 + i * 0.011) for i in range(holders)]
-    simulate(clock, hs, seconds, service)
-    return meter.log, sum(h.budget.stats.restores for h in hs)
-
-
-def window(log: list[tuple[float, bool]], a: float, b: float) -> tuple[float, float]:
-    """Accepted calls/s and the throttled share between ``T0 + a`` and ``T0 + b``."""
-    w = [ok for t, ok in log if T0 + a < t <= T0 + b]
-    return sum(w) / (b - a), sum(not ok for ok in w) / max(1, len(w))
+from tests.unit.test_attack_budget import drop_scenario, share
+from tests.unit.test_budget import T0, Clock, Holder, Spacing, budget, simulate
 
 
 # Found by the attack, sliding window, 10 -> 8 calls/s, 1 holder, drop at 30 s: throttled in the first 10 s after the
@@ -45,24 +26,24 @@ def window(log: list[tuple[float, bool]], a: float, b: float) -> tuple[float, fl
 # 15.9 %; 4 holders 15.1 % -> 19.6 %; 10 -> 6 at 4 holders 17.6 % -> 24.3 % (first 30 s); the steady state after it
 # was the same. A visit's share is not evidence of the level's current state when its throttles all came at its end.
 def test_a_drop_after_a_long_hold_at_the_ceiling_does_not_go_back_to_the_old_level(ddb: Any) -> None:
-    log, restores = drop(ddb, 1, 8, 30, 70)
+    log, restores = drop_scenario(ddb, 1, 8, at=30, seconds=70)
     assert restores == 0
-    assert window(log, 30, 40)[1] < 0.13, window(log, 30, 40)
+    assert share(log, 30, 40)[1] < 0.13, share(log, 30, 40)
 
 
 # Found by the attack, the same mechanism deeper: 4 holders, 10 -> 3 at 30 s: 30-60 s after the drop 6.7 % -> 10.8 %
 # throttled with the exception (first 30 s 54 % -> 60 %; restores 0 -> 1).
 def test_a_deep_drop_is_learned_as_fast_as_before(ddb: Any) -> None:
-    log, restores = drop(ddb, 4, 3, 30, 90)
-    assert window(log, 60, 90)[1] < 0.08, window(log, 60, 90)
+    log, restores = drop_scenario(ddb, 4, 3, at=30, seconds=90)
+    assert share(log, 60, 90)[1] < 0.08, share(log, 60, 90)
     assert restores == 0
 
 
 def test_after_a_drop_the_lower_limit_is_still_learned(ddb: Any) -> None:
     # 10 -> 6 at 1 holder, last 30 s of 90 s after the drop: 5.83 calls/s, 2.1 % throttled (5.8, 1.7 % with the
     # exception)
-    log, _ = drop(ddb, 1, 6, 30, 110)
-    rate, lost = window(log, 80, 110)
+    log, _ = drop_scenario(ddb, 1, 6, at=30, seconds=110)
+    rate, lost = share(log, 80, 110)
     assert rate >= 0.9 * 6
     assert lost < 0.05
 
@@ -85,7 +66,7 @@ def test_strict_spacing_with_a_foreign_writer_starting_later_is_held(ddb: Any, h
 
     hs = [Holder(budget(ddb, clock), start=T0 + i * 0.011) for i in range(holders)]
     simulate(clock, hs, 80, service)
-    rate, lost = window(ours, 40, 80)
+    rate, lost = share(ours, 40, 80)
     assert rate >= 6.5
     assert lost < 0.05
 
