@@ -18,7 +18,7 @@ help:
 	@echo "make demo    - set up, synthesize the stack, run it end to end on the local cloud, check convergence"
 	@echo "make test    - set up, then lint, type-check and run every test"
 	@echo "make demo ARGS='--catalog 0 --items 500'  - a smaller demo; python -m localcloud demo --help lists the options"
-	@echo "make bench   - benchmarks against baselines: runtime, memory, the shared budget, bulk conversion, then on the"
+	@echo "make bench   - benchmarks: runtime, memory, the shared budget, its learning (simulated), bulk conversion, then on the"
 	@echo "               local cloud (~45 min; ARGS=--quick for ~5 min); results in bench/results/"
 	@echo "make chaos   - ~20,000 changes under injected faults on the local cloud, with a convergence check (~10 min)"
 	@echo "make synth   - synthesize the CDK app offline into cdk.out/"
