@@ -82,24 +82,28 @@ sent since the last change's settle, all holders together, in the item's counter
   BBR's ``BBRLossThresh`` of 2 %, "the maximum tolerated per-round-trip packet loss rate when probing for
   bandwidth", draft-cardwell-iccrg-bbr-congestion-control-02; one throttle measures nothing). This also spares
   the plateau that an isolated jitter throttle at the knee used to cost;
-* more, but under ``RESTORE_THRESH`` (10 %), and a faster level (``best``) throttled a smaller share: go back up
-  to it (base = knee = that rate, then the plateau and the probe as after a cut) instead of cutting deeper. The
-  cut that led here did not help: collisions, not congestion. A level throttling more than 10 % is congested
-  whatever a faster one showed before, so it cuts: when the real limit drops (a foreign writer starts), the rate
-  is not sent back, again and again, to the level measured before the drop (that cost 14-20 % throttled for a
-  minute), and a sliding window's start-up transient cannot bounce it back into congestion either. The cap has a
-  rare cost under strict spacing beside a foreign writer: below about 6.7 calls/s beside 2/s, collisions alone
-  throttle more than 10 %, so one unlucky level can start cuts that nothing stops (``bench_learning``: 1 of 20
-  runs of 120 s at 4 holders ends at 1.2 calls/s). Going back up anyway when the best level's latest visit
-  throttled under 10 % was tried: it sent every drop of the limit after a long hold at the ceiling back to the old
-  level once (3-8 points more throttled for 10-30 s, ``tests/unit/test_attack_restore_cap.py``), so it was not kept;
+* more, and a faster level (``best``) throttled a smaller share, under ``RESTORE_THRESH`` (10 %): go back up to it
+  (base = knee = that rate, then the plateau and the probe as after a cut) instead of cutting deeper. The cut that
+  led here did not help: collisions, not congestion. Going back up is **on trial**: the level's attempts are a
+  sequential test (Wald's SPRT, judged at each throttle: 5 % false fails, 10 % false passes) of "it throttles the
+  best's share, as before" against "it throttles the share of the level it came from". A failed trial cuts from the
+  level it came from (as if it had not gone back up) and forgets the best level, so the rate does not go back to it
+  again; a passed one is an ordinary level. When the real limit has dropped, the trial fails within a few attempts;
+  under strict spacing beside a foreign writer, where the share rises as the rate falls, it passes, and the rate
+  does not spiral down. Earlier rules and what they cost: a congested level (over 10 % itself) always cut, which
+  let one unlucky level under strict spacing start cuts that nothing stopped (``bench_learning``: 1 of 20 runs of
+  120 s at 4 holders ended at 1.2 calls/s); going back up whenever the best level's latest visit throttled under
+  10 % sent every drop of the limit after a long hold at the ceiling back to the old level for 10-30 s (3-8 points
+  more throttled, ``tests/unit/test_attack_restore_cap.py``): the ceiling's visit is no measure (below);
 * otherwise cut, as above.
 
 ``best`` is the level with the smallest share seen, pooled over its visits (older visits count half), so one
-unlucky second does not move it; a level's rate is its knee (the rate it held), not the probe's peak. The
+unlucky second does not move it; a level's rate is its knee (the rate it held), not the probe's peak. A level left
+by a probe's throttle (above the knee, or at the ceiling) is not measured: it was cut at its first throttle, so its
+share says only how long the limit allowed it, which is no evidence after a drop of the limit. The
 counters cost no request of their own: each holder adds its attempts and throttles to its next reservation
 (``ADD``); a throttle that does not cut adds them at once (one write), so the next decision, by any holder,
-counts it: at most one extra write per throttle, none per call. What it gives up: under a window model
+counts it: at most one extra write per throttle (two for the one that ends a trial), none per call. What it gives up: under a window model
 a knee just above the real limit can now throttle up to 1 % of calls before it is cut; under strict spacing the
 rate stays near the ceiling and the foreign writer is the one squeezed (its calls fit only in gaps wider than
 ``1 / quota``): uncoordinated writers under strict spacing cannot both be served, and going slower would not
@@ -141,7 +145,10 @@ FAST = 2.0  # calls/s gained per second below the knee
 PROBE = 0.01  # calls/s² of the quadratic probe above the knee
 MIN_RATE = 0.2  # calls/s: never cut below
 LOSS_THRESH = 0.01  # at or below the knee, a level that throttles at most this share of its attempts stays
-RESTORE_THRESH = 0.1  # go back up only to a level that throttled less than this (more is congestion, not collisions)
+RESTORE_THRESH = 0.1  # go back up only to a level that throttled less than this
+TRIAL_PASS = math.log(0.1 / 0.95)  # a restored level's trial (Wald's SPRT): passed below this log-likelihood ratio
+TRIAL_FAIL = math.log(0.9 / 0.05)  # ... and failed above it (5 % false fails, 10 % false passes)
+TRIAL_FLOOR = 0.005  # the share a restored level is expected to throttle is at least this
 MIN_LOST = 2  # at or below the knee, act on a level's share once it has this many throttles (one says little)
 SAME_LEVEL = 0.015  # levels closer than this (relative) are one level
 SETTLE_S = (
@@ -168,6 +175,9 @@ _NAMES = {
     "#best": "best",
     "#bsent": "best_sent",
     "#blost": "best_lost",
+    "#tfrom": "trial_from",
+    "#tp0": "trial_p0",
+    "#tp1": "trial_p1",
 }
 
 
@@ -228,6 +238,21 @@ class _Memory:
     best: float = 0.0  # the rate of the level that throttled least (0: none yet)
     best_sent: float = 0.0  # its attempts and throttles, pooled over its visits (older visits count half)
     best_lost: float = 0.0
+    trial_from: float = 0.0  # a restored level on trial: the rate it was restored from (0: no trial)
+    trial_p0: float = 0.0  # the share the restored level is expected to throttle if going back was right
+    trial_p1: float = 0.0  # ... and if it was wrong (the share that made the level below go back)
+
+    def trial(self, unsent: int, unlost: int) -> int:
+        """A restored level's trial, by Wald's sequential probability ratio test on its attempts so far: +1 failed
+        (it throttles like the congested level it was restored from), -1 passed (as it did before), 0 undecided.
+        Called at each throttle, with this throttle counted: the ratio only rises at throttles and falls between
+        them, so the test passed if it had fallen below ``TRIAL_PASS`` just before this throttle."""
+        lost = self.lost + unlost - self.mark_lost
+        sent = max(lost, self.sent + unsent - self.mark_sent)
+        up, down = math.log(self.trial_p1 / self.trial_p0), math.log((1 - self.trial_p1) / (1 - self.trial_p0))
+        if (lost - 1) * up + (sent - lost) * down <= TRIAL_PASS:
+            return -1
+        return 1 if lost * up + (sent - lost) * down >= TRIAL_FAIL else 0
 
     def share(self, unsent: int, unlost: int) -> float:
         """The throttled share of the current level (attempts sent after its settle)."""
@@ -394,26 +419,53 @@ class SharedBudget:
                 memory, settle = self._memory, max(self._next_slot, now) + self.settle_s
                 share = memory.share(self._unsent, self._unlost)  # the current level's, since the last change
                 current = min(law.rate(now), self._block_rate)
-                restore, probing = False, law.probing(current)
-                if not probing:  # at or below the knee: congestion, or collisions cutting won't cure?
-                    if share <= LOSS_THRESH or memory.lost + self._unlost - memory.mark_lost < MIN_LOST:
-                        if flushed or not self._flush(now):
-                            return  # a tolerable share (BBR's loss_thresh), or too little evidence: the level stays
+                restore, failed, probing = False, False, law.probing(current)
+                verdict = 0
+                if memory.trial_from and current <= law.knee * 1.001:  # a restored level on trial (the ceiling too)
+                    if not flushed:
+                        if not self._flush(now):
+                            return
                         flushed = True
                         continue  # decide again with every holder's counts, this throttle's included
+                    verdict = memory.trial(self._unsent, self._unlost)
+                    if verdict == 0:
+                        return  # undecided: the level stays
+                    failed = verdict > 0
+                    probing = False
+                if not failed and not probing:  # at or below the knee: congestion, or collisions cutting won't cure?
+                    if share <= LOSS_THRESH or memory.lost + self._unlost - memory.mark_lost < MIN_LOST:
+                        if not flushed:
+                            if not self._flush(now):
+                                return
+                            flushed = True
+                            continue  # decide again with every holder's counts, this throttle's included
+                        if verdict < 0:
+                            self._end_trial(now)
+                        return  # a tolerable share (BBR's loss_thresh), or too little evidence: the level stays
                     best_share = memory.best_share()
-                    restore = memory.best > current * 1.001 and best_share < share < RESTORE_THRESH
-                if restore:  # a faster level throttled less: cutting did not help here, go back to it
-                    law.restore(now, memory.best, settle)
+                    restore = memory.best > current * 1.001 and best_share < min(share, RESTORE_THRESH)
+                trial = (0.0, 0.0, 0.0)
+                if failed:  # going back up was wrong: cut from the level it came from, and forget the best level
+                    law.cut(now, memory.trial_from, settle)
+                    best = (0.0, 0.0, 0.0)
                 else:
-                    law.cut(now, self._block_rate, settle)
-                best = memory.left(min(current, self._law.knee), share, self._unsent, self._unlost)
+                    if restore:  # a faster level throttled less: cutting did not help here, go back to it, on trial
+                        law.restore(now, memory.best, settle)
+                        p0 = max(TRIAL_FLOOR, best_share)
+                        trial = (current, p0, min(0.9, max(share, 2 * p0)))
+                    else:
+                        law.cut(now, self._block_rate, settle)
+                    best = (
+                        (memory.best, memory.best_sent, memory.best_lost)
+                        if probing  # its share ends at its first throttle: no measure to go back to
+                        else memory.left(min(current, self._law.knee), share, self._unsent, self._unlost)
+                    )
                 sent_total, lost_total = memory.sent + self._unsent, memory.lost + self._unlost
                 try:  # optimistic: cut from the law, timeline and counters this holder knows, which must be current
                     self._update(
                         "SET #base = :base, #knee = :knee, #cut = :now, #settle = :settle, #exp = :exp,"
-                        " #msent = :msent, #mlost = :mlost, #best = :best, #bsent = :bsent, #blost = :blost"
-                        " ADD #sent :sent, #lost :lost",
+                        " #msent = :msent, #mlost = :mlost, #best = :best, #bsent = :bsent, #blost = :blost,"
+                        " #tfrom = :tfrom, #tp0 = :tp0, #tp1 = :tp1 ADD #sent :sent, #lost :lost",
                         "(attribute_not_exists(#cut) OR #cut = :known)"
                         " AND (attribute_not_exists(#next) OR #next <= :next)",
                         {
@@ -429,6 +481,9 @@ class SharedBudget:
                             ":best": _n(best[0]),
                             ":bsent": {"N": f"{best[1]:.2f}"},
                             ":blost": {"N": f"{best[2]:.2f}"},
+                            ":tfrom": _n(trial[0]),
+                            ":tp0": {"N": f"{trial[1]:.4f}"},
+                            ":tp1": {"N": f"{trial[2]:.4f}"},
                             ":sent": _n(self._unsent),
                             ":lost": _n(self._unlost),
                         },
@@ -442,14 +497,15 @@ class SharedBudget:
                     self.stats.cuts += 1
                 else:
                     self._law = law
-                    self._memory = _Memory(sent_total, lost_total, sent_total, lost_total, *best)
+                    self._memory = _Memory(sent_total, lost_total, sent_total, lost_total, *best, *trial)
                     self._unsent = self._unlost = 0
                     if restore:
                         self.stats.restores += 1
                     else:
                         self.stats.cuts += 1
+                    message = "restored" if restore else "cut after a failed trial" if failed else "cut"
                     logger.info(
-                        "Shared PutItems rate restored" if restore else "Shared PutItems rate cut",
+                        f"Shared PutItems rate {message}",
                         extra={
                             "from_rate": round(current, 2),
                             "base": round(law.base, 2),
@@ -700,6 +756,9 @@ class SharedBudget:
             number("best"),
             number("best_sent"),
             number("best_lost"),
+            number("trial_from"),
+            number("trial_p0"),
+            number("trial_p1"),
         )
         if "cut_at" in item:
             self._law = RateLaw(
@@ -737,6 +796,23 @@ class SharedBudget:
         self._unsent = self._unlost = 0
         self._learn(reply.get("Attributes"))
         return True
+
+    def _end_trial(self, now: float) -> None:
+        """A restored level passed its trial: an ordinary level from now on (one write, only if it is still the
+        current level; a table failure leaves the trial on, to be judged again at the next throttle)."""
+        try:
+            self._update(
+                "SET #tfrom = :zero, #exp = :exp",
+                "#cut = :known",
+                {":zero": _n(0), ":exp": _n(int(now + TTL_S)), ":known": _n(self._law.cut_at)},
+            )
+        except _Conflict as conflict:
+            self._learn(conflict.item)
+            return
+        except Exception as exc:  # any table failure: local pacing, never an error
+            self._fall_back(now, exc)
+            return
+        self._memory.trial_from = 0.0
 
     def _update(
         self, update: str, condition: str, values: dict[str, Any], *, return_new: bool = False
