@@ -82,32 +82,34 @@ sent since the last change's settle, all holders together, in the item's counter
   BBR's ``BBRLossThresh`` of 2 %, "the maximum tolerated per-round-trip packet loss rate when probing for
   bandwidth", draft-cardwell-iccrg-bbr-congestion-control-02; one throttle measures nothing). This also spares
   the plateau that an isolated jitter throttle at the knee used to cost;
-* more, and a faster level (``best``) throttled a smaller share, under ``RESTORE_THRESH`` (10 %): go back up to it
-  (base = knee = that rate, then the plateau and the probe as after a cut) instead of cutting deeper. The cut that
-  led here did not help: collisions, not congestion. Going back up is **on trial**: the level's attempts are a
-  sequential test (Wald's SPRT, judged at each throttle: 5 % false fails, 10 % false passes) of "it throttles the
-  best's share, as before" against "it throttles the share of the level it came from". A failed trial cuts from the
-  level it came from (as if it had not gone back up) and forgets the best level, so the rate does not go back to it
-  again; a passed one is an ordinary level. When the real limit has dropped, the trial fails within a few attempts;
-  under strict spacing beside a foreign writer, where the share rises as the rate falls, it passes, and the rate
-  does not spiral down. Earlier rules and what they cost: a congested level (over 10 % itself) always cut, which
-  let one unlucky level under strict spacing start cuts that nothing stopped (``bench_learning``: 1 of 20 runs of
-  120 s at 4 holders ended at 1.2 calls/s); going back up whenever the best level's latest visit throttled under
-  10 % sent every drop of the limit after a long hold at the ceiling back to the old level for 10-30 s (3-8 points
-  more throttled, ``tests/unit/test_attack_restore_cap.py``): the ceiling's visit is no measure (below);
+* more, and a faster level (``best``) throttled a smaller share, itself under ``RESTORE_THRESH`` (10 %): go back up
+  to it (base = knee = that rate, then the plateau and the probe as after a cut) instead of cutting deeper. The cut
+  that led here did not help: collisions, not congestion. Going back up is **on trial**: the level's attempts are
+  a sequential test (Wald's SPRT, judged at each throttle: 5 % false fails, 10 % false passes) of "it throttles the
+  best's share, as before" against "it throttles the share of the level it came from" (at most 25 %). A failed
+  trial cuts from the level it came from, as if it had not gone back up, and the trial's share replaces the best
+  level's, so the rate does not go back to it again; a passed one is an ordinary level. When the real limit has
+  dropped, the trial fails within a few attempts; under strict spacing beside a foreign writer, where the share
+  rises as the rate falls, it passes and the rate does not spiral down. What it costs: after a drop of the limit
+  that follows a long hold at the ceiling, the rate goes back to the ceiling once, for about a second
+  (``test_attack_restore_cap.py``: 2-5 points more throttled in the first 10 s after the drop than cutting
+  straight down, the same steady state). What it replaced: a level throttling over 10 % itself always cut, and
+  one unlucky level under strict spacing could start cuts that nothing stopped (``bench_learning``: 1 of 20 runs
+  of 120 s at 4 holders ended at 1.2 calls/s, 1 of 20 of 600 s at 1 holder at 0.7); going back up from such a
+  level without a trial cost 3-8 points for 10-30 s after every drop;
 * otherwise cut, as above.
 
-``best`` is the level with the smallest share seen, pooled over its visits (older visits count half), so one
-unlucky second does not move it; a level's rate is its knee (the rate it held), not the probe's peak. A level left
-by a probe's throttle (above the knee, or at the ceiling) is not measured: it was cut at its first throttle, so its
-share says only how long the limit allowed it, which is no evidence after a drop of the limit. The
-counters cost no request of their own: each holder adds its attempts and throttles to its next reservation
-(``ADD``); a throttle that does not cut adds them at once (one write), so the next decision, by any holder,
-counts it: at most one extra write per throttle (two for the one that ends a trial), none per call. What it gives up: under a window model
-a knee just above the real limit can now throttle up to 1 % of calls before it is cut; under strict spacing the
-rate stays near the ceiling and the foreign writer is the one squeezed (its calls fit only in gaps wider than
-``1 / quota``): uncoordinated writers under strict spacing cannot both be served, and going slower would not
-help either of them.
+``best`` is the fastest *good* level seen (one that throttled under ``RESTORE_THRESH``), or while none is known the
+level with the smallest share; a level's share is pooled over its visits (older visits count half), so one unlucky
+second does not move it, and its rate is its knee (the rate it held), not the probe's peak. A slower level never
+replaces a good one: under collisions a slower level throttling less by chance used to replace it, and visit by
+visit the level to go back to ratcheted down (the 600 s collapse above). The counters cost no request of their own:
+each holder adds its attempts and throttles to its next reservation (``ADD``); a throttle that does not cut adds
+them at once (one write), so the next decision, by any holder, counts it: at most one extra write per throttle (two
+for the one that ends a trial), none per call. What it gives up: under a window model a knee just above the real
+limit can now throttle up to 1 % of calls before it is cut; under strict spacing the rate stays near the ceiling and
+the foreign writer is the one squeezed (its calls fit only in gaps wider than ``1 / quota``): uncoordinated writers
+under strict spacing cannot both be served, and going slower would not help either of them.
 
 **When the table fails** (missing, access denied, timeouts, any error): :meth:`wait` never raises for it. The
 holder paces itself locally at ``fallback_rate`` (default ceiling / 4) with the same AIMD, counts it in
@@ -149,6 +151,7 @@ RESTORE_THRESH = 0.1  # go back up only to a level that throttled less than this
 TRIAL_PASS = math.log(0.1 / 0.95)  # a restored level's trial (Wald's SPRT): passed below this log-likelihood ratio
 TRIAL_FAIL = math.log(0.9 / 0.05)  # ... and failed above it (5 % false fails, 10 % false passes)
 TRIAL_FLOOR = 0.005  # the share a restored level is expected to throttle is at least this
+TRIAL_P1_MAX = 0.25  # ... and if going back up was wrong, at most this (a larger one would pass it on one success)
 MIN_LOST = 2  # at or below the knee, act on a level's share once it has this many throttles (one says little)
 SAME_LEVEL = 0.015  # levels closer than this (relative) are one level
 SETTLE_S = (
@@ -263,14 +266,21 @@ class _Memory:
 
     def left(self, rate: float, share: float, unsent: int, unlost: int) -> tuple[float, float, float]:
         """The best level after leaving a level held at ``rate`` with ``share`` throttled: the same level again
-        pools its counts (halving the older ones), a level that throttled less replaces it."""
+        pools its counts (halving the older ones); a faster good level (under ``RESTORE_THRESH``) replaces it, and
+        so does any level that throttled less while no good level is known. A slower level never replaces a good
+        one, so noise cannot ratchet the best level down."""
         sent = max(1, self.sent + unsent - self.mark_sent)
         lost = self.lost + unlost - self.mark_lost
         if not self.best or abs(rate - self.best) <= SAME_LEVEL * self.best:
             return rate, self.best_sent / 2 + sent, self.best_lost / 2 + lost
-        if share < self.best_share():
+        good = self.best_share() < RESTORE_THRESH
+        if (share < RESTORE_THRESH and (rate > self.best or not good)) or (not good and share < self.best_share()):
             return rate, sent, lost
         return self.best, self.best_sent, self.best_lost
+
+    def tried(self, unsent: int, unlost: int) -> tuple[float, float, float]:
+        """The best level after its trial failed: measured again, by the trial alone (the limit changed)."""
+        return self.best, max(1, self.sent + unsent - self.mark_sent), self.lost + unlost - self.mark_lost
 
 
 @dataclass(slots=True)
@@ -445,21 +455,17 @@ class SharedBudget:
                     best_share = memory.best_share()
                     restore = memory.best > current * 1.001 and best_share < min(share, RESTORE_THRESH)
                 trial = (0.0, 0.0, 0.0)
-                if failed:  # going back up was wrong: cut from the level it came from, and forget the best level
+                if failed:  # going back up was wrong: cut from the level it came from; the trial measures the best
                     law.cut(now, memory.trial_from, settle)
-                    best = (0.0, 0.0, 0.0)
+                    best = memory.tried(self._unsent, self._unlost)
                 else:
                     if restore:  # a faster level throttled less: cutting did not help here, go back to it, on trial
                         law.restore(now, memory.best, settle)
                         p0 = max(TRIAL_FLOOR, best_share)
-                        trial = (current, p0, min(0.9, max(share, 2 * p0)))
+                        trial = (current, p0, min(TRIAL_P1_MAX, max(share, 2 * p0)))
                     else:
                         law.cut(now, self._block_rate, settle)
-                    best = (
-                        (memory.best, memory.best_sent, memory.best_lost)
-                        if probing  # its share ends at its first throttle: no measure to go back to
-                        else memory.left(min(current, self._law.knee), share, self._unsent, self._unlost)
-                    )
+                    best = memory.left(min(current, self._law.knee), share, self._unsent, self._unlost)
                 sent_total, lost_total = memory.sent + self._unsent, memory.lost + self._unlost
                 try:  # optimistic: cut from the law, timeline and counters this holder knows, which must be current
                     self._update(

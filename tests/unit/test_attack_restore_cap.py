@@ -25,21 +25,23 @@ from tests.unit.test_budget import T0, Clock, Holder, Spacing, budget, simulate
 
 
 # Found by the attack, sliding window, 10 -> 8 calls/s, 1 holder, drop at 30 s: throttled in the first 10 s after the
-# drop 8.6 % -> 16.9 % with the exception, first 30 s 3.8 % -> 7.0 % (restores 0 -> 1). Also: drop at 300 s 10.8 % ->
+# drop 8.6 % -> 16.9 % with best_last, first 30 s 3.8 % -> 7.0 % (restores 0 -> 1). Also: drop at 300 s 10.8 % ->
 # 15.9 %; 4 holders 15.1 % -> 19.6 %; 10 -> 6 at 4 holders 17.6 % -> 24.3 % (first 30 s); the steady state after it
-# was the same. A visit's share is not evidence of the level's current state when its throttles all came at its end.
-def test_a_drop_after_a_long_hold_at_the_ceiling_does_not_go_back_to_the_old_level(ddb: Any) -> None:
+# was the same. With the trial it goes back up once, for about a second: 13.8 % and 5.4 % (4 holders: 18.7 %, and
+# 20.8 % in the first 30 s of 10 -> 6). The bounds hold it under best_last's cost and to one trip up per drop.
+def test_a_drop_after_a_long_hold_at_the_ceiling_goes_back_to_the_old_level_once_on_a_trial(ddb: Any) -> None:
     log, restores = drop_scenario(ddb, 1, 8, at=30, seconds=70)
-    assert restores == 0
-    assert share(log, 30, 40)[1] < 0.13, share(log, 30, 40)
+    assert restores <= 1
+    assert share(log, 30, 40)[1] < 0.15, share(log, 30, 40)
+    assert share(log, 30, 60)[1] < 0.065, share(log, 30, 60)
 
 
 # Found by the attack, the same mechanism deeper: 4 holders, 10 -> 3 at 30 s: 30-60 s after the drop 6.7 % -> 10.8 %
-# throttled with the exception (first 30 s 54 % -> 60 %; restores 0 -> 1).
-def test_a_deep_drop_is_learned_as_fast_as_before(ddb: Any) -> None:
+# throttled with best_last (first 30 s 54 % -> 60 %; restores 0 -> 1); with the trial 8.8 % (57 %).
+def test_a_deep_drop_is_learned_faster_than_without_the_trial(ddb: Any) -> None:
     log, restores = drop_scenario(ddb, 4, 3, at=30, seconds=90)
-    assert share(log, 60, 90)[1] < 0.08, share(log, 60, 90)
-    assert restores == 0
+    assert share(log, 60, 90)[1] < 0.1, share(log, 60, 90)
+    assert restores <= 1
 
 
 def test_after_a_drop_the_lower_limit_is_still_learned(ddb: Any) -> None:
