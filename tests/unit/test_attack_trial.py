@@ -266,3 +266,35 @@ def test_sprt_bounds_are_wald_s() -> None:
             before = llr - math.log(p1 / p0)
             expected = -1 if before <= TRIAL_PASS else 1 if llr >= TRIAL_FAIL else 0
             assert m.trial(0, 0) == expected
+
+
+# Found by the attack: a failed trial's share replaces the best level's "so the rate does not go back to it again",
+# but only a share of 10 % or more stops that: a trial failed at 2 in 31 (6.5 %) leaves the best "good", and the next
+# level that throttles more (2 in 16) goes back up to it, on a new trial, 4 s later. Also seen here: "going back up"
+# by 0.7 % (7.86 -> 7.92, one level by SAME_LEVEL's 1.5 %), a trial of a level against itself. Sliding window of 10,
+# 2 holders, a 3/s foreign writer from 30 s to 90 s, seed 1: main never went back up (restores 0, 4.2 % throttled in
+# 30-60 s); the trial: 3 restores, 2 failed trials, 5.8 %.
+@pytest.mark.xfail(strict=True, reason="a failed trial under 10 % leaves its level a target: gone back up to again")
+def test_no_second_trip_up_to_a_level_whose_trial_failed(ddb: Any, caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    rng = random.Random(1)
+    meter, nxt = Meter(10), [T0 + 30 + rng.uniform(0, 1 / 3)]
+
+    def service(t: float) -> bool:
+        while nxt[0] <= t:
+            if nxt[0] < T0 + 90:
+                meter(nxt[0])
+            nxt[0] += 1 / 3
+        return meter(t + rng.uniform(0, 0.002))
+
+    hs = [Holder(budget(ddb, clock), start=T0 + i * 0.011) for i in range(2)]
+    simulate(clock, hs, 100, service)
+    failed: list[float] = []
+    again = []
+    for r in caplog.records:
+        if r.getMessage() == "Shared PutItems rate cut after a failed trial":
+            failed.append(r.__dict__["from_rate"])
+        elif r.getMessage() == "Shared PutItems rate restored":
+            again += [r.__dict__["base"] for level in failed if abs(r.__dict__["base"] - level) <= 0.015 * level]
+    assert failed, "the scenario no longer fails a trial"
+    assert not again, (failed, again)
