@@ -82,20 +82,22 @@ sent since the last change's settle, all holders together, in the item's counter
   BBR's ``BBRLossThresh`` of 2 %, "the maximum tolerated per-round-trip packet loss rate when probing for
   bandwidth", draft-cardwell-iccrg-bbr-congestion-control-02; one throttle measures nothing). This also spares
   the plateau that an isolated jitter throttle at the knee used to cost;
-* more, and a faster level (``best``) throttled a smaller share, itself under ``RESTORE_THRESH`` (10 %): go back up
-  to it (base = knee = that rate, then the plateau and the probe as after a cut) instead of cutting deeper. The cut
-  that led here did not help: collisions, not congestion. Going back up is **on trial**: the level's attempts are
-  a sequential test (Wald's SPRT, judged at each throttle: 5 % false fails, 10 % false passes) of "it throttles the
-  best's share, as before" against "it throttles the share of the level it came from" (at most 25 %). A failed
-  trial cuts from the level it came from, as if it had not gone back up, and the trial's share replaces the best
-  level's, so the rate does not go back to it again; a passed one is an ordinary level. When the real limit has
-  dropped, the trial fails within a few attempts; under strict spacing beside a foreign writer, where the share
-  rises as the rate falls, it passes and the rate does not spiral down. What it costs: after a drop of the limit
-  that follows a long hold at the ceiling, the rate goes back to the ceiling once, for about a second
-  (``test_attack_restore_cap.py``: 2-5 points more throttled in the first 10 s after the drop than cutting
-  straight down, the same steady state). What it replaced: a level throttling over 10 % itself always cut, and
-  one unlucky level under strict spacing could start cuts that nothing stopped (``bench_learning``: 1 of 20 runs
-  of 120 s at 4 holders ended at 1.2 calls/s, 1 of 20 of 600 s at 1 holder at 0.7); going back up from such a
+* more, and a faster level (``best``, more than ``SAME_LEVEL`` faster) throttled a smaller share, itself under
+  ``RESTORE_THRESH`` (10 %): go back up to it (base = knee = that rate, then the plateau and the probe as after a
+  cut) instead of cutting deeper. The cut that led here did not help: collisions, not congestion. Going back up is
+  **on trial**: the level's attempts are a sequential test (Wald's SPRT, judged at each throttle: 5 % false fails,
+  10 % false passes) of "it throttles the best's share, as before" against "it throttles the share of the level it
+  came from" (at most 25 %), failing only with ``MIN_LOST`` throttles like every other decision. A failed trial cuts
+  from the level it came from, as if it had not gone back up, and the trial's share, at least 10 %, replaces the
+  best level's, so the rate never goes back to it again; a passed one is an ordinary level. The trial's fields carry
+  the level they belong to (``trial_at`` = its ``cut_at``), so a level written by another version is not judged as
+  an old trial. When the real limit has dropped, the trial fails within a few attempts; under strict spacing beside
+  a foreign writer, where the share rises as the rate falls, it passes and the rate does not spiral down. What it
+  costs: after a drop of the limit that follows a long hold at the ceiling, the rate goes back to the ceiling once,
+  for about a second (``test_attack_restore_cap.py``: 2-5 points more throttled in the first 10 s after the drop
+  than cutting straight down, the same steady state). What it replaced: a level throttling over 10 % itself always
+  cut, and one unlucky level under strict spacing could start cuts that nothing stopped (``bench_learning``: 1 of 20
+  runs of 120 s at 4 holders ended at 1.2 calls/s, 1 of 20 of 600 s at 1 holder at 0.7); going back up from such a
   level without a trial cost 3-8 points for 10-30 s after every drop;
 * otherwise cut, as above.
 
@@ -181,6 +183,7 @@ _NAMES = {
     "#tfrom": "trial_from",
     "#tp0": "trial_p0",
     "#tp1": "trial_p1",
+    "#tat": "trial_at",
 }
 
 
@@ -255,7 +258,7 @@ class _Memory:
         up, down = math.log(self.trial_p1 / self.trial_p0), math.log((1 - self.trial_p1) / (1 - self.trial_p0))
         if (lost - 1) * up + (sent - lost) * down <= TRIAL_PASS:
             return -1
-        return 1 if lost * up + (sent - lost) * down >= TRIAL_FAIL else 0
+        return 1 if lost >= MIN_LOST and lost * up + (sent - lost) * down >= TRIAL_FAIL else 0
 
     def share(self, unsent: int, unlost: int) -> float:
         """The throttled share of the current level (attempts sent after its settle)."""
@@ -279,8 +282,10 @@ class _Memory:
         return self.best, self.best_sent, self.best_lost
 
     def tried(self, unsent: int, unlost: int) -> tuple[float, float, float]:
-        """The best level after its trial failed: measured again, by the trial alone (the limit changed)."""
-        return self.best, max(1, self.sent + unsent - self.mark_sent), self.lost + unlost - self.mark_lost
+        """The best level after its trial failed: measured again, by the trial alone (the limit changed), and at
+        least ``RESTORE_THRESH`` throttled, so that the rate never goes back up to it again."""
+        sent = max(1, self.sent + unsent - self.mark_sent)
+        return self.best, sent, max(self.lost + unlost - self.mark_lost, RESTORE_THRESH * sent)
 
 
 @dataclass(slots=True)
@@ -453,7 +458,7 @@ class SharedBudget:
                             self._end_trial(now)
                         return  # a tolerable share (BBR's loss_thresh), or too little evidence: the level stays
                     best_share = memory.best_share()
-                    restore = memory.best > current * 1.001 and best_share < min(share, RESTORE_THRESH)
+                    restore = memory.best > current * (1 + SAME_LEVEL) and best_share < min(share, RESTORE_THRESH)
                 trial = (0.0, 0.0, 0.0)
                 if failed:  # going back up was wrong: cut from the level it came from; the trial measures the best
                     law.cut(now, memory.trial_from, settle)
@@ -471,7 +476,7 @@ class SharedBudget:
                     self._update(
                         "SET #base = :base, #knee = :knee, #cut = :now, #settle = :settle, #exp = :exp,"
                         " #msent = :msent, #mlost = :mlost, #best = :best, #bsent = :bsent, #blost = :blost,"
-                        " #tfrom = :tfrom, #tp0 = :tp0, #tp1 = :tp1 ADD #sent :sent, #lost :lost",
+                        " #tfrom = :tfrom, #tp0 = :tp0, #tp1 = :tp1, #tat = :now ADD #sent :sent, #lost :lost",
                         "(attribute_not_exists(#cut) OR #cut = :known)"
                         " AND (attribute_not_exists(#next) OR #next <= :next)",
                         {
@@ -762,7 +767,7 @@ class SharedBudget:
             number("best"),
             number("best_sent"),
             number("best_lost"),
-            number("trial_from"),
+            number("trial_from") if number("trial_at") == number("cut_at") else 0.0,  # this level's trial only
             number("trial_p0"),
             number("trial_p1"),
         )
