@@ -94,7 +94,7 @@ sent since the last change's settle, all holders together, in the item's counter
   an old trial. When the real limit has dropped, the trial fails within a few attempts; under strict spacing beside
   a foreign writer, where the share rises as the rate falls, it passes and the rate does not spiral down. What it
   costs: after a drop of the limit that follows a long hold at the ceiling, the rate goes back to the ceiling once,
-  for about a second (``test_attack_restore_cap.py``: 2-5 points more throttled in the first 10 s after the drop
+  for about a second (``test_attack_restore_cap.py``: about 5 points more throttled in the first 10 s after the drop
   than cutting straight down, the same steady state). What it replaced: a level throttling over 10 % itself always
   cut, and one unlucky level under strict spacing could start cuts that nothing stopped (``bench_learning``: 1 of 20
   runs of 120 s at 4 holders ended at 1.2 calls/s, 1 of 20 of 600 s at 1 holder at 0.7); going back up from such a
@@ -434,28 +434,22 @@ class SharedBudget:
                 memory, settle = self._memory, max(self._next_slot, now) + self.settle_s
                 share = memory.share(self._unsent, self._unlost)  # the current level's, since the last change
                 current = min(law.rate(now), self._block_rate)
-                restore, failed, probing = False, False, law.probing(current)
-                verdict = 0
-                if memory.trial_from and current <= law.knee * 1.001:  # a restored level on trial (the ceiling too)
-                    if not flushed:
-                        if not self._flush(now):
-                            return
-                        flushed = True
-                        continue  # decide again with every holder's counts, this throttle's included
-                    verdict = memory.trial(self._unsent, self._unlost)
-                    if verdict == 0:
-                        return  # undecided: the level stays
-                    failed = verdict > 0
-                    probing = False
-                if not failed and not probing:  # at or below the knee: congestion, or collisions cutting won't cure?
-                    if share <= LOSS_THRESH or memory.lost + self._unlost - memory.mark_lost < MIN_LOST:
-                        if not flushed:
-                            if not self._flush(now):
-                                return
-                            flushed = True
-                            continue  # decide again with every holder's counts, this throttle's included
+                restore, probing = False, law.probing(current)
+                on_trial = bool(memory.trial_from) and current <= law.knee * 1.001  # a restored level (the ceiling too)
+                tolerable = share <= LOSS_THRESH or memory.lost + self._unlost - memory.mark_lost < MIN_LOST
+                if (on_trial or (not probing and tolerable)) and not flushed:
+                    if not self._flush(now):
+                        return
+                    flushed = True
+                    continue  # decide again with every holder's counts, this throttle's included
+                verdict = memory.trial(self._unsent, self._unlost) if on_trial else 0
+                if on_trial and verdict == 0:
+                    return  # undecided: the level stays
+                failed = verdict > 0
+                if not failed and (on_trial or not probing):  # at or below the knee: congestion, or collisions?
+                    if tolerable:
                         if verdict < 0:
-                            self._end_trial(now)
+                            self._end_trial(now)  # passed
                         return  # a tolerable share (BBR's loss_thresh), or too little evidence: the level stays
                     best_share = memory.best_share()
                     restore = memory.best > current * (1 + SAME_LEVEL) and best_share < min(share, RESTORE_THRESH)
