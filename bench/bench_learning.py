@@ -22,7 +22,6 @@ figures that need many seeds. Run ``.venv/bin/python -m bench.bench_learning [--
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ from bench.offline import ROOT, offline
 offline()
 
 from tests.fakes import moto_state_table  # noqa: E402
-from tests.unit.test_budget import T0, TABLE, Clock, Holder, Meter, Spacing, budget, simulate  # noqa: E402
+from tests.unit.test_budget import T0, TABLE, Meter, Spacing, beside_foreign  # noqa: E402
 
 QUOTA = 10
 LATE_S = 40.0  # the steady state: the last this many seconds of a run
@@ -54,22 +53,10 @@ class Run:
 
 
 def run_once(model: str, holders: int, seconds: float, foreign_rate: float, seed: int) -> Run:
-    rng = random.Random(seed)
     with moto_state_table(TABLE) as ddb:
-        clock, meter = Clock(), MODELS[model]()
-        foreign = [T0 + rng.uniform(0, 1 / foreign_rate)] if foreign_rate > 0 else [float("inf")]
-        ours: list[tuple[float, bool]] = []
-
-        def service(t: float) -> bool:
-            while foreign[0] <= t:
-                meter(foreign[0])
-                foreign[0] += 1 / foreign_rate
-            ok = meter(t + rng.uniform(0, 0.002))
-            ours.append((t, ok))
-            return ok
-
-        hs = [Holder(budget(ddb, clock), start=T0 + i * 0.011) for i in range(holders)]
-        simulate(clock, hs, seconds, service)
+        ours, _ = beside_foreign(
+            ddb, MODELS[model](), holders=holders, seconds=seconds, foreign=foreign_rate, seed=seed
+        )
 
     def lost(until: float) -> float:
         window = [ok for t, ok in ours if t < T0 + until]

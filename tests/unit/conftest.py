@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from tests.fakes import moto_state_table
-from tests.unit.test_budget import TABLE
+from tests.unit.test_budget import TABLE, Clock
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """The simulated clock the budget tests drive by hand."""
+    return Clock()
 
 
 @pytest.fixture

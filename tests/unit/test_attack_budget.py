@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from botocore.exceptions import EndpointConnectionError
 
 from connector import budget as budget_module
 from connector.budget import SharedBudget
@@ -242,25 +243,28 @@ def test_a_foreign_writer_at_40_percent_is_learned(ddb: Any) -> None:
     assert sum(not ok for ok in late) / len(late) < 0.03
 
 
-class FlakyClient:
-    """The moto client, failing every request between ``down`` and ``up`` (simulated time)."""
+class Flaky:
+    """The moto client; ``fail`` (a predicate on the request) makes a request fail with a connection error."""
 
-    def __init__(self, client: Any, clock: Clock, down: float, up: float) -> None:
-        self.client, self.clock, self.down, self.up = client, clock, down, up
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.fail: Any = lambda kwargs: False
         self.failed = 0
 
     def update_item(self, **kwargs: Any) -> Any:
-        if self.down <= self.clock.now < self.up:
-            from botocore.exceptions import EndpointConnectionError
-
+        if self.fail(kwargs):
             self.failed += 1
             raise EndpointConnectionError(endpoint_url="https://dynamodb")
         return self.client.update_item(**kwargs)
 
+    def get_item(self, **kwargs: Any) -> Any:
+        return self.client.get_item(**kwargs)
+
 
 def test_the_table_failing_mid_run_paces_locally_then_shares_again(ddb: Any) -> None:
     clock = Clock()
-    flaky = FlakyClient(ddb, clock, T0 + 10, T0 + 25)
+    flaky = Flaky(ddb)
+    flaky.fail = lambda kwargs: T0 + 10 <= clock.now < T0 + 25
     hs = [Holder(SharedBudget(flaky, TABLE, GROUP, clock=clock, sleep=clock.sleep, retry_table_s=5)) for _ in range(3)]
     for h in hs:
         h.budget.expect(9)

@@ -15,13 +15,12 @@ and the discrete-event loop of ``test_budget.py``.
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import pytest
 
 from tests.unit.test_attack_budget import drop_scenario, share
-from tests.unit.test_budget import T0, Clock, Holder, Spacing, budget, simulate
+from tests.unit.test_budget import Spacing, beside_foreign
 
 
 # Found by the attack, sliding window, 10 -> 8 calls/s, 1 holder, drop at 30 s: throttled in the first 10 s after the
@@ -57,20 +56,7 @@ def test_after_a_drop_the_lower_limit_is_still_learned(ddb: Any) -> None:
 def test_strict_spacing_with_a_foreign_writer_starting_later_is_held(ddb: Any, holders: int) -> None:
     # A 2/s foreign writer starts at 30 s under strict spacing: 1 and 4 holders stay near the ceiling (9.2-9.4
     # calls/s, 1-2.5 % throttled in the 30 s after; the same with the exception).
-    rng = random.Random(holders)
-    clock = Clock()
-    meter, foreign, ours = Spacing(10), [T0 + 30 + rng.uniform(0, 0.5)], []
-
-    def service(t: float) -> bool:
-        while foreign[0] <= t:
-            meter(foreign[0])
-            foreign[0] += 0.5
-        ok = meter(t + rng.uniform(0, 0.002))
-        ours.append((t, ok))
-        return ok
-
-    hs = [Holder(budget(ddb, clock), start=T0 + i * 0.011) for i in range(holders)]
-    simulate(clock, hs, 80, service)
+    ours, _ = beside_foreign(ddb, Spacing(10), holders=holders, seconds=80, foreign=2.0, start=30, seed=holders)
     rate, lost = share(ours, 40, 80)
     assert rate >= 6.5
     assert lost < 0.05

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import itertools
 import math
-import random
 from typing import Any
 
 import pytest
-from botocore.exceptions import EndpointConnectionError
 
 from connector.budget import SharedBudget, _n
+from tests.unit.test_attack_budget import Flaky, share
 from tests.unit.test_budget import (
     GROUP,
     T0,
@@ -25,17 +24,12 @@ from tests.unit.test_budget import (
     Holder,
     Meter,
     _restored_on_trial,
+    beside_foreign,
     budget,
     max_in_window,
     send,
-    simulate,
     stored,
 )
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 class FixedWindow:
@@ -51,34 +45,6 @@ class FixedWindow:
         ok = self.count < self.limit
         self.count += ok
         return ok
-
-
-def beside_foreign(
-    ddb: Any, meter: Any, *, holders: int, seconds: float, foreign: float, start: float, seed: int
-) -> tuple[list[tuple[float, bool]], list[Holder]]:
-    """``holders`` backlogged holders beside an evenly spaced foreign writer at ``foreign`` calls/s from
-    ``T0 + start`` (random phase), with 0-2 ms of request jitter: our (time, accepted) log and the holders."""
-    rng = random.Random(seed)
-    clock = Clock()
-    nxt = [T0 + start + rng.uniform(0, 1 / foreign)]
-    ours: list[tuple[float, bool]] = []
-
-    def service(t: float) -> bool:
-        while nxt[0] <= t:
-            meter(nxt[0])
-            nxt[0] += 1 / foreign
-        ok = bool(meter(t + rng.uniform(0, 0.002)))
-        ours.append((t, ok))
-        return ok
-
-    hs = [Holder(budget(ddb, clock), start=T0 + i * 0.011) for i in range(holders)]
-    simulate(clock, hs, seconds, service)
-    return ours, hs
-
-
-def lost(log: list[tuple[float, bool]], a: float, b: float) -> float:
-    window = [ok for t, ok in log if T0 + a < t <= T0 + b]
-    return sum(not ok for ok in window) / max(1, len(window))
 
 
 def restores(hs: list[Holder]) -> int:
@@ -100,7 +66,7 @@ def restores(hs: list[Holder]) -> int:
 # failed trial under 10 % left the ceiling good); fixed there.
 def test_a_passed_trial_is_not_cut_and_gone_back_to_again_and_again_under_a_fixed_window(ddb: Any) -> None:
     ours, hs = beside_foreign(ddb, FixedWindow(10), holders=2, seconds=120, foreign=2.0, start=30, seed=0)
-    assert lost(ours, 60, 120) < 0.05, lost(ours, 60, 120)
+    assert share(ours, 60, 120)[1] < 0.05, share(ours, 60, 120)
     assert restores(hs) <= 3
 
 
@@ -167,24 +133,6 @@ def test_a_level_written_without_trial_fields_is_not_judged_as_the_old_trial(ddb
 
 
 # --- attacks that held ------------------------------------------------------------------------------------
-
-
-class Flaky:
-    """The moto client; ``fail`` (a predicate on the request) makes a request fail with a connection error."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.fail: Any = lambda kwargs: False
-        self.failed = 0
-
-    def update_item(self, **kwargs: Any) -> Any:
-        if self.fail(kwargs):
-            self.failed += 1
-            raise EndpointConnectionError(endpoint_url="https://dynamodb")
-        return self.client.update_item(**kwargs)
-
-    def get_item(self, **kwargs: Any) -> Any:
-        return self.client.get_item(**kwargs)
 
 
 def test_end_trial_failing_never_raises_and_the_trial_is_ended_later(ddb: Any, clock: Clock) -> None:
@@ -282,19 +230,7 @@ def test_sprt_bounds_are_wald_s() -> None:
 # Find (fixed): a failed trial under 10 % leaves its level a target: gone back up to again. Fix: a failed trial
 # records its level as throttling at least RESTORE_THRESH, and going back up needs a level more than SAME_LEVEL faster.
 def test_no_second_trip_up_to_a_level_whose_trial_failed(ddb: Any, caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock()
-    rng = random.Random(1)
-    meter, nxt = Meter(10), [T0 + 30 + rng.uniform(0, 1 / 3)]
-
-    def service(t: float) -> bool:
-        while nxt[0] <= t:
-            if nxt[0] < T0 + 90:
-                meter(nxt[0])
-            nxt[0] += 1 / 3
-        return meter(t + rng.uniform(0, 0.002))
-
-    hs = [Holder(budget(ddb, clock), start=T0 + i * 0.011) for i in range(2)]
-    simulate(clock, hs, 100, service)
+    beside_foreign(ddb, Meter(10), holders=2, seconds=100, foreign=3.0, start=30, stop=90, seed=1)
     failed: list[float] = []
     again = []
     for r in caplog.records:

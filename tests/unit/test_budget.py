@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,11 +44,6 @@ class Clock:
     def sleep(self, seconds: float) -> None:
         assert seconds >= 0
         self.sleeps.append(seconds)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 def budget(client: Any, clock: Clock, **kwargs: Any) -> SharedBudget:
@@ -124,6 +121,39 @@ def simulate(clock: Clock, holders: list[Holder], seconds: float, meter: Callabl
         t, _, action = heapq.heappop(events)
         clock.now = t
         action()
+
+
+def beside_foreign(
+    ddb: Any,
+    meter: Callable[[float], bool],
+    *,
+    holders: int,
+    seconds: float,
+    foreign: float,
+    start: float = 0.0,
+    stop: float = math.inf,
+    seed: int,
+) -> tuple[list[tuple[float, bool]], list[Holder]]:
+    """``holders`` backlogged holders beside a foreign writer at ``foreign`` calls/s (evenly spaced, not retried,
+    from ``T0 + start`` at a random phase until ``T0 + stop``; none at 0), our calls with 0-2 ms of request jitter:
+    our (time, accepted) log and the holders."""
+    rng = random.Random(seed)
+    clock = Clock()
+    nxt = [T0 + start + rng.uniform(0, 1 / foreign)] if foreign > 0 else [math.inf]
+    ours: list[tuple[float, bool]] = []
+
+    def service(t: float) -> bool:
+        while nxt[0] <= t:
+            if nxt[0] < T0 + stop:
+                meter(nxt[0])
+            nxt[0] += 1 / foreign
+        ok = bool(meter(t + rng.uniform(0, 0.002)))
+        ours.append((t, ok))
+        return ok
+
+    hs = [Holder(budget(ddb, clock), start=T0 + i * 0.011) for i in range(holders)]
+    simulate(clock, hs, seconds, service)
+    return ours, hs
 
 
 def max_in_window(times: list[float], window: float = 1.0) -> int:
