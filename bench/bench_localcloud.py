@@ -258,7 +258,7 @@ QUOTA_MODELS: tuple[str, ...] = ("sliding-window", "token-bucket", "fixed-window
 
 
 class Bench:
-    def __init__(self) -> None:
+    def __init__(self, latency_ms: float = LATENCY_MS) -> None:
         from moto.server import ThreadedMotoServer
 
         local_environment()
@@ -271,7 +271,7 @@ class Bench:
         host, port = self.moto.get_host_and_port()
         self.moto_url = f"http://{host}:{port}"
         self.emulator = PersonalizeEmulator(
-            tps=TPS, latency_ms=LATENCY_MS, jitter_ms=JITTER_MS, log_items=True, seed=7
+            tps=TPS, latency_ms=latency_ms, jitter_ms=JITTER_MS, log_items=True, seed=7
         ).start()
         self.schema = json.loads(SCHEMA_FILE.read_text())
         cfg = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=4)
@@ -1088,6 +1088,13 @@ def main(argv: list[str] | None = None) -> int:
         "steady sub-quota load costs)",
     )
     parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=LATENCY_MS,
+        help=f"the emulator's PutItems latency before its 0-{JITTER_MS:g} ms jitter (default {LATENCY_MS:g}; AWS "
+        "documents none): one invocation sends one call at a time, so above about 90 ms it cannot fill the quota",
+    )
+    parser.add_argument(
         "--repeats",
         type=int,
         default=1,
@@ -1101,6 +1108,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be at least 1")
     if args.offered <= 0:
         parser.error("--offered must be positive")
+    if args.latency_ms < 0:
+        parser.error("--latency-ms must not be negative")
     if args.foreign_only and (args.no_foreign or args.strategies not in (None, "shared")):
         parser.error("--foreign-only runs the shared budget beside a foreign writer: drop --no-foreign / --strategies")
     if args.render_only or args.combine:
@@ -1137,10 +1146,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.monotonic() - began:6.1f} s] {message}", flush=True)
 
     log(
-        f"local-cloud benchmark ({'quick' if args.quick else 'full'}): emulator {TPS:g} calls/s, {LATENCY_MS:g} ms "
+        f"local-cloud benchmark ({'quick' if args.quick else 'full'}): emulator {TPS:g} calls/s, {args.latency_ms:g} ms "
         f"(+0-{JITTER_MS:g} ms), writer offers {args.offered:g} changes/s"
     )
-    bench = Bench()
+    bench = Bench(args.latency_ms)
     results: list[RunResult] = []
     pacing: list[RunResult] = []
 
@@ -1192,7 +1201,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"Local-cloud benchmark ({'quick' if args.quick else 'full'} run, {time.strftime('%Y-%m-%d')}, "
         f"Python {sys.version.split()[0]}): emulator at {TPS:g} PutItems calls/s per dataset group, "
-        f"{LATENCY_MS:g} ms + 0-{JITTER_MS:g} ms latency; the writer offers {args.offered:g} changes/s; "
+        f"{args.latency_ms:g} ms + 0-{JITTER_MS:g} ms latency; the writer offers {args.offered:g} changes/s; "
         f"ESM batch size and window from cdk.json; the baseline is time-boxed to the connector's time on the same "
         f"workload (“box”: it had not finished)"
         + (f"; concurrent-invocation cells: median of {args.repeats} runs each" if args.repeats > 1 else "")

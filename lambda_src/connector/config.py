@@ -20,6 +20,7 @@ DATASET_ARN_PATTERN = re.compile(r"arn:([a-z\d-]+):personalize:.*:.*:.+")
 # Only an Items dataset takes PutItems: arn:<partition>:personalize:<region>:<account>:dataset/<group>/ITEMS.
 ITEMS_DATASET_ARN = re.compile(r"(arn:[a-z\d-]+:personalize:[^:]*:[^:]*:)dataset/([^/]+)/ITEMS")
 DATASET_ARN_MAX = 256
+MAX_IN_FLIGHT = 10  # PUT_ITEMS_IN_FLIGHT: more would only queue for slots (10 calls/s is the quota)
 
 AVRO_SCALARS = frozenset({"string", "int", "long", "float", "double", "boolean"})
 MAPPING_KEYS = frozenset({"itemId", "schema", "fields", "exclude", "onRemove"})
@@ -66,6 +67,7 @@ class Settings:
     put_items_max_attempts: int = 3
     put_items_timeout_s: float = 5.0
     put_items_retry_mode: str = "standard"
+    put_items_in_flight: int = 3  # PUT_ITEMS_IN_FLIGHT: calls one invocation may have waiting for their answer
     state_table: str | None = None  # STATE_TABLE: the shared PutItems budget and the CDC version guard
     quota_calls_per_second: float = 10.0  # QUOTA_CALLS_PER_SECOND: the dataset group's PutItems quota
     skip_ttl_deletes: bool = False  # SKIP_TTL_DELETES: REMOVE records made by DynamoDB TTL are skipped
@@ -122,6 +124,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         put_items_max_attempts=int(_number(env, "PUT_ITEMS_MAX_ATTEMPTS", 3, minimum=1)),
         put_items_timeout_s=_number(env, "PUT_ITEMS_TIMEOUT_S", 5.0, minimum=0.1),
         put_items_retry_mode=_retry_mode(env),
+        put_items_in_flight=_in_flight(env),
         state_table=env.get("STATE_TABLE") or None,
         quota_calls_per_second=_number(env, "QUOTA_CALLS_PER_SECOND", 10.0, minimum=0.1),
         skip_ttl_deletes=_flag(env, "SKIP_TTL_DELETES"),
@@ -134,6 +137,13 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     if raw not in ("true", "false"):
         raise ConfigError(f"{name}={env.get(name)!r}: allowed: 'true', 'false'")
     return raw == "true"
+
+
+def _in_flight(env: Mapping[str, str]) -> int:
+    raw = env.get("PUT_ITEMS_IN_FLIGHT") or "3"
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_IN_FLIGHT:
+        raise ConfigError(f"PUT_ITEMS_IN_FLIGHT={raw!r}: a whole number from 1 to {MAX_IN_FLIGHT}")
+    return int(raw)
 
 
 def _retry_mode(env: Mapping[str, str]) -> str:

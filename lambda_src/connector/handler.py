@@ -95,6 +95,8 @@ def build_runtime(
         settings.dataset_arn,
         pacer=pacer or Pacer(settings.max_calls_per_second),
         worst_call_ms=put_items_worst_call_ms(settings),
+        # a capped share paces itself between attempts, one at a time (SharedBudget.share_pause)
+        in_flight=settings.put_items_in_flight if max_share >= 1 else 1,
     )
     sqs_worst_ms = worst_call_ms(SQS_ATTEMPTS, SQS_CONNECT_TIMEOUT_S, SQS_READ_TIMEOUT_S)
     return Runtime(settings, sink, sqs, sqs_worst_ms, guard, budget=pacer)

@@ -22,7 +22,9 @@ ends equal to the sources' final state minus the records in the DLQ. How:
 
 from __future__ import annotations
 
+import threading
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,6 +227,10 @@ def _send(
     """Build every group's plan and send each item's newest candidate; when PutItems rejects one on its own,
     send the next newest. Return the plans, in group order.
 
+    Calls go out through ``sink.submit``: up to ``sink.in_flight`` of them on the wire at once, each in its own
+    slot; a round's rejections are settled (their fallbacks queued) once every call of the round is answered,
+    and every call is answered before the batch is judged.
+
     Items are built as they are sent, one call ahead (``READY_AHEAD``), not all before the first call: building
     a 1,000-record batch takes a few hundred milliseconds at 512 MB, while a call leaves tens of milliseconds
     idle before the next slot, so building in those gaps makes the first call leave at once. The calls are
@@ -245,6 +251,7 @@ def _send(
     fallbacks: list[PendingItem] = []  # the next older candidates of items rejected in this round
     versions = _Versions(guard, groups, deadline, result) if guard is not None else None
     unrecorded: set[int] = set()
+    recording = threading.Lock()
     report = result.report
 
     def build(wanted: int) -> None:
@@ -271,44 +278,65 @@ def _send(
         else:  # written, but too late to record: retried, and written again next time (PutItems replaces)
             failed = {p.item_id for p in versioned}
         if failed:
-            result.state_errors += len(failed)
+            with recording:  # on the sink's sender threads, several calls at once
+                result.state_errors += len(failed)
+                unrecorded.update(p.change.position for p in versioned if p.item_id in failed)
             logger.error(
                 "Versions not recorded in the state table: those items are retried", extra={"items": len(failed)}
             )
-        unrecorded.update(p.change.position for p in versioned if p.item_id in failed)
 
     def announce() -> None:  # the fresh calls still to make; fallbacks and retries come on top
         built = len(plans) == len(groups)
         sink.expect(-(-(len(ready) if built else len(groups)) // MAX_ITEMS_PER_CALL), exact=built)
 
+    in_flight: deque[Future[None]] = deque()  # calls sent and not answered yet, oldest first
+    seen = 0  # the rejections already handled (report.poison[:seen])
+
+    def settle(keep: int) -> None:
+        """Wait until at most ``keep`` calls are in flight; queue the next older candidate of each item that
+        PutItems rejected on its own."""
+        nonlocal seen
+        while len(in_flight) > keep:
+            in_flight.popleft().result()
+            rejected, seen = report.poison[seen:], len(report.poison)
+            for pending, reason in rejected:
+                plan = by_item[pending.item_id]
+                plan.verdicts[pending.change.position] = Verdict(
+                    pending.change.record,
+                    Outcome.POISON,
+                    reason,
+                    pending.item_id,
+                    log_reason="PutItems rejected the item (InvalidInputException)",
+                )
+                plan.written = None
+                rest = plan.candidates[plan.candidates.index(pending) + 1 :]
+                if rest:
+                    fallbacks.append(rest[0])
+
+    attempts0, throttles0 = sink.counters.attempts, sink.counters.throttles
     build(len(groups) if len(groups) <= WHOLE_BUILD else READY_AHEAD)
     announce()
-    while (ready or fallbacks) and report.stopped is None:
-        if not ready:  # every group built and sent: the next round of fallbacks
-            ready, fallbacks = deque(fallbacks), []
-        call = [ready.popleft() for _ in range(min(MAX_ITEMS_PER_CALL, len(ready)))]
-        for pending in call:
-            by_item[pending.item_id].written = pending
-        seen = len(report.poison)
-        sink.send(call, deadline, report, on_accepted=record_versions)
-        for pending, reason in report.poison[seen:]:
-            plan = by_item[pending.item_id]
-            plan.verdicts[pending.change.position] = Verdict(
-                pending.change.record,
-                Outcome.POISON,
-                reason,
-                pending.item_id,
-                log_reason="PutItems rejected the item (InvalidInputException)",
-            )
-            plan.written = None
-            rest = plan.candidates[plan.candidates.index(pending) + 1 :]
-            if rest:
-                fallbacks.append(rest[0])
-        if report.stopped is None:
-            was_built = len(plans) == len(groups)
-            build(READY_AHEAD)
-            if not was_built and len(plans) == len(groups):  # the last group built now: the count is exact
-                announce()
+    try:
+        while report.stopped is None:
+            if not ready:  # every group built and sent: once they are answered, the next round of fallbacks
+                settle(0)
+                if not fallbacks or report.stopped is not None:
+                    break
+                ready, fallbacks = deque(fallbacks), []
+            call = [ready.popleft() for _ in range(min(MAX_ITEMS_PER_CALL, len(ready)))]
+            for pending in call:
+                by_item[pending.item_id].written = pending
+            in_flight.append(sink.submit(call, deadline, report, on_accepted=record_versions))
+            if report.stopped is None:
+                was_built = len(plans) == len(groups)
+                build(READY_AHEAD)  # while the call waits for its slot and its answer
+                if not was_built and len(plans) == len(groups):  # the last group built now: the count is exact
+                    announce()
+            settle(sink.in_flight - 1)
+    finally:
+        settle(0)  # every call answered before the batch is judged (or before an error leaves the batch)
+        report.attempts += sink.counters.attempts - attempts0
+        report.throttles += sink.counters.throttles - throttles0
     for group in groups[len(plans) :]:  # never built: sending stopped before them
         plan = _Plan(group, [])
         plan.verdicts = {c.position: Verdict(c.record, Outcome.RETRY, None, group.item_id) for c in group.changes}

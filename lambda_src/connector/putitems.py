@@ -15,6 +15,12 @@ carries fewer than 10 items, or that is sent only to be throttled, costs through
      spaces this container's attempts at ``MAX_CALLS_PER_SECOND``. Either is kept per container, so
      back-to-back invocations do not burst. Nothing in botocore or Powertools paces proactively (botocore's
      adaptive mode only slows down after throttles), hence these few lines;
+   * **calls in flight**: :meth:`PutItemsSink.submit` sends each call on a sender thread, so up to
+     ``PUT_ITEMS_IN_FLIGHT`` calls (default 3) wait for their answers at once, each having waited for its own
+     slot. Sent one after the other, an invocation makes at most 1 / latency calls a second: AWS documents no
+     PutItems latency, and on the local cloud at 150 ms one shard made half the quota. Calls in flight together
+     hold different items (a round's items are distinct; the next older candidates of rejected items go in a
+     later round, once every call of the round is answered);
    * **throttles and 5xx** are retried by botocore's ``standard`` retry mode with jittered backoff; the
      sink only counts throttles, through the ``needs-retry`` event. If a call still fails, that call and
      everything not yet sent are **retry**: Lambda redelivers from the lowest of them anyway, so sending
@@ -42,6 +48,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -156,11 +163,21 @@ class Pacer:
 
 
 class CallCounters:
-    """What botocore did on the wire for one client: attempts sent and throttled responses."""
+    """What botocore did on the wire for one client: attempts sent and throttled responses (counted from every
+    thread that sends)."""
 
     def __init__(self) -> None:
         self.attempts = 0
         self.throttles = 0
+        self._lock = threading.Lock()
+
+    def attempted(self) -> None:
+        with self._lock:
+            self.attempts += 1
+
+    def throttled(self) -> None:
+        with self._lock:
+            self.throttles += 1
 
 
 _instrumented: weakref.WeakKeyDictionary[Any, CallCounters] = weakref.WeakKeyDictionary()
@@ -175,13 +192,13 @@ def instrument(client: Any, pacer: PacerLike) -> CallCounters:
 
     def before_send(**_: Any) -> None:
         pacer.wait()
-        counters.attempts += 1
+        counters.attempted()
 
     on_throttle = getattr(pacer, "throttled", None)
 
     def needs_retry(response: Any = None, **_: Any) -> None:
         if response is not None and response[1].get("Error", {}).get("Code") in THROTTLE_ERRORS:
-            counters.throttles += 1
+            counters.throttled()
             if on_throttle is not None:
                 on_throttle()
 
@@ -216,17 +233,23 @@ class PutItemsSink:
         *,
         worst_call_ms: float,
         pacer: PacerLike,
+        in_flight: int = 1,
     ) -> None:
+        """``in_flight``: the calls :meth:`submit` may have on the wire at once (1: one after the other)."""
+        if in_flight < 1:
+            raise ValueError(f"in_flight must be at least 1, not {in_flight}")
         self._client = client
         self._dataset_arn = dataset_arn
         self._worst_call_ms = worst_call_ms
-        self._counters = instrument(client, pacer)
+        self.counters = instrument(client, pacer)
         self._expect: Callable[..., None] | None = getattr(pacer, "expect", None)
         # Distinct items rejected on their own since the last accepted call, across the container's invocations
         # (an item redelivered, or its older changes sent as fallbacks, count once): the evidence for a
         # systemic rejection.
         self._rejected: set[str] = set()
-        self._on_accepted: Callable[[list[PendingItem]], None] | None = None
+        self.in_flight = in_flight
+        self._pool: ThreadPoolExecutor | None = None  # started on the first call submitted with in_flight > 1
+        self._lock = threading.Lock()  # a report's counters and the rejection streak, updated by every sender
 
     def expect(self, calls: int, *, exact: bool) -> None:
         """Tell the pacer how many calls the batch will still make (``exact``, or at most): the shared budget
@@ -242,24 +265,57 @@ class PutItemsSink:
         report: SendReport | None = None,
         on_accepted: Callable[[list[PendingItem]], None] | None = None,
     ) -> SendReport:
-        """Send ``items`` (already within :func:`check_limits`), 10 per call; add what happened to ``report``.
+        """Send ``items`` (already within :func:`check_limits`), 10 per call, one call after the other; add what
+        happened to ``report`` (its attempts and throttles included).
 
         ``on_accepted`` is called with the items of each accepted call, right after it (the version guard
         records versions there, while the pacer would have the next call wait anyway)."""
         report = report if report is not None else SendReport()
-        self._on_accepted = on_accepted
-        attempts0, throttles0 = self._counters.attempts, self._counters.throttles
+        attempts0, throttles0 = self.counters.attempts, self.counters.throttles
         for start in range(0, len(items), MAX_ITEMS_PER_CALL):
             chunk = items[start : start + MAX_ITEMS_PER_CALL]
             if report.stopped is None:
-                self._send_call(chunk, report, deadline)
+                self._send_call(chunk, report, deadline, on_accepted)
             else:
                 report.retry.extend(chunk)
-        report.attempts += self._counters.attempts - attempts0
-        report.throttles += self._counters.throttles - throttles0
+        report.attempts += self.counters.attempts - attempts0
+        report.throttles += self.counters.throttles - throttles0
         return report
 
-    def _send_call(self, chunk: list[PendingItem], report: SendReport, deadline: Deadline) -> None:
+    def submit(
+        self,
+        call: list[PendingItem],
+        deadline: Deadline,
+        report: SendReport,
+        on_accepted: Callable[[list[PendingItem]], None] | None = None,
+    ) -> Future[None]:
+        """Send one call's items (at most 10) like :meth:`send`, on a sender thread when ``in_flight`` > 1, so
+        that the next call can take its slot while this one waits for its answer; at once otherwise. The caller
+        keeps at most ``in_flight`` futures pending, waits for them before it reads ``report``, and counts
+        attempts and throttles itself (``counters``), since calls on the wire together cannot tell theirs apart.
+        ``on_accepted`` then runs on the sender thread."""
+        if len(call) > MAX_ITEMS_PER_CALL:
+            raise ValueError(f"a call holds at most {MAX_ITEMS_PER_CALL} items, not {len(call)}")
+        if self.in_flight > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.in_flight, thread_name_prefix="putitems")
+            return self._pool.submit(self._send_call, call, report, deadline, on_accepted)
+        done: Future[None] = Future()
+        try:
+            self._send_call(call, report, deadline, on_accepted)
+        except BaseException as exc:  # raised by result(), as from a sender thread
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+        return done
+
+    def _send_call(
+        self,
+        chunk: list[PendingItem],
+        report: SendReport,
+        deadline: Deadline,
+        on_accepted: Callable[[list[PendingItem]], None] | None,
+    ) -> None:
         """One call, bisected while the service rejects it; items rejected alone are poison unless systemic."""
         parts, rejected, accepted = [chunk], [], 0
         while parts:
@@ -270,7 +326,7 @@ class PutItemsSink:
             if report.stopped is not None:
                 report.retry.extend(part)
                 continue
-            error = self._put(part, report)
+            error = self._put(part, report, on_accepted)
             if error is None:
                 accepted += len(part)
                 continue
@@ -281,15 +337,19 @@ class PutItemsSink:
                 if code in SYSTEMIC_ERRORS:
                     report.systemic = code
                 continue
-            report.rejected_calls += 1
+            with self._lock:
+                report.rejected_calls += 1
             if len(part) > 1:
                 half = len(part) // 2
                 parts += [part[half:], part[:half]]  # the first half is sent first
                 continue
             rejected.append((part[0], message))
-            if not part[0].fallback and len(self._rejected) < SYSTEMIC_REJECTION_STREAK:
-                self._rejected.add(part[0].item_id)
-        if rejected and not accepted and len(self._rejected) >= SYSTEMIC_REJECTION_STREAK:
+            with self._lock:
+                if not part[0].fallback and len(self._rejected) < SYSTEMIC_REJECTION_STREAK:
+                    self._rejected.add(part[0].item_id)
+        with self._lock:
+            systemic = bool(rejected) and not accepted and len(self._rejected) >= SYSTEMIC_REJECTION_STREAK
+        if systemic:
             # Every item of this call was rejected on its own, and so were the items before it.
             report.stopped = report.systemic = "SystemicRejection"
             report.retry.extend(item for item, _ in rejected)
@@ -301,7 +361,12 @@ class PutItemsSink:
             return
         report.poison.extend((item, f"PutItems rejected the item: {message}") for item, message in rejected)
 
-    def _put(self, part: list[PendingItem], report: SendReport) -> tuple[str, str] | None:
+    def _put(
+        self,
+        part: list[PendingItem],
+        report: SendReport,
+        on_accepted: Callable[[list[PendingItem]], None] | None,
+    ) -> tuple[str, str] | None:
         """One PutItems call; ``None`` when accepted, else ``(error code, message)``."""
         if report.first_call_at is None:
             report.first_call_at = time.monotonic()
@@ -324,10 +389,11 @@ class PutItemsSink:
             return type(exc).__name__, ""
         finally:
             report.last_call_done_at = time.monotonic()
-        report.calls += 1
-        report.items_sent += len(part)
-        report.put.extend(part)
-        self._rejected.clear()
-        if self._on_accepted is not None:
-            self._on_accepted(part)
+        with self._lock:
+            report.calls += 1
+            report.items_sent += len(part)
+            report.put.extend(part)
+            self._rejected.clear()
+        if on_accepted is not None:
+            on_accepted(part)
         return None

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import base64
 import json
+import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,10 +201,14 @@ class FlakySQS:
         return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
 
 
-def throttling_rule(failures: list[bool]) -> Any:
+def throttling_rule(failures: list[bool], *, jitter_s: float = 0.0) -> Any:
+    """``jitter_s``: each call is answered after up to that long, so calls in flight together finish in any order."""
     pending = iter(failures)
+    rng = random.Random(len(failures))
 
     def rule(items: list[dict[str, Any]]) -> tuple[str, str] | None:
+        if jitter_s:
+            time.sleep(rng.uniform(0, jitter_s))
         if next(pending, False):
             return ("ThrottlingException", "Rate exceeded")
         if any(json.loads(i.get("properties", "{}")).get("reject") for i in items):
@@ -228,12 +234,15 @@ def deliver(
     dlq_failures: list[bool],
     guard: Any = None,
     blocks: list[int] | None = None,
+    in_flight: int = 1,
 ) -> Delivery:
-    """Run the stream through the pipeline as Lambda would; ``blocks`` caps every batch at a block's end."""
+    """Run the stream through the pipeline as Lambda would; ``blocks`` caps every batch at a block's end;
+    ``in_flight`` > 1 has that many calls on the wire at once, answered in any order."""
     mapping = {"onRemove": "ignore" if on_remove == "ignore" else SOFT_DELETE}
     config = load_settings({"DATASET_ARN": DATASET_ARN, "DLQ_URL": DLQ_URL, "CONNECTOR_CONFIG": json.dumps(mapping)})
-    fake = FakePersonalize(throttling_rule(put_failures))
-    sink = PutItemsSink(fake.client, DATASET_ARN, worst_call_ms=1, pacer=Pacer(1e6, sleep=lambda _: None))
+    fake = FakePersonalize(throttling_rule(put_failures, jitter_s=0.002 if in_flight > 1 else 0.0))
+    pacer = Pacer(1e6, sleep=lambda _: None)
+    sink = PutItemsSink(fake.client, DATASET_ARN, worst_call_ms=1, pacer=pacer, in_flight=in_flight)
     out = Delivery(fake, FlakySQS(dlq_failures))
     ends = _block_ends(blocks, len(records))
     sizes = _cycle(batches)
@@ -308,19 +317,19 @@ def check(out: Delivery, truth: list[Truth], *, on_remove: str, id_attr: str, ar
 # --- strategies -------------------------------------------------------------------------------------------
 
 
-def ops_strategy(*, removes: bool, garbage: bool = False) -> st.SearchStrategy[list[Op]]:
+def ops_strategy(*, removes: bool, garbage: bool = False, keys: int = 4, most: int = 30) -> st.SearchStrategy[list[Op]]:
     kinds = ["upsert", "upsert", "remove"] if removes else ["upsert"]
     if garbage:
         kinds.append("garbage")
     op = st.builds(
         Op,
-        key=st.sampled_from(["k0", "k1", "k2", "k3"]),
+        key=st.sampled_from([f"k{n}" for n in range(keys)]),
         kind=st.sampled_from(kinds),
         flavor=st.sampled_from(["good"] * 6 + ["poison", "reject"]),
         value=st.integers(0, 10**6),
     )
     # At most five rejected changes, so ten distinct rejections in a row (a systemic rejection) cannot happen.
-    return st.lists(op, min_size=1, max_size=30).filter(lambda ops: sum(o.flavor == "reject" for o in ops) <= 5)
+    return st.lists(op, min_size=1, max_size=most).filter(lambda ops: sum(o.flavor == "reject" for o in ops) <= 5)
 
 
 COMMON = {
@@ -350,6 +359,37 @@ def test_kinesis_documents_converge(
     records, truth = document_stream(ops)
     out = deliver(records, batches, on_remove=on_remove, put_failures=put_failures, dlq_failures=dlq_failures)
     check(out, truth, on_remove=on_remove, id_attr="itemId", arn=KINESIS_ARN)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ops=ops_strategy(removes=True, keys=40, most=90),
+    batches=st.lists(st.integers(20, 90), min_size=1, max_size=4),
+    on_remove=COMMON["on_remove"],
+    put_failures=COMMON["put_failures"],
+    dlq_failures=COMMON["dlq_failures"],
+    in_flight=st.sampled_from([2, 3]),
+)
+def test_dynamodb_streams_converge_with_calls_in_flight_together(  # noqa: PLR0917 - hypothesis passes keywords
+    ops: list[Op],
+    batches: list[int],
+    on_remove: str,
+    put_failures: list[bool],
+    dlq_failures: list[bool],
+    in_flight: int,
+) -> None:
+    """Batches of up to 40 items: several calls per round on the wire at once, answered in any order, with
+    rejections (fallbacks), throttles that stop a batch while other calls are still out, and redeliveries."""
+    records, truth = dynamodb_stream(ops)
+    out = deliver(
+        records,
+        batches,
+        on_remove=on_remove,
+        put_failures=put_failures,
+        dlq_failures=dlq_failures,
+        in_flight=in_flight,
+    )
+    check(out, truth, on_remove=on_remove, id_attr="sku", arn=TABLE_STREAM_ARN)
 
 
 @st.composite

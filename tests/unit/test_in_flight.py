@@ -1,0 +1,118 @@
+"""PUT_ITEMS_IN_FLIGHT: one invocation keeps several PutItems calls on the wire, each sent in its own slot.
+
+A call that waits for its answer no longer holds back the next one: with calls sent one after the other, an
+invocation could make at most 1 / latency calls a second, under the quota as soon as PutItems answers in more
+than about 100 ms (AWS documents no latency). The pacer still spaces every attempt; the promise is checked with
+calls in flight together by ``tests/property/test_convergence.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.awsrequest import AWSResponse
+
+from connector import pipeline
+from connector.config import ConfigError, load_settings
+from connector.deadline import Deadline
+from connector.putitems import Pacer, PutItemsSink
+from tests.factories import DATASET_ARN, dynamodb_record, event
+from tests.fakes import FakeSQS
+
+LATENCY_S = 0.15
+RATE = 20.0  # calls/s: slots 50 ms apart, three to a round trip
+
+
+class _Raw:
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield b"{}"
+
+
+class SlowService:
+    """PutItems answered on the wire (after the pacer's slot) ``LATENCY_S`` later; records each call's span."""
+
+    def __init__(self) -> None:
+        self.client = boto3.client("personalize-events", region_name="us-east-1")
+        self.spans: list[tuple[float, float]] = []
+        self._lock = threading.Lock()
+        self.client.meta.events.register_last("before-send.personalize-events.PutItems", self._answer)
+
+    def _answer(self, **_: Any) -> AWSResponse:
+        start = time.monotonic()
+        time.sleep(LATENCY_S)
+        with self._lock:
+            self.spans.append((start, time.monotonic()))
+        return AWSResponse("https://personalize-events", 200, {}, _Raw())
+
+    def most_at_once(self) -> int:
+        edges = sorted([(s, 1) for s, _ in self.spans] + [(e, -1) for _, e in self.spans])
+        most = now = 0
+        for _, step in edges:
+            now += step
+            most = max(most, now)
+        return most
+
+
+def _run(in_flight: int, calls: int = 9) -> tuple[SlowService, pipeline.Result, float]:
+    service = SlowService()
+    sink = PutItemsSink(service.client, DATASET_ARN, worst_call_ms=1_000, pacer=Pacer(RATE), in_flight=in_flight)
+    settings = load_settings({"DATASET_ARN": DATASET_ARN, "DLQ_URL": "https://sqs/q"})
+    records = [dynamodb_record("INSERT", {"sku": f"s{i}"}, {"sku": f"s{i}", "title": "t"}) for i in range(10 * calls)]
+    began = time.monotonic()
+    result = pipeline.run(event(*records), settings=settings, sink=sink, sqs=FakeSQS(), deadline=Deadline.unbounded())
+    return service, result, time.monotonic() - began
+
+
+def test_calls_overlap_on_the_wire_and_every_one_keeps_its_slot() -> None:
+    service, result, _ = _run(in_flight=3)
+    assert result.response == {"batchItemFailures": []}
+    assert result.report.calls == 9 and result.report.items_sent == 90 and result.report.attempts == 9
+    assert 2 <= service.most_at_once() <= 3
+    starts = sorted(s for s, _ in service.spans)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 1 / RATE - 0.005, gaps  # the pacer's spacing holds with three senders
+
+
+def test_one_in_flight_sends_one_call_after_the_other() -> None:
+    service, result, _ = _run(in_flight=1)
+    assert result.response == {"batchItemFailures": []} and result.report.calls == 9
+    assert service.most_at_once() == 1
+
+
+def test_a_deadline_stop_waits_for_the_calls_already_out_and_reports_the_rest_for_retry() -> None:
+    """The deadline allows about three calls; the calls already on the wire are answered and land (put), every
+    record not sent is retried, and nothing is both."""
+    service = SlowService()
+    worst_ms = 100.0
+    sink = PutItemsSink(service.client, DATASET_ARN, worst_call_ms=worst_ms, pacer=Pacer(RATE), in_flight=3)
+    settings = load_settings({"DATASET_ARN": DATASET_ARN, "DLQ_URL": "https://sqs/q"})
+    records = [dynamodb_record("INSERT", {"sku": f"s{i}"}, {"sku": f"s{i}", "title": "t"}) for i in range(90)]
+    end = time.monotonic() + 0.25
+    deadline = Deadline(lambda: (end - time.monotonic()) * 1000, margin_ms=0)
+    result = pipeline.run(event(*records), settings=settings, sink=sink, sqs=FakeSQS(), deadline=deadline)
+    assert result.report.stopped == "deadline"
+    put = {i.item_id for i in result.report.put}
+    assert 1 <= len(service.spans) < 9 and len(put) == 10 * len(service.spans)  # every call out was answered
+    failures = [int(str(f["itemIdentifier"])) for f in result.response["batchItemFailures"]]
+    assert failures, "the records not sent are reported for a retry"
+    lowest = min(failures)  # Lambda redelivers from the lowest reported record on
+    for record in records:
+        seq, sku = int(record["dynamodb"]["SequenceNumber"]), record["dynamodb"]["Keys"]["sku"]["S"]
+        assert sku in put or seq >= lowest, f"{sku} was neither put nor redelivered"
+
+
+@pytest.mark.parametrize("raw", ["0", "11", "2.5", "many"])
+def test_put_items_in_flight_must_be_a_whole_number_from_1_to_10(raw: str) -> None:
+    with pytest.raises(ConfigError, match="PUT_ITEMS_IN_FLIGHT"):
+        load_settings({"DATASET_ARN": DATASET_ARN, "PUT_ITEMS_IN_FLIGHT": raw})
+
+
+def test_put_items_in_flight_defaults_to_3() -> None:
+    assert load_settings({"DATASET_ARN": DATASET_ARN}).put_items_in_flight == 3
+    assert load_settings({"DATASET_ARN": DATASET_ARN, "PUT_ITEMS_IN_FLIGHT": "1"}).put_items_in_flight == 1
