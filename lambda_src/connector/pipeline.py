@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +39,7 @@ from connector.putitems import (
     PendingItem,
     PutItemsSink,
     SendReport,
+    Submitted,
     check_limits,
     coalesce,
 )
@@ -289,7 +289,7 @@ def _send(
         built = len(plans) == len(groups)
         sink.expect(-(-(len(ready) if built else len(groups)) // MAX_ITEMS_PER_CALL), exact=built)
 
-    in_flight: deque[Future[None]] = deque()  # calls sent and not answered yet, oldest first
+    in_flight: deque[Submitted] = deque()  # calls submitted and not answered yet, oldest first
     seen = 0  # the rejections already handled (report.poison[:seen])
 
     def settle(keep: int) -> None:
@@ -297,7 +297,7 @@ def _send(
         PutItems rejected on its own."""
         nonlocal seen
         while len(in_flight) > keep:
-            in_flight.popleft().result()
+            in_flight.popleft().future.result()
             rejected, seen = report.poison[seen:], len(report.poison)
             for pending, reason in rejected:
                 plan = by_item[pending.item_id]
@@ -326,12 +326,14 @@ def _send(
             call = [ready.popleft() for _ in range(min(MAX_ITEMS_PER_CALL, len(ready)))]
             for pending in call:
                 by_item[pending.item_id].written = pending
-            in_flight.append(sink.submit(call, deadline, report, on_accepted=record_versions))
+            submitted = sink.submit(call, deadline, report, on_accepted=record_versions)
+            in_flight.append(submitted)
             if report.stopped is None:
                 was_built = len(plans) == len(groups)
                 build(READY_AHEAD)  # while the call waits for its slot and its answer
                 if not was_built and len(plans) == len(groups):  # the last group built now: the count is exact
                     announce()
+            submitted.sent.wait()  # one call at a time waits for a slot; the next is prepared once this one is out
             settle(sink.in_flight - 1)
     finally:
         settle(0)  # every call answered before the batch is judged (or before an error leaves the batch)

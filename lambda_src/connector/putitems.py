@@ -193,6 +193,9 @@ def instrument(client: Any, pacer: PacerLike) -> CallCounters:
     def before_send(**_: Any) -> None:
         pacer.wait()
         counters.attempted()
+        sent = getattr(_sending, "sent", None)
+        if sent is not None:  # a call submitted to the sink: its attempt has its slot, the next call may prepare
+            sent.set()
 
     on_throttle = getattr(pacer, "throttled", None)
 
@@ -207,6 +210,18 @@ def instrument(client: Any, pacer: PacerLike) -> CallCounters:
     events.register("needs-retry.personalize-events.PutItems", needs_retry, unique_id="connector-throttles")
     _instrumented[client] = counters
     return counters
+
+
+_sending = threading.local()  # on a sender thread: ``sent`` of the call it sends (PutItemsSink.submit)
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """One call given to :meth:`PutItemsSink.submit`: ``sent`` once its first attempt has its slot (or once it
+    ended without one); ``future`` once it is answered."""
+
+    future: Future[None]
+    sent: threading.Event
 
 
 @dataclass(slots=True)
@@ -288,26 +303,42 @@ class PutItemsSink:
         deadline: Deadline,
         report: SendReport,
         on_accepted: Callable[[list[PendingItem]], None] | None = None,
-    ) -> Future[None]:
+    ) -> Submitted:
         """Send one call's items (at most 10) like :meth:`send`, on a sender thread when ``in_flight`` > 1, so
         that the next call can take its slot while this one waits for its answer; at once otherwise. The caller
-        keeps at most ``in_flight`` futures pending, waits for them before it reads ``report``, and counts
-        attempts and throttles itself (``counters``), since calls on the wire together cannot tell theirs apart.
-        ``on_accepted`` then runs on the sender thread."""
+        waits for ``sent`` before it submits the next call (so that only one call at a time waits for a slot, as
+        when sending one after the other), keeps at most ``in_flight`` calls unanswered, waits for every answer
+        (``future``) before it reads ``report``, and counts attempts and throttles itself (``counters``), since
+        calls on the wire together cannot tell theirs apart. ``on_accepted`` then runs on the sender thread."""
         if len(call) > MAX_ITEMS_PER_CALL:
             raise ValueError(f"a call holds at most {MAX_ITEMS_PER_CALL} items, not {len(call)}")
+        submitted = Submitted(Future(), threading.Event())
         if self.in_flight > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.in_flight, thread_name_prefix="putitems")
-            return self._pool.submit(self._send_call, call, report, deadline, on_accepted)
-        done: Future[None] = Future()
+            self._pool.submit(self._sender, submitted, call, report, deadline, on_accepted)
+        else:
+            self._sender(submitted, call, report, deadline, on_accepted)
+        return submitted
+
+    def _sender(
+        self,
+        submitted: Submitted,
+        call: list[PendingItem],
+        report: SendReport,
+        deadline: Deadline,
+        on_accepted: Callable[[list[PendingItem]], None] | None,
+    ) -> None:
+        _sending.sent = submitted.sent
         try:
             self._send_call(call, report, deadline, on_accepted)
-        except BaseException as exc:  # raised by result(), as from a sender thread
-            done.set_exception(exc)
+        except BaseException as exc:  # raised by future.result() in the caller's thread
+            submitted.future.set_exception(exc)
         else:
-            done.set_result(None)
-        return done
+            submitted.future.set_result(None)
+        finally:
+            _sending.sent = None
+            submitted.sent.set()  # answered, or never sent (stopped before it): either way, the next may go
 
     def _send_call(
         self,
