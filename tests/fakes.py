@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -46,18 +47,18 @@ class FakePersonalize:
         self.calls: list[list[dict[str, Any]]] = []  # every call, accepted or not
         self.accepted: list[list[dict[str, Any]]] = []
         self.items: dict[str, dict[str, Any]] = {}  # current state, as the service would hold it
-        self._params: dict[str, Any] = {}
+        self._local = threading.local()  # the parameters of the call this thread is making (calls in flight)
         events = self.client.meta.events
         events.register("before-parameter-build.personalize-events.PutItems", self._capture)
         events.register("before-call.personalize-events.PutItems", self._answer)
 
     def _capture(self, params: dict[str, Any], **_: Any) -> None:
-        self._params = params
+        self._local.params = params
 
     def _answer(self, **_: Any) -> tuple[AWSResponse, dict[str, Any]]:
         import json
 
-        items = self._params["items"]
+        items = self._local.params["items"]
         self.calls.append(items)
         error = self.rule(items)
         if error is None:

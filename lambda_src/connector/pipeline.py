@@ -298,7 +298,8 @@ def _send(
         nonlocal seen
         while len(in_flight) > keep:
             in_flight.popleft().future.result()
-            rejected, seen = report.poison[seen:], len(report.poison)
+            rejected = report.poison[seen:]  # one read: a sender may add to it meanwhile
+            seen += len(rejected)
             for pending, reason in rejected:
                 plan = by_item[pending.item_id]
                 plan.verdicts[pending.change.position] = Verdict(
@@ -339,6 +340,16 @@ def _send(
         settle(0)  # every call answered before the batch is judged (or before an error leaves the batch)
         report.attempts += sink.counters.attempts - attempts0
         report.throttles += sink.counters.throttles - throttles0
+    if report.systemic == "SystemicRejection":
+        # Items rejected alone by calls that ended before another call in flight completed the streak belong to
+        # the same systemic rejection: the sink returned them for a retry too (PutItemsSink._suspects).
+        for pending in report.retry:
+            plan = by_item.get(pending.item_id)
+            verdict = plan.verdicts.get(pending.change.position) if plan else None
+            if plan and verdict is not None and verdict.outcome is Outcome.POISON:
+                plan.verdicts[pending.change.position] = Verdict(
+                    verdict.record, Outcome.RETRY, None, plan.group.item_id
+                )
     for group in groups[len(plans) :]:  # never built: sending stopped before them
         plan = _Plan(group, [])
         plan.verdicts = {c.position: Verdict(c.record, Outcome.RETRY, None, group.item_id) for c in group.changes}

@@ -263,6 +263,13 @@ class PutItemsSink:
         # systemic rejection.
         self._rejected: set[str] = set()
         self.in_flight = in_flight
+        # Each attempt may queue behind the other senders' slots (a retry beside a call waiting for its slot):
+        # the deadline check covers that too. The shared budget bounds every wait by itself (budget_max_wait_s).
+        attempts = int((getattr(client.meta.config, "retries", None) or {}).get("total_max_attempts", 1))
+        self._queue_ms = (in_flight - 1) * getattr(pacer, "interval", 0.0) * 1000 * attempts
+        # Items rejected alone by calls that had nothing accepted, since the last accepted call: if another call in
+        # flight beside them then completes a systemic rejection, they are retried with the batch, not poison.
+        self._suspects: list[tuple[PendingItem, SendReport]] = []
         self._pool: ThreadPoolExecutor | None = None  # started on the first call submitted with in_flight > 1
         self._lock = threading.Lock()  # a report's counters and the rejection streak, updated by every sender
 
@@ -351,7 +358,7 @@ class PutItemsSink:
         parts, rejected, accepted = [chunk], [], 0
         while parts:
             part = parts.pop()
-            if report.stopped is None and not deadline.allows(self._worst_call_ms):
+            if report.stopped is None and not deadline.allows(self._worst_call_ms + self._queue_ms):
                 report.stopped = "deadline"
                 logger.warning("Deadline near: not sending more", extra={"remaining_ms": deadline.remaining_ms()})
             if report.stopped is not None:
@@ -378,9 +385,16 @@ class PutItemsSink:
             with self._lock:
                 if not part[0].fallback and len(self._rejected) < SYSTEMIC_REJECTION_STREAK:
                     self._rejected.add(part[0].item_id)
+        suspects: list[PendingItem] = []
         with self._lock:
             systemic = bool(rejected) and not accepted and len(self._rejected) >= SYSTEMIC_REJECTION_STREAK
+            if systemic:
+                suspects = [item for item, owner in self._suspects if owner is report]
+                self._suspects.clear()
+            elif rejected and not accepted:
+                self._suspects += [(item, report) for item, _ in rejected]
         if systemic:
+            report.retry.extend(suspects)
             # Every item of this call was rejected on its own, and so were the items before it.
             report.stopped = report.systemic = "SystemicRejection"
             report.retry.extend(item for item, _ in rejected)
@@ -425,6 +439,7 @@ class PutItemsSink:
             report.items_sent += len(part)
             report.put.extend(part)
             self._rejected.clear()
+            self._suspects.clear()
         if on_accepted is not None:
             on_accepted(part)
         return None
