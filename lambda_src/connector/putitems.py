@@ -17,10 +17,11 @@ carries fewer than 10 items, or that is sent only to be throttled, costs through
      adaptive mode only slows down after throttles), hence these few lines;
    * **calls in flight**: :meth:`PutItemsSink.submit` sends each call on a sender thread, so up to
      ``PUT_ITEMS_IN_FLIGHT`` calls (default 3) wait for their answers at once, each having waited for its own
+     slot; the next call is prepared once the previous one has its slot, so only one at a time waits for a
      slot. Sent one after the other, an invocation makes at most 1 / latency calls a second: AWS documents no
-     PutItems latency, and on the local cloud at 150 ms one shard made half the quota. Calls in flight together
-     hold different items (a round's items are distinct; the next older candidates of rejected items go in a
-     later round, once every call of the round is answered);
+     PutItems latency, and on the local cloud at 150 ms one shard made half the quota (88 % of it in flight).
+     Calls in flight together hold different items (a round's items are distinct; the next older candidates of
+     rejected items go in a later round, once every call of the round is answered);
    * **throttles and 5xx** are retried by botocore's ``standard`` retry mode with jittered backoff; the
      sink only counts throttles, through the ``needs-retry`` event. If a call still fails, that call and
      everything not yet sent are **retry**: Lambda redelivers from the lowest of them anyway, so sending
@@ -33,13 +34,15 @@ carries fewer than 10 items, or that is sent only to be throttled, costs through
      dataset schema that differs from the mapping): the sink stops, and that call's items and everything
      unsent are **retry**, not poison. A call is always bisected to the end first, so a call holding one good
      item lands it and resets the streak, and a bad item among good ones is dead-lettered as usual. At the
-     onset of a systemic rejection, up to ``SYSTEMIC_REJECTION_STREAK - 1`` items rejected in earlier calls may
-     already be in the DLQ; and ten or more distinct bad items in a row with no good one between them look the
+     onset of a systemic rejection, up to ``SYSTEMIC_REJECTION_STREAK - 1`` items rejected in earlier batches may
+     already be in the DLQ (those rejected earlier in the same batch, in calls where nothing landed, are retried with it);
+     and ten or more distinct bad items in a row with no good one between them look the
      same as a systemic rejection, so they stop the stream (and raise the alarm) instead of filling the DLQ;
    * ``ResourceNotFoundException``, ``ResourceInUseException`` and authorization errors are **systemic**:
      logged once, and everything unsent is **retry**;
    * the **deadline**: before each call the sink checks that the worst case of that call (every attempt
-     timing out, plus backoff) still ends ``DEADLINE_MARGIN_MS`` before the Lambda deadline; if not, it stops.
+     timing out, plus backoff, plus the slots of the other calls in flight) still ends ``DEADLINE_MARGIN_MS``
+     before the Lambda deadline; if not, it stops.
 """
 
 from __future__ import annotations
