@@ -1092,7 +1092,8 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=LATENCY_MS,
         help=f"the emulator's PutItems latency before its 0-{JITTER_MS:g} ms jitter (default {LATENCY_MS:g}; AWS "
-        "documents none): one invocation sends one call at a time, so above about 90 ms it cannot fill the quota",
+        "documents none): with PUT_ITEMS_IN_FLIGHT=1 an invocation sends one call at a time and cannot fill the "
+        "quota above about 90 ms",
     )
     parser.add_argument(
         "--repeats",
@@ -1146,8 +1147,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.monotonic() - began:6.1f} s] {message}", flush=True)
 
     log(
-        f"local-cloud benchmark ({'quick' if args.quick else 'full'}): emulator {TPS:g} calls/s, {args.latency_ms:g} ms "
-        f"(+0-{JITTER_MS:g} ms), writer offers {args.offered:g} changes/s"
+        f"local-cloud benchmark ({'quick' if args.quick else 'full'}): emulator {TPS:g} calls/s, "
+        f"{args.latency_ms:g} ms (+0-{JITTER_MS:g} ms), writer offers {args.offered:g} changes/s"
     )
     bench = Bench(args.latency_ms)
     results: list[RunResult] = []

@@ -35,9 +35,9 @@ carries fewer than 10 items, or that is sent only to be throttled, costs through
      unsent are **retry**, not poison. A call is always bisected to the end first, so a call holding one good
      item lands it and resets the streak, and a bad item among good ones is dead-lettered as usual. At the
      onset of a systemic rejection, up to ``SYSTEMIC_REJECTION_STREAK - 1`` items rejected in earlier batches may
-     already be in the DLQ (those rejected earlier in the same batch, in calls where nothing landed, are retried with it);
-     and ten or more distinct bad items in a row with no good one between them look the
-     same as a systemic rejection, so they stop the stream (and raise the alarm) instead of filling the DLQ;
+     already be in the DLQ (those rejected earlier in the same batch, in calls where nothing landed, are retried
+     with it); and ten or more distinct bad items in a row with no good one between them look the same as a
+     systemic rejection, so they stop the stream (and raise the alarm) instead of filling the DLQ;
    * ``ResourceNotFoundException``, ``ResourceInUseException`` and authorization errors are **systemic**:
      logged once, and everything unsent is **retry**;
    * the **deadline**: before each call the sink checks that the worst case of that call (every attempt
