@@ -21,7 +21,9 @@ carries fewer than 10 items, or that is sent only to be throttled, costs through
      slot. Sent one after the other, an invocation makes at most 1 / latency calls a second: AWS documents no
      PutItems latency, and on the local cloud at 150 ms one shard made half the quota (88 % of it in flight).
      Calls in flight together hold different items (a round's items are distinct; the next older candidates of
-     rejected items go in a later round, once every call of the round is answered);
+     rejected items go in a later round, once every call of the round is answered). While one of them is being
+     retried after a throttle, the others' attempts wait (``_Gate``), so under throttling the sink sends as it
+     would one call after the other;
    * **throttles and 5xx** are retried by botocore's ``standard`` retry mode with jittered backoff; the
      sink only counts throttles, through the ``needs-retry`` event. If a call still fails, that call and
      everything not yet sent are **retry**: Lambda redelivers from the lowest of them anyway, so sending
@@ -194,17 +196,22 @@ def instrument(client: Any, pacer: PacerLike) -> CallCounters:
     counters = CallCounters()
 
     def before_send(**_: Any) -> None:
+        call: _Call | None = getattr(_sending, "call", None)  # a call submitted to a sink (PutItemsSink.submit)
         pacer.wait()
+        while call is not None and call.gate.held(call):  # another call in flight is being retried: its slot
+            pacer.wait()  # passed while held; take a new one
         counters.attempted()
-        sent = getattr(_sending, "sent", None)
-        if sent is not None:  # a call submitted to the sink: its attempt has its slot, the next call may prepare
-            sent.set()
+        if call is not None:  # this attempt has its slot: the next call may prepare
+            call.sent.set()
 
     on_throttle = getattr(pacer, "throttled", None)
 
     def needs_retry(response: Any = None, **_: Any) -> None:
         if response is not None and response[1].get("Error", {}).get("Code") in THROTTLE_ERRORS:
             counters.throttled()
+            call: _Call | None = getattr(_sending, "call", None)
+            if call is not None:
+                call.gate.retrying(call)
             if on_throttle is not None:
                 on_throttle()
 
@@ -215,7 +222,54 @@ def instrument(client: Any, pacer: PacerLike) -> CallCounters:
     return counters
 
 
-_sending = threading.local()  # on a sender thread: ``sent`` of the call it sends (PutItemsSink.submit)
+_sending = threading.local()  # on a sender thread: the call it sends (``_Call``, PutItemsSink.submit)
+
+
+class SendingStopped(BotoCoreError):
+    """An attempt not sent: the batch stopped while it waited behind a call being retried (its items are retry)."""
+
+    fmt = "the batch stopped sending while this call waited behind a retried call"
+
+
+class _Gate:
+    """Calls in flight together go out only while none of them is being retried after a throttle: a call's
+    attempt waits (``held``) until the throttled calls are answered, so that under throttling the sink sends as
+    it would one call after the other, and a call that fails after its retries stops the batch before the others
+    spend slots on items that will come back. A call being retried itself never waits (no deadlock)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._retried: set[int] = set()
+
+    def held(self, call: _Call) -> bool:
+        """Wait while another call is being retried; True if it waited (its slot has passed). Raise
+        :class:`SendingStopped` if the batch stopped meanwhile."""
+        with self._cond:
+            waited = False
+            while self._retried - {id(call)} and call.report.stopped is None:
+                waited = True
+                self._cond.wait()
+        if call.report.stopped is not None:
+            raise SendingStopped
+        return waited
+
+    def retrying(self, call: _Call) -> None:
+        with self._cond:
+            self._retried.add(id(call))
+
+    def done(self, call: _Call) -> None:
+        with self._cond:
+            self._retried.discard(id(call))
+            self._cond.notify_all()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Call:
+    """What a sender thread's hooks need about the call it sends."""
+
+    sent: threading.Event
+    report: SendReport
+    gate: _Gate
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +327,7 @@ class PutItemsSink:
         # Items rejected alone by calls that had nothing accepted, since the last accepted call: if another call in
         # flight beside them then completes a systemic rejection, they are retried with the batch, not poison.
         self._suspects: list[tuple[PendingItem, SendReport]] = []
+        self._gate = _Gate()
         self._pool: ThreadPoolExecutor | None = None  # started on the first call submitted with in_flight > 1
         self._lock = threading.Lock()  # a report's counters and the rejection streak, updated by every sender
 
@@ -339,7 +394,8 @@ class PutItemsSink:
         deadline: Deadline,
         on_accepted: Callable[[list[PendingItem]], None] | None,
     ) -> None:
-        _sending.sent = submitted.sent
+        me = _Call(submitted.sent, report, self._gate)
+        _sending.call = me
         try:
             self._send_call(call, report, deadline, on_accepted)
         except BaseException as exc:  # raised by future.result() in the caller's thread
@@ -347,7 +403,8 @@ class PutItemsSink:
         else:
             submitted.future.set_result(None)
         finally:
-            _sending.sent = None
+            _sending.call = None
+            self._gate.done(me)
             submitted.sent.set()  # answered, or never sent (stopped before it): either way, the next may go
 
     def _send_call(
@@ -372,6 +429,9 @@ class PutItemsSink:
                 accepted += len(part)
                 continue
             code, message = error
+            if code == SendingStopped.__name__:  # another call stopped the batch: retry, keep its reason
+                report.retry.extend(part)
+                continue
             if code != "InvalidInputException":
                 report.retry.extend(part)
                 report.stopped = code
@@ -433,7 +493,8 @@ class PutItemsSink:
                 logger.warning("PutItems failed after retries", extra={"error_code": code, "items": len(part)})
             return code, message
         except BotoCoreError as exc:
-            logger.warning("PutItems failed after retries", extra={"error": type(exc).__name__, "items": len(part)})
+            if not isinstance(exc, SendingStopped):
+                logger.warning("PutItems failed after retries", extra={"error": type(exc).__name__, "items": len(part)})
             return type(exc).__name__, ""
         finally:
             report.last_call_done_at = time.monotonic()

@@ -457,3 +457,26 @@ def test_the_shared_budget_with_three_senders_keeps_the_quota_and_counts_exactly
     spans = sorted((s, e) for s, e, _, _ in wire.calls)
     overlap = max(sum(1 for s2, e2 in spans if s2 <= s < e2) for s, _ in spans)
     assert 2 <= overlap <= 3  # calls were in flight together, never more than three
+
+
+def test_no_other_call_goes_out_while_a_throttled_call_is_being_retried() -> None:
+    """Found by the integration deadline test (every call throttled): the calls in flight beside a throttled call
+    each spent their own retries, 6 attempts where one call after the other spends 3. Now an attempt waits (on a
+    new slot) while another call is being retried: here the call holding s0 is throttled once, and the next
+    call, already waiting for its slot, does not go out between that throttle and the retry; everything lands."""
+    throttled: set[str] = set()
+
+    def once(items: list[dict[str, Any]]) -> Answer:
+        if any(i["itemId"] == "s0" for i in items) and "s0" not in throttled:
+            throttled.add("s0")
+            return ("ThrottlingException", "Rate exceeded")
+        return None
+
+    wire = Wire(once, latency=lambda _: 0.02, attempts=3)  # answered before the next slot, 50 ms on
+    records = [dynamodb_record("INSERT", {"sku": f"s{i}"}, {"sku": f"s{i}", "v": i}) for i in range(60)]
+    result = run(records, sink_for(wire, 3, rate=20.0, worst_call_ms=1_000.0), FakeSQS())
+    assert result.response == {"batchItemFailures": []} and len(wire.items) == 60
+    assert result.report.attempts == len(wire.calls) == 7 and result.report.throttles == 1
+    first, retry = sorted(c for c in wire.calls if "s0" in c[2])
+    between = [c for c in wire.calls if first[1] < c[0] < retry[0]]
+    assert not between, f"attempts sent while s0 was being retried: {between}"
