@@ -8,14 +8,19 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
 from botocore.awsrequest import AWSResponse
+from botocore.config import Config
 
 Rule = Callable[[list[dict[str, Any]]], tuple[str, str] | None]  # items → (error code, message) or None
+Answer = tuple[str, str] | None  # (error code, message), or None: accepted
+WireRule = Callable[[list[dict[str, Any]]], Answer]
 STATUS = {
     "InvalidInputException": 400,
     "ResourceNotFoundException": 404,
@@ -115,3 +120,65 @@ def moto_state_table(name: str = "state") -> Iterator[Any]:
         client = boto3.client("dynamodb", region_name="us-east-1")
         create_state_table(client, name)
         yield client
+
+
+class _Body:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.body
+
+
+def wire_response(status: int, body: bytes = b"{}", headers: dict[str, str] | None = None) -> AWSResponse:
+    """A PutItems answer to return from a ``before-send`` handler: after the connector's pacer took its slot (an
+    answer at ``before-call``, as FakePersonalize gives, comes before any pacing)."""
+    return AWSResponse("https://personalize-events", status, headers or {}, _Body(body))
+
+
+class Wire:
+    """PutItems answered at ``before-send`` by ``rule`` after ``latency(call number)`` (or
+    ``latency_by_items(item ids)``) seconds; records every call."""
+
+    def __init__(
+        self,
+        rule: WireRule | None = None,
+        latency: Callable[[int], float] = lambda _: 0.0,
+        latency_by_items: Callable[[list[str]], float] | None = None,
+        attempts: int = 1,
+    ) -> None:
+        self.rule = rule or (lambda _: None)
+        self.latency = latency
+        self.latency_by_items = latency_by_items
+        self.client = boto3.client(
+            "personalize-events",
+            region_name="us-east-1",
+            config=Config(retries={"mode": "standard", "total_max_attempts": attempts}),
+        )
+        self.calls: list[tuple[float, float, list[str], str | None]] = []  # start, end, item ids, error code
+        self.items: dict[str, dict[str, Any]] = {}  # the dataset, as the service holds it
+        self._lock = threading.Lock()
+        self._n = 0
+        self.client.meta.events.register_last("before-send.personalize-events.PutItems", self._answer)
+
+    def _answer(self, request: Any, **_: Any) -> AWSResponse:
+        start = time.monotonic()
+        items = json.loads(request.body)["items"]
+        with self._lock:
+            n, self._n = self._n, self._n + 1
+        ids = [i["itemId"] for i in items]
+        time.sleep(self.latency_by_items(ids) if self.latency_by_items else self.latency(n))
+        answer = self.rule(items)
+        with self._lock:
+            self.calls.append((start, time.monotonic(), [i["itemId"] for i in items], answer and answer[0]))
+            if answer is None:
+                for i in items:
+                    self.items[i["itemId"]] = json.loads(i.get("properties", "{}"))
+        if answer is None:
+            return wire_response(200)
+        code, message = answer
+        body = json.dumps({"message": message}).encode()
+        return wire_response(STATUS.get(code, 400), body, {"x-amzn-errortype": code})
+
+    def starts(self) -> list[float]:
+        return sorted(s for s, _, _, _ in self.calls)

@@ -140,10 +140,12 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
 
 
 def _in_flight(env: Mapping[str, str]) -> int:
-    raw = env.get("PUT_ITEMS_IN_FLIGHT") or "3"
-    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_IN_FLIGHT:
-        raise ConfigError(f"PUT_ITEMS_IN_FLIGHT={raw!r}: a whole number from 1 to {MAX_IN_FLIGHT}")
-    return int(raw)
+    value = _number(env, "PUT_ITEMS_IN_FLIGHT", 3.0, minimum=1)
+    if not value.is_integer() or value > MAX_IN_FLIGHT:
+        raise ConfigError(
+            f"PUT_ITEMS_IN_FLIGHT={env['PUT_ITEMS_IN_FLIGHT']!r}: a whole number from 1 to {MAX_IN_FLIGHT}"
+        )
+    return int(value)
 
 
 def _retry_mode(env: Mapping[str, str]) -> str:

@@ -196,7 +196,7 @@ def instrument(client: Any, pacer: PacerLike) -> CallCounters:
     counters = CallCounters()
 
     def before_send(**_: Any) -> None:
-        call: _Call | None = getattr(_sending, "call", None)  # a call submitted to a sink (PutItemsSink.submit)
+        call: Submitted | None = getattr(_sending, "call", None)  # a call submitted to a sink
         pacer.wait()
         while call is not None and call.gate.held(call):  # another call in flight is being retried: its slot
             pacer.wait()  # passed while held; take a new one
@@ -209,7 +209,7 @@ def instrument(client: Any, pacer: PacerLike) -> CallCounters:
     def needs_retry(response: Any = None, **_: Any) -> None:
         if response is not None and response[1].get("Error", {}).get("Code") in THROTTLE_ERRORS:
             counters.throttled()
-            call: _Call | None = getattr(_sending, "call", None)
+            call: Submitted | None = getattr(_sending, "call", None)
             if call is not None:
                 call.gate.retrying(call)
             if on_throttle is not None:
@@ -222,7 +222,7 @@ def instrument(client: Any, pacer: PacerLike) -> CallCounters:
     return counters
 
 
-_sending = threading.local()  # on a sender thread: the call it sends (``_Call``, PutItemsSink.submit)
+_sending = threading.local()  # on a sender thread: the call it sends (``Submitted``)
 
 
 class SendingStopped(BotoCoreError):
@@ -241,7 +241,7 @@ class _Gate:
         self._cond = threading.Condition()
         self._retried: set[int] = set()
 
-    def held(self, call: _Call) -> bool:
+    def held(self, call: Submitted) -> bool:
         """Wait while another call is being retried; True if it waited (its slot has passed). Raise
         :class:`SendingStopped` if the batch stopped meanwhile."""
         with self._cond:
@@ -253,32 +253,25 @@ class _Gate:
             raise SendingStopped
         return waited
 
-    def retrying(self, call: _Call) -> None:
+    def retrying(self, call: Submitted) -> None:
         with self._cond:
             self._retried.add(id(call))
 
-    def done(self, call: _Call) -> None:
+    def done(self, call: Submitted) -> None:
         with self._cond:
             self._retried.discard(id(call))
             self._cond.notify_all()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class _Call:
-    """What a sender thread's hooks need about the call it sends."""
-
-    sent: threading.Event
-    report: SendReport
-    gate: _Gate
-
-
-@dataclass(frozen=True, slots=True)
 class Submitted:
     """One call given to :meth:`PutItemsSink.submit`: ``sent`` once its first attempt has its slot (or once it
-    ended without one); ``future`` once it is answered."""
+    ended without one); ``future`` once it is answered. Its sender thread's hooks read ``report`` and ``gate``."""
 
     future: Future[None]
     sent: threading.Event
+    report: SendReport
+    gate: _Gate
 
 
 @dataclass(slots=True)
@@ -377,34 +370,32 @@ class PutItemsSink:
         calls on the wire together cannot tell theirs apart. ``on_accepted`` then runs on the sender thread."""
         if len(call) > MAX_ITEMS_PER_CALL:
             raise ValueError(f"a call holds at most {MAX_ITEMS_PER_CALL} items, not {len(call)}")
-        submitted = Submitted(Future(), threading.Event())
+        submitted = Submitted(Future(), threading.Event(), report, self._gate)
         if self.in_flight > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.in_flight, thread_name_prefix="putitems")
-            self._pool.submit(self._sender, submitted, call, report, deadline, on_accepted)
+            self._pool.submit(self._sender, submitted, call, deadline, on_accepted)
         else:
-            self._sender(submitted, call, report, deadline, on_accepted)
+            self._sender(submitted, call, deadline, on_accepted)
         return submitted
 
     def _sender(
         self,
         submitted: Submitted,
         call: list[PendingItem],
-        report: SendReport,
         deadline: Deadline,
         on_accepted: Callable[[list[PendingItem]], None] | None,
     ) -> None:
-        me = _Call(submitted.sent, report, self._gate)
-        _sending.call = me
+        _sending.call = submitted
         try:
-            self._send_call(call, report, deadline, on_accepted)
+            self._send_call(call, submitted.report, deadline, on_accepted)
         except BaseException as exc:  # raised by future.result() in the caller's thread
             submitted.future.set_exception(exc)
         else:
             submitted.future.set_result(None)
         finally:
             _sending.call = None
-            self._gate.done(me)
+            self._gate.done(submitted)
             submitted.sent.set()  # answered, or never sent (stopped before it): either way, the next may go
 
     def _send_call(

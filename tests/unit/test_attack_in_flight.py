@@ -1,10 +1,9 @@
 """Attack: PUT_ITEMS_IN_FLIGHT (calls in flight together) against the final-state promise.
 
-Every test drives ``pipeline.run`` with a real botocore ``personalize-events`` client answered on the wire (at
-``before-send``, after the pacer's hook, like ``tests/unit/test_in_flight.SlowService``), so the pacer, the
-retries and the counters are the real ones. ``Wire`` is thread-safe (``tests/fakes.FakePersonalize`` is not: it
-keeps the last call's parameters on the instance between two events, which sender threads would mix up), and it
-answers each call after a latency of its own, so answers arrive in any order.
+Every test drives ``pipeline.run`` with a real botocore ``personalize-events`` client answered on the wire
+(``tests.fakes.Wire``: at ``before-send``, after the pacer's hook), so the pacer, the retries and the counters
+are the real ones. ``Wire`` is thread-safe and answers each call after a latency of its own, so answers arrive
+in any order.
 """
 
 from __future__ import annotations
@@ -13,13 +12,10 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import boto3
 import pytest
-from botocore.awsrequest import AWSResponse
-from botocore.config import Config
 
 from connector import pipeline
 from connector.config import load_settings
@@ -28,67 +24,9 @@ from connector.putitems import SYSTEMIC_REJECTION_STREAK, Pacer, PutItemsSink
 from connector.response import Outcome
 from connector.versions import VersionGuard
 from tests.factories import DATASET_ARN, cdc_payload, dynamodb_record, event, kinesis_record
-from tests.fakes import STATUS, FakeSQS, moto_state_table
+from tests.fakes import Answer, FakeSQS, Wire, moto_state_table
 
 DLQ = "https://sqs.us-east-1.amazonaws.com/111122223333/poison"
-Answer = tuple[str, str] | None  # (error code, message) or accepted
-Rule = Callable[[list[dict[str, Any]]], Answer]
-
-
-class _Raw:
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield self.body
-
-
-class Wire:
-    """PutItems answered at ``before-send`` by ``rule`` after ``latency(call number)`` (or
-    ``latency_by_items(item ids)``) seconds; records every call."""
-
-    def __init__(
-        self,
-        rule: Rule | None = None,
-        latency: Callable[[int], float] = lambda _: 0.0,
-        latency_by_items: Callable[[list[str]], float] | None = None,
-        attempts: int = 1,
-    ) -> None:
-        self.rule = rule or (lambda _: None)
-        self.latency = latency
-        self.latency_by_items = latency_by_items
-        self.client = boto3.client(
-            "personalize-events",
-            region_name="us-east-1",
-            config=Config(retries={"mode": "standard", "total_max_attempts": attempts}),
-        )
-        self.calls: list[tuple[float, float, list[str], str | None]] = []  # start, end, item ids, error code
-        self.items: dict[str, dict[str, Any]] = {}  # the dataset, as the service holds it
-        self._lock = threading.Lock()
-        self._n = 0
-        self.client.meta.events.register_last("before-send.personalize-events.PutItems", self._answer)
-
-    def _answer(self, request: Any, **_: Any) -> AWSResponse:
-        start = time.monotonic()
-        items = json.loads(request.body)["items"]
-        with self._lock:
-            n, self._n = self._n, self._n + 1
-        ids = [i["itemId"] for i in items]
-        time.sleep(self.latency_by_items(ids) if self.latency_by_items else self.latency(n))
-        answer = self.rule(items)
-        with self._lock:
-            self.calls.append((start, time.monotonic(), [i["itemId"] for i in items], answer and answer[0]))
-            if answer is None:
-                for i in items:
-                    self.items[i["itemId"]] = json.loads(i.get("properties", "{}"))
-        if answer is None:
-            return AWSResponse("https://personalize-events", 200, {}, _Raw(b"{}"))
-        code, message = answer
-        body = json.dumps({"message": message}).encode()
-        return AWSResponse("https://personalize-events", STATUS.get(code, 400), {"x-amzn-errortype": code}, _Raw(body))
-
-    def starts(self) -> list[float]:
-        return sorted(s for s, _, _, _ in self.calls)
 
 
 def settings() -> Any:

@@ -14,7 +14,7 @@ from botocore.awsrequest import AWSResponse
 from connector import handler
 from connector.config import ConfigError, load_settings
 from tests.factories import DATASET_ARN, FakeContext, dynamodb_record, event, kinesis_record
-from tests.fakes import FakePersonalize, FakeSQS, moto_state_table, reject_ids
+from tests.fakes import FakePersonalize, FakeSQS, moto_state_table, reject_ids, wire_response
 
 SECRET = "s3cr3t-customer-value"
 
@@ -87,15 +87,10 @@ def test_runtime_built_from_environment(monkeypatch: pytest.MonkeyPatch) -> None
     handler.reset()
 
 
-class _Raw:
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield b"{}"
-
-
 def _accept_on_the_wire(**_: Any) -> AWSResponse:
     """PutItems answered at ``before-send``, after the connector's pacer took its slot (FakePersonalize answers at
     ``before-call``, before any pacing)."""
-    return AWSResponse("https://personalize-events", 200, {}, _Raw())
+    return wire_response(200)
 
 
 def test_batch_done_carries_the_shared_budgets_counters_and_a_batch_reserves_no_slot_it_does_not_use(

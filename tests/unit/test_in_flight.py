@@ -9,58 +9,37 @@ calls in flight together by ``tests/property/test_convergence.py``.
 from __future__ import annotations
 
 import itertools
-import threading
 import time
-from collections.abc import Iterator
-from typing import Any
 
-import boto3
 import pytest
-from botocore.awsrequest import AWSResponse
 
 from connector import pipeline
 from connector.config import ConfigError, load_settings
 from connector.deadline import Deadline
 from connector.putitems import Pacer, PutItemsSink
 from tests.factories import DATASET_ARN, dynamodb_record, event
-from tests.fakes import FakeSQS
+from tests.fakes import FakeSQS, Wire
 
 LATENCY_S = 0.15
 RATE = 20.0  # calls/s: slots 50 ms apart, three to a round trip
 
 
-class _Raw:
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield b"{}"
+def most_at_once(wire: Wire) -> int:
+    """The most calls on the wire at the same moment."""
+    edges = sorted([(start, 1) for start, _, _, _ in wire.calls] + [(end, -1) for _, end, _, _ in wire.calls])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
 
 
-class SlowService:
-    """PutItems answered on the wire (after the pacer's slot) ``LATENCY_S`` later; records each call's span."""
-
-    def __init__(self) -> None:
-        self.client = boto3.client("personalize-events", region_name="us-east-1")
-        self.spans: list[tuple[float, float]] = []
-        self._lock = threading.Lock()
-        self.client.meta.events.register_last("before-send.personalize-events.PutItems", self._answer)
-
-    def _answer(self, **_: Any) -> AWSResponse:
-        start = time.monotonic()
-        time.sleep(LATENCY_S)
-        with self._lock:
-            self.spans.append((start, time.monotonic()))
-        return AWSResponse("https://personalize-events", 200, {}, _Raw())
-
-    def most_at_once(self) -> int:
-        edges = sorted([(s, 1) for s, _ in self.spans] + [(e, -1) for _, e in self.spans])
-        most = now = 0
-        for _, step in edges:
-            now += step
-            most = max(most, now)
-        return most
+def _slow_service() -> Wire:
+    return Wire(latency=lambda _: LATENCY_S)
 
 
-def _run(in_flight: int, calls: int = 9) -> tuple[SlowService, pipeline.Result, float]:
-    service = SlowService()
+def _run(in_flight: int, calls: int = 9) -> tuple[Wire, pipeline.Result, float]:
+    service = _slow_service()
     sink = PutItemsSink(service.client, DATASET_ARN, worst_call_ms=1_000, pacer=Pacer(RATE), in_flight=in_flight)
     settings = load_settings({"DATASET_ARN": DATASET_ARN, "DLQ_URL": "https://sqs/q"})
     records = [dynamodb_record("INSERT", {"sku": f"s{i}"}, {"sku": f"s{i}", "title": "t"}) for i in range(10 * calls)]
@@ -73,8 +52,8 @@ def test_calls_overlap_on_the_wire_and_every_one_keeps_its_slot() -> None:
     service, result, _ = _run(in_flight=3)
     assert result.response == {"batchItemFailures": []}
     assert result.report.calls == 9 and result.report.items_sent == 90 and result.report.attempts == 9
-    assert 2 <= service.most_at_once() <= 3
-    starts = sorted(s for s, _ in service.spans)
+    assert 2 <= most_at_once(service) <= 3
+    starts = service.starts()
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) >= 1 / RATE - 0.005, gaps  # the pacer's spacing holds with three senders
 
@@ -82,13 +61,13 @@ def test_calls_overlap_on_the_wire_and_every_one_keeps_its_slot() -> None:
 def test_one_in_flight_sends_one_call_after_the_other() -> None:
     service, result, _ = _run(in_flight=1)
     assert result.response == {"batchItemFailures": []} and result.report.calls == 9
-    assert service.most_at_once() == 1
+    assert most_at_once(service) == 1
 
 
 def test_a_deadline_stop_waits_for_the_calls_already_out_and_reports_the_rest_for_retry() -> None:
     """The deadline allows about three calls; the calls already on the wire are answered and land (put), every
     record not sent is retried, and nothing is both."""
-    service = SlowService()
+    service = _slow_service()
     worst_ms = 100.0
     sink = PutItemsSink(service.client, DATASET_ARN, worst_call_ms=worst_ms, pacer=Pacer(RATE), in_flight=3)
     settings = load_settings({"DATASET_ARN": DATASET_ARN, "DLQ_URL": "https://sqs/q"})
@@ -98,7 +77,7 @@ def test_a_deadline_stop_waits_for_the_calls_already_out_and_reports_the_rest_fo
     result = pipeline.run(event(*records), settings=settings, sink=sink, sqs=FakeSQS(), deadline=deadline)
     assert result.report.stopped == "deadline"
     put = {i.item_id for i in result.report.put}
-    assert 1 <= len(service.spans) < 9 and len(put) == 10 * len(service.spans)  # every call out was answered
+    assert 1 <= len(service.calls) < 9 and len(put) == 10 * len(service.calls)  # every call out was answered
     failures = [int(str(f["itemIdentifier"])) for f in result.response["batchItemFailures"]]
     assert failures, "the records not sent are reported for a retry"
     lowest = min(failures)  # Lambda redelivers from the lowest reported record on
