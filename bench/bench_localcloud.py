@@ -234,17 +234,24 @@ class Deployment:
     memory_mb: int = 1024  # the function's memory (Lambda gives CPU in proportion; billed GB-seconds)
 
 
-def connector(pacing: str, shards: int, memory_mb: int = 1024) -> Deployment:
+def connector(pacing: str, shards: int, memory_mb: int = 1024, in_flight: int | None = None) -> Deployment:
+    """The connector deployed with one pacing strategy; ``in_flight`` sets ``PUT_ITEMS_IN_FLIGHT`` (None: the
+    runtime's default) and is then named in the label, so that an A/B of it keeps its cells apart."""
+    env = {} if in_flight is None else {"PUT_ITEMS_IN_FLIGHT": str(in_flight)}
+    suffix = "" if in_flight is None else f", {in_flight} in flight"
     if pacing == "shared":  # the stack's default: the shared budget in STATE_TABLE, no reserved concurrency
-        return Deployment("connector", "connector, shared budget (STATE_TABLE)", "shared", memory_mb=memory_mb)
+        label = "connector, shared budget (STATE_TABLE)"
+        return Deployment("connector", label + suffix, "shared", env, memory_mb=memory_mb)
     if pacing == "serial":  # the earlier default: reserved concurrency 1, one invocation paced 3 % under the quota
         label = f"reserved concurrency 1, {TPS * HEADROOM:.3g}/s"
-        return Deployment("connector", label, "serial", reserved=1, state_table=False, memory_mb=memory_mb)
+        return Deployment(
+            "connector", label + suffix, "serial", env, reserved=1, state_table=False, memory_mb=memory_mb
+        )
     if pacing == "alone":  # no coordination: each invocation paces itself at its share of the quota
         rate = TPS * HEADROOM / shards
-        env = {"MAX_CALLS_PER_SECOND": f"{rate:.4g}"}
+        env["MAX_CALLS_PER_SECOND"] = f"{rate:.4g}"
         label = f"each invocation alone, {rate:.3g}/s"
-        return Deployment("connector", label, "alone", env, state_table=False, memory_mb=memory_mb)
+        return Deployment("connector", label + suffix, "alone", env, state_table=False, memory_mb=memory_mb)
     raise ValueError(f"unknown pacing {pacing!r}")
 
 
@@ -383,7 +390,7 @@ _MEDIAN_FIELDS = (
 
 
 def _cell(r: RunResult) -> tuple[int, str, float, float, str]:
-    return (r.workload.shards, r.quota_model, r.foreign_share, r.offered_per_s, r.deployment.pacing)
+    return (r.workload.shards, r.quota_model, r.foreign_share, r.offered_per_s, r.deployment.label)
 
 
 def medians(runs: Sequence[RunResult]) -> list[RunResult]:
@@ -1096,6 +1103,11 @@ def main(argv: list[str] | None = None) -> int:
         "quota above about 90 ms",
     )
     parser.add_argument(
+        "--in-flight",
+        help="comma-separated PUT_ITEMS_IN_FLIGHT values to deploy each connector cell with, side by side in the "
+        "same run (an A/B, e.g. 1,3; default: the runtime's default, unnamed)",
+    )
+    parser.add_argument(
         "--repeats",
         type=int,
         default=1,
@@ -1136,6 +1148,14 @@ def main(argv: list[str] | None = None) -> int:
         models = tuple(args.models.split(","))
         if unknown := set(models) - set(QUOTA_MODELS):
             parser.error(f"unknown quota model(s) {sorted(unknown)}; choose from {', '.join(QUOTA_MODELS)}")
+    in_flights: tuple[int | None, ...] = (None,)
+    if args.in_flight:
+        try:
+            in_flights = tuple(int(x) for x in args.in_flight.split(","))
+        except ValueError:
+            parser.error(f"--in-flight takes whole numbers, e.g. 1,3 (got {args.in_flight!r})")
+        if bad := [n for n in in_flights if not 1 <= (n or 0) <= 10]:
+            parser.error(f"--in-flight values must be 1-10 (PUT_ITEMS_IN_FLIGHT), got {bad}")
     memory = args.memory_mb or int(json.loads((ROOT / "cdk.json").read_text())["context"]["lambda"]["memoryMb"])
     strategies = tuple(args.strategies.split(",")) if args.strategies else ("shared", "serial", "alone")
     if unknown := set(strategies) - {"shared", "serial", "alone"}:
@@ -1189,13 +1209,15 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"repeat {repeat + 1} of {args.repeats}")
             for shards in shard_counts:
                 workload = make_workload("shards", n_shards, seed=args.seed, shards=shards)
-                for model in () if args.foreign_only else models:
-                    for mode in strategies:
-                        pacing.append(one(workload, connector(mode, shards, memory), model))
-                if "shared" in strategies and not args.no_foreign:
-                    pacing.append(one(workload, connector("shared", shards, memory), models[0], foreign=0.2))
-                    if not args.quick and "strict-spacing" in models:
-                        pacing.append(one(workload, connector("shared", shards, memory), "strict-spacing", foreign=0.2))
+                for n in in_flights:
+                    for model in () if args.foreign_only else models:
+                        for mode in strategies:
+                            pacing.append(one(workload, connector(mode, shards, memory, n), model))
+                    if "shared" in strategies and not args.no_foreign:
+                        shared = connector("shared", shards, memory, n)
+                        pacing.append(one(workload, shared, models[0], foreign=0.2))
+                        if not args.quick and "strict-spacing" in models[1:]:
+                            pacing.append(one(workload, shared, "strict-spacing", foreign=0.2))
     finally:
         bench.close()
 

@@ -21,11 +21,18 @@ from bench.bench_localcloud import (
 
 
 def run(
-    shards: int, mode: str, items_per_s: float, throttled: float, *, foreign: float = 0.0, offered: float = 150.0
+    shards: int,
+    mode: str,
+    items_per_s: float,
+    throttled: float,
+    *,
+    foreign: float = 0.0,
+    offered: float = 150.0,
+    in_flight: int | None = None,
 ) -> RunResult:
     return RunResult(
         workload=make_workload("shards", 40, shards=shards),
-        deployment=connector(mode, shards, 256),
+        deployment=connector(mode, shards, 256, in_flight),
         seconds=30.0,
         converged=True,
         visible=40,
@@ -80,6 +87,19 @@ def test_repeats_become_one_row_of_medians_with_their_spread() -> None:
     table = pacing_table(rows)
     assert "| 88.0 (80.0-92.0) |" in table and "1.0% (≤ 3.0%)" in table
     assert math.isnan(rows[1].throttled_max) and "(≤" not in table.splitlines()[3]
+
+
+def test_an_in_flight_a_b_keeps_its_cells_apart_and_deploys_each_value() -> None:
+    runs = [run(2, "shared", rate, 0.0, in_flight=n) for rate, n in ((90.0, 1), (85.0, 3), (92.0, 1), (86.0, 3))]
+    rows = medians(runs)
+    assert [(r.label, r.runs, r.items_per_s_range) for r in rows] == [
+        ("connector, shared budget (STATE_TABLE), 1 in flight", 2, (90.0, 92.0)),
+        ("connector, shared budget (STATE_TABLE), 3 in flight", 2, (85.0, 86.0)),
+    ]
+    assert rows[1].deployment.env == {"PUT_ITEMS_IN_FLIGHT": "3"}
+    alone = connector("alone", 4, 256, 1)
+    assert alone.env == {"PUT_ITEMS_IN_FLIGHT": "1", "MAX_CALLS_PER_SECOND": "2.425"}
+    assert connector("shared", 1, 256).env == {}  # unnamed: the runtime's default
 
 
 def test_a_cell_converged_only_if_every_repeat_did() -> None:
