@@ -26,6 +26,7 @@ payload, not on a monotonic version per item.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -88,7 +89,12 @@ class VersionGuard:
         self._sleep = sleep
         self.worst_ms = worst_ms  # the worst case of one request, reserved from the deadline before each read
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="version-guard")
-        self.requests = 0  # DynamoDB requests made, for the benchmark and the logs
+        self.requests = 0  # DynamoDB requests made, for the benchmark and the logs (counted by ``_count``)
+        self._requests_lock = threading.Lock()  # the recording pool and the sink's sender threads count too
+
+    def _count(self) -> None:
+        with self._requests_lock:
+            self.requests += 1
 
     def key(self, item_id: str) -> str:
         return self._prefix + item_id
@@ -112,7 +118,7 @@ class VersionGuard:
                 if deadline is not None and not deadline.allows(self.worst_ms):
                     raise VersionStoreError("the deadline is too near to read versions")
                 try:
-                    self.requests += 1
+                    self._count()
                     answer = self._client.batch_get_item(RequestItems=request)
                 except (ClientError, BotoCoreError) as exc:
                     raise VersionStoreError(_code(exc)) from None
@@ -145,7 +151,7 @@ class VersionGuard:
         }
         eids = {":eids": {"SS": sorted(event_ids)}} if event_ids else {}
         try:
-            self.requests += 1
+            self._count()
             # A newer instant: replace everything.
             self._client.update_item(
                 TableName=self._table,
@@ -172,7 +178,7 @@ class VersionGuard:
             updates.append(("ADD eids :eids", "#ts = :ts", {":ts": values[":ts"], **eids}))
         for expression, condition, names_values in updates:
             try:
-                self.requests += 1
+                self._count()
                 self._client.update_item(
                     TableName=self._table,
                     Key=key,
