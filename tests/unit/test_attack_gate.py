@@ -168,20 +168,23 @@ def test_the_retried_call_raising_a_non_botocore_error_frees_the_gate() -> None:
     assert failures(result) == [] and set(wire.items) == {f"s{i}" for i in range(30)}
 
 
-def test_a_call_retried_and_accepted_then_another_throttled_lands_everything_with_exact_counts() -> None:
-    """Call 1 is throttled once and accepted; call 2, which waited in the gate meanwhile, is throttled once too and
-    accepted. No attempt of another call goes out between a throttle and that call's retry; the counters match
-    the wire; everything lands."""
-    wire = Wire(Script({"s0": [(0.005, THROTTLE)], "s10": [(0.005, THROTTLE)]}, default_latency=0.005), attempts=3)
+@pytest.mark.parametrize("times", [1, 2])
+def test_a_call_retried_and_accepted_then_another_throttled_lands_everything_with_exact_counts(times: int) -> None:
+    """Call 1 is throttled ``times`` times and accepted; call 2, which waited in the gate meanwhile, is throttled
+    once and accepted. No attempt of another call goes out between a throttle and that call's next attempt; the
+    counters match the wire; everything lands."""
+    plans = {"s0": [(0.005, THROTTLE)] * times, "s10": [(0.005, THROTTLE)]}
+    wire = Wire(Script(plans, default_latency=0.005), attempts=3)
     sink = sink_for(wire, 3, rate=50.0, worst_call_ms=1_000.0)
     result = guarded(sink, lambda: run(records_for(60), sink))
     assert failures(result) == [] and set(wire.items) == {f"s{i}" for i in range(60)}
-    assert result.report.attempts == len(wire.calls) == 8 and result.report.throttles == 2
+    assert result.report.attempts == len(wire.calls) == 7 + times and result.report.throttles == 1 + times
     assert not sink._gate._retried
     for first in ("s0", "s10"):
-        throttled, retry = sorted(c for c in wire.calls if c[2][0] == first)
-        between = [c for c in wire.calls if throttled[1] < c[0] < retry[0]]
-        assert not between, f"attempts sent while the call of {first} was being retried: {between}"
+        attempts = sorted(c for c in wire.calls if c[2][0] == first)
+        for throttled, retry in itertools.pairwise(attempts):
+            between = [c for c in wire.calls if throttled[1] < c[0] < retry[0]]
+            assert not between, f"attempts sent while the call of {first} was being retried: {between}"
 
 
 # --- counting: pacing and the shared budget -------------------------------------------------------------------
@@ -352,7 +355,7 @@ def test_throttles_fallback_chains_and_the_gate_end_in_the_same_dataset_as_one_c
     for in_flight in (1, 3):
         wire, sqs = Wire(_throttling_rule(seed), attempts=3), FakeSQS()
         sink = sink_for(wire, in_flight)
-        guarded(sink, lambda sink=sink, wire=wire, sqs=sqs: _drain(records, sink, sqs), timeout=8)  # type: ignore[misc]
+        guarded(sink, lambda sink=sink, wire=wire, sqs=sqs: _drain(records, sink, sqs))  # type: ignore[misc]
         ends[in_flight] = (wire.items, {str(json.loads(m)["sequenceNumber"]) for m in sqs.messages})
     assert ends[3][0] == ends[1][0]
     newest: dict[str, dict[str, Any]] = {}
