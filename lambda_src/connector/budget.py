@@ -345,6 +345,7 @@ class SharedBudget:
         self.retry_table_s = retry_table_s
         self.max_share = max_share
         self.stats = BudgetStats()
+        self._counted = threading.local()  # whether this thread's last granted slot counted in ``_unsent``
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -404,10 +405,21 @@ class SharedBudget:
         waited = max(0.0, now - t0)
         with self._lock:
             self.stats.attempts += 1
-            if slot == self._last_slot and slot >= self._law.settle:  # a shared slot, in the current level
+            self._counted.value = slot == self._last_slot and slot >= self._law.settle
+            if self._counted.value:  # a shared slot, in the current level
                 self._unsent += 1
             self.stats.waited_s += waited
         return waited
+
+    def unused(self) -> None:
+        """The slot this thread was last granted passed unused (the attempt waited behind a retried call and
+        takes a new one): not an attempt; a wasted slot."""
+        with self._lock:
+            self.stats.attempts -= 1
+            self.stats.wasted += 1
+            if getattr(self._counted, "value", False) and self._unsent > 0:  # not flushed meanwhile
+                self._unsent -= 1
+                self._counted.value = False
 
     def throttled(self) -> None:
         """A throttled attempt: cut the shared rate for everyone, once per congestion event.

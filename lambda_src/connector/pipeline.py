@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,8 +229,9 @@ def _send(
     send the next newest. Return the plans, in group order.
 
     Calls go out through ``sink.submit``: up to ``sink.in_flight`` of them on the wire at once, each in its own
-    slot; a round's rejections are settled (their fallbacks queued) once every call of the round is answered,
-    and every call is answered before the batch is judged.
+    slot, the next one prepared once the last is answered or has been out for ``sink.hold_s``; a round's
+    rejections are settled (their fallbacks queued) once every call of the round is answered, and every call is
+    answered before the batch is judged.
 
     Items are built as they are sent, one call ahead (``READY_AHEAD``), not all before the first call: building
     a 1,000-record batch takes a few hundred milliseconds at 512 MB, while a call leaves tens of milliseconds
@@ -292,11 +294,13 @@ def _send(
     in_flight: deque[Submitted] = deque()  # calls submitted and not answered yet, oldest first
     seen = 0  # the rejections already handled (report.poison[:seen])
 
-    def settle(keep: int) -> None:
-        """Wait until at most ``keep`` calls are in flight; queue the next older candidate of each item that
-        PutItems rejected on its own."""
+    def settle(keep: int, hold_s: float = 0.0) -> None:
+        """Wait for the answers in flight up to ``hold_s``, then until at most ``keep`` calls are in flight; queue
+        the next older candidate of each item that PutItems rejected on its own (answered calls first)."""
         nonlocal seen
-        while len(in_flight) > keep:
+        if hold_s > 0 and in_flight:
+            futures.wait([c.future for c in in_flight], timeout=hold_s)
+        while in_flight and (len(in_flight) > keep or in_flight[0].future.done()):
             in_flight.popleft().future.result()
             rejected = report.poison[seen:]  # one read: a sender may add to it meanwhile
             seen += len(rejected)
@@ -334,8 +338,8 @@ def _send(
                 build(READY_AHEAD)  # while the call waits for its slot and its answer
                 if not was_built and len(plans) == len(groups):  # the last group built now: the count is exact
                     announce()
-            submitted.sent.wait()  # one call at a time waits for a slot; the next is prepared once this one is out
-            settle(sink.in_flight - 1)
+            submitted.sent.wait()  # one call at a time waits for a slot; the next is prepared once this one is out,
+            settle(sink.in_flight - 1, sink.hold_s)  # and answered, or out for longer than the hold
     finally:
         settle(0)  # every call answered before the batch is judged (or before an error leaves the batch)
         report.attempts += sink.counters.attempts - attempts0

@@ -95,3 +95,26 @@ def test_put_items_in_flight_must_be_a_whole_number_from_1_to_10(raw: str) -> No
 def test_put_items_in_flight_defaults_to_3() -> None:
     assert load_settings({"DATASET_ARN": DATASET_ARN}).put_items_in_flight == 3
     assert load_settings({"DATASET_ARN": DATASET_ARN, "PUT_ITEMS_IN_FLIGHT": "1"}).put_items_in_flight == 1
+
+
+@pytest.mark.parametrize("latency_s", [0.02, 0.15])
+def test_the_next_call_is_prepared_once_the_last_is_answered_or_has_been_out_for_the_hold(latency_s: float) -> None:
+    """Preparing the next call the moment the last takes its slot competes with that send for the CPU: the next
+    call is prepared (its parameters built) after the last one's answer when it comes within the hold (the calls
+    stay one after the other), else after the hold (they overlap, as above)."""
+    service = Wire(latency=lambda _: latency_s)
+    sink = PutItemsSink(service.client, DATASET_ARN, worst_call_ms=1_000, pacer=Pacer(RATE), in_flight=3)
+    assert sink.hold_s == pytest.approx(0.5 / RATE)
+    prepared: list[float] = []
+    service.client.meta.events.register(
+        "before-parameter-build.personalize-events.PutItems", lambda **_: prepared.append(time.monotonic())
+    )
+    settings = load_settings({"DATASET_ARN": DATASET_ARN, "DLQ_URL": "https://sqs/q"})
+    records = [dynamodb_record("INSERT", {"sku": f"s{i}"}, {"sku": f"s{i}", "title": "t"}) for i in range(60)]
+    result = pipeline.run(event(*records), settings=settings, sink=sink, sqs=FakeSQS(), deadline=Deadline.unbounded())
+    assert result.report.calls == 6
+    calls = sorted(service.calls)
+    for previous, ready in zip(calls[:-1], prepared[1:], strict=True):
+        start, end, _, _ = previous
+        assert ready >= min(end, start + sink.hold_s) - 0.002, (ready - start, end - start)
+    assert (most_at_once(service) == 1) == (latency_s < sink.hold_s)  # overlapped only when slower than the hold
