@@ -49,9 +49,12 @@ carries fewer than 10 items, or that is sent only to be throttled, costs through
 
 from __future__ import annotations
 
+import math
+import statistics
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -71,8 +74,11 @@ SYSTEMIC_REJECTION_STREAK = 10
 # out this share of a slot interval: preparing it (building items, serializing and signing) at the moment the last
 # call takes its slot competes with that call's send for the CPU and delays it on the wire (measured under the
 # strict-spacing quota model: more throttles and missed slots at 50 ms latency); the rest of the interval is left
-# to prepare the next call before its own slot.
-HOLD_SHARE = 0.5
+# to prepare the next call before its own slot. While PutItems answers within the hold (the median of the last
+# ANSWER_WINDOW attempts), calls are sent on the caller's thread, one after the other: overlapping them would gain
+# nothing and costs the CPU of handing them to sender threads.
+HOLD_SHARE = 0.8
+ANSWER_WINDOW = 5
 ITEM_ID_MAX = 256
 PROPERTIES_MAX = 32_000
 SYSTEMIC_ERRORS = frozenset(
@@ -180,6 +186,7 @@ class CallCounters:
     def __init__(self) -> None:
         self.attempts = 0
         self.throttles = 0
+        self._answers: deque[float] = deque(maxlen=ANSWER_WINDOW)  # seconds from slot to answer, last attempts
         self._lock = threading.Lock()
 
     def attempted(self) -> None:
@@ -189,6 +196,16 @@ class CallCounters:
     def throttled(self) -> None:
         with self._lock:
             self.throttles += 1
+
+    def answered(self, seconds: float) -> None:
+        with self._lock:
+            self._answers.append(seconds)
+
+    def answer_s(self) -> float:
+        """The median time PutItems took to answer an attempt (from its slot), over the last ``ANSWER_WINDOW``
+        attempts; infinite before the first answer (unknown: taken as slow, so that calls overlap from the first)."""
+        with self._lock:
+            return statistics.median(self._answers) if self._answers else math.inf
 
 
 _instrumented: weakref.WeakKeyDictionary[Any, CallCounters] = weakref.WeakKeyDictionary()
@@ -203,12 +220,15 @@ def instrument(client: Any, pacer: PacerLike) -> CallCounters:
 
     def before_send(**_: Any) -> None:
         call: Submitted | None = getattr(_sending, "call", None)  # a call submitted to a sink
+        if call is not None:
+            call.gate.held(call)  # another call in flight is being retried: wait it out before taking a slot
         pacer.wait()
-        while call is not None and call.gate.held(call):  # another call in flight is being retried: its slot
+        while call is not None and call.gate.held(call):  # one was throttled while this attempt waited: its slot
             if unused is not None:  # passed while held, unused: not an attempt
                 unused()
             pacer.wait()  # take a new one
         counters.attempted()
+        _sending.slot_at = time.monotonic()
         if call is not None:  # this attempt has its slot: the next call may prepare
             call.sent.set()
 
@@ -216,6 +236,10 @@ def instrument(client: Any, pacer: PacerLike) -> CallCounters:
     unused = getattr(pacer, "unused", None)
 
     def needs_retry(response: Any = None, **_: Any) -> None:
+        slot_at: float | None = getattr(_sending, "slot_at", None)
+        if slot_at is not None:  # an attempt answered (or failed on the wire)
+            counters.answered(time.monotonic() - slot_at)
+            _sending.slot_at = None
         if response is not None and response[1].get("Error", {}).get("Code") in THROTTLE_ERRORS:
             counters.throttled()
             call: Submitted | None = getattr(_sending, "call", None)
@@ -231,7 +255,7 @@ def instrument(client: Any, pacer: PacerLike) -> CallCounters:
     return counters
 
 
-_sending = threading.local()  # on a sender thread: the call it sends (``Submitted``)
+_sending = threading.local()  # on a sending thread: the call it sends (``Submitted``), its attempt's slot time
 
 
 class SendingStopped(BotoCoreError):
@@ -254,10 +278,13 @@ class _Gate:
 
     def held(self, call: Submitted) -> bool:
         """Wait while another call is being retried; True if it waited (its slot has passed). Raise
-        :class:`SendingStopped` if the batch stopped meanwhile."""
+        :class:`SendingStopped` if the batch stopped meanwhile. A call being retried goes on whatever happened
+        meanwhile, as it would one call after the other: its deadline check covered its retries."""
         with self._cond:
+            if id(call) in self._retried:
+                return False
             waited = False
-            while id(call) not in self._retried and self._retried and call.report.stopped is None:
+            while self._retried and call.report.stopped is None:
                 waited = True
                 self._cond.wait()
         if waited and call.report.stopped is None and not call.deadline.allows(call.worst_ms):
@@ -383,8 +410,9 @@ class PutItemsSink:
         report: SendReport,
         on_accepted: Callable[[list[PendingItem]], None] | None = None,
     ) -> Submitted:
-        """Send one call's items (at most 10) like :meth:`send`, on a sender thread when ``in_flight`` > 1, so
-        that the next call can take its slot while this one waits for its answer; at once otherwise. The caller
+        """Send one call's items (at most 10) like :meth:`send`, on a sender thread when ``in_flight`` > 1 and
+        PutItems answers slower than ``hold_s``, so that the next call can take its slot while this one waits for
+        its answer; at once, on the caller's thread, otherwise. The caller
         waits for ``sent`` before it submits the next call (so that only one call at a time waits for a slot, as
         when sending one after the other), then for the answer up to ``hold_s`` (so that preparing the next call
         does not delay this one's send), keeps at most ``in_flight`` calls unanswered, waits for every answer
@@ -395,7 +423,7 @@ class PutItemsSink:
         submitted = Submitted(
             Future(), threading.Event(), report, self._gate, deadline, self._worst_call_ms + self._queue_ms
         )
-        if self.in_flight > 1:
+        if self.in_flight > 1 and self.counters.answer_s() > self.hold_s:  # slow answers: overlap them
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.in_flight, thread_name_prefix="putitems")
             self._pool.submit(self._sender, submitted, call, deadline, on_accepted)

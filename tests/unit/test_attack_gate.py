@@ -209,6 +209,43 @@ def test_a_gated_attempt_takes_a_new_slot_and_the_pacer_spacing_holds_on_the_wir
     assert second[0] > retry[0]
 
 
+def test_an_attempt_made_while_another_call_is_being_retried_waits_before_it_takes_a_slot() -> None:
+    """Call 1 is throttled, and its retry takes 200 ms to answer; call 2 is prepared meanwhile. It waits for call
+    1 before it takes a slot, so no slot is given up: the pacer grants exactly one slot per attempt on the wire
+    (a slot taken first and then held in the gate is skipped, a slot no one used)."""
+    waits: list[float] = []
+
+    class Counting(Pacer):
+        def wait(self) -> float:
+            waits.append(time.monotonic())
+            return super().wait()
+
+    wire = Wire(Script({"s0": [(0.005, THROTTLE), (0.2, None)]}, default_latency=0.005), attempts=3)
+    sink = PutItemsSink(wire.client, DATASET_ARN, worst_call_ms=1_000.0, pacer=Counting(20.0), in_flight=3)
+    result = guarded(sink, lambda: run(records_for(20), sink))
+    assert failures(result) == [] and len(wire.items) == 20
+    assert result.report.attempts == len(wire.calls) == 3 and result.report.throttles == 1
+    assert len(waits) == 3, f"{len(waits)} slots taken for {len(wire.calls)} attempts"
+
+
+def test_a_call_being_retried_goes_on_when_the_next_calls_deadline_check_stops_the_batch() -> None:
+    """Call 1 is throttled once and retried; call 2's deadline check, made while call 1 is being retried, stops
+    the batch. Call 1's retry still goes out and lands, as it would one call after the other (its own deadline
+    check covered its retries); only call 2's records are retried. Found by the integration deadline test once
+    fast answers were sent on the caller's thread: the retry was refused (``SendingStopped``)."""
+    interval = 0.2  # hold 160 ms; the deadline check covers 1,000 ms + (3 - 1) x 200 ms x 3 attempts = 2,200 ms
+    wire = Wire(Script({"s0": [(0.005, THROTTLE), (0.05, None)]}, default_latency=0.005), attempts=3)
+    sink = PutItemsSink(wire.client, DATASET_ARN, worst_call_ms=1_000.0, pacer=Pacer(1 / interval), in_flight=3)
+    records = records_for(20)
+    end = time.monotonic() + 2.3  # call 1's check passes at once; call 2's, after the hold, does not
+    deadline = Deadline(lambda: (end - time.monotonic()) * 1000, margin_ms=0)
+    result = guarded(sink, lambda: run(records, sink, deadline=deadline))
+    assert result.report.stopped == "deadline"
+    assert sorted(wire.items) == sorted(f"s{i}" for i in range(10))
+    assert [c[3] for c in sorted(wire.calls)] == ["ThrottlingException", None]
+    assert min(failures(result)) == int(records[10]["dynamodb"]["SequenceNumber"])
+
+
 def test_the_shared_budget_counts_only_attempts_that_went_out_when_one_waits_in_the_gate() -> None:
     """FIND (counting). With the shared budget (moto state table), call 2 takes a token, then waits in the gate
     behind call 1's retry and takes another: two tokens for one attempt. ``BudgetStats.attempts`` ("tokens

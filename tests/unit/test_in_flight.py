@@ -9,6 +9,7 @@ calls in flight together by ``tests/property/test_convergence.py``.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from connector import pipeline
 from connector.config import ConfigError, load_settings
 from connector.deadline import Deadline
-from connector.putitems import Pacer, PutItemsSink
+from connector.putitems import HOLD_SHARE, Pacer, PutItemsSink
 from tests.factories import DATASET_ARN, dynamodb_record, event
 from tests.fakes import FakeSQS, Wire
 
@@ -98,17 +99,23 @@ def test_put_items_in_flight_defaults_to_3() -> None:
 
 
 @pytest.mark.parametrize("latency_s", [0.02, 0.15])
-def test_the_next_call_is_prepared_once_the_last_is_answered_or_has_been_out_for_the_hold(latency_s: float) -> None:
+def test_the_next_call_is_prepared_once_the_last_is_answered_or_out_for_the_hold_and_fast_answers_go_inline(
+    latency_s: float,
+) -> None:
     """Preparing the next call the moment the last takes its slot competes with that send for the CPU: the next
     call is prepared (its parameters built) after the last one's answer when it comes within the hold (the calls
     stay one after the other), else after the hold (they overlap, as above)."""
     service = Wire(latency=lambda _: latency_s)
     sink = PutItemsSink(service.client, DATASET_ARN, worst_call_ms=1_000, pacer=Pacer(RATE), in_flight=3)
-    assert sink.hold_s == pytest.approx(0.5 / RATE)
+    assert sink.hold_s == pytest.approx(HOLD_SHARE / RATE)
     prepared: list[float] = []
-    service.client.meta.events.register(
-        "before-parameter-build.personalize-events.PutItems", lambda **_: prepared.append(time.monotonic())
-    )
+    threads: list[str] = []
+
+    def prepare(**_: object) -> None:
+        prepared.append(time.monotonic())
+        threads.append(threading.current_thread().name)
+
+    service.client.meta.events.register("before-parameter-build.personalize-events.PutItems", prepare)
     settings = load_settings({"DATASET_ARN": DATASET_ARN, "DLQ_URL": "https://sqs/q"})
     records = [dynamodb_record("INSERT", {"sku": f"s{i}"}, {"sku": f"s{i}", "title": "t"}) for i in range(60)]
     result = pipeline.run(event(*records), settings=settings, sink=sink, sqs=FakeSQS(), deadline=Deadline.unbounded())
@@ -117,4 +124,9 @@ def test_the_next_call_is_prepared_once_the_last_is_answered_or_has_been_out_for
     for previous, ready in zip(calls[:-1], prepared[1:], strict=True):
         start, end, _, _ = previous
         assert ready >= min(end, start + sink.hold_s) - 0.002, (ready - start, end - start)
-    assert (most_at_once(service) == 1) == (latency_s < sink.hold_s)  # overlapped only when slower than the hold
+    fast = latency_s < sink.hold_s
+    assert (most_at_once(service) == 1) == fast  # overlapped only when slower than the hold
+    # The first call goes to a sender thread (the latency is not known yet); once answers are known to come within
+    # the hold, the calls are sent on the caller's thread, as one after the other.
+    assert threads[0].startswith("putitems")
+    assert all((name == threading.current_thread().name) == fast for name in threads[1:]), threads
