@@ -412,12 +412,12 @@ class PutItemsSink:
     ) -> Submitted:
         """Send one call's items (at most 10) like :meth:`send`, on a sender thread when ``in_flight`` > 1 and
         PutItems answers slower than ``hold_s``, so that the next call can take its slot while this one waits for
-        its answer; at once, on the caller's thread, otherwise. The caller
-        waits for ``sent`` before it submits the next call (so that only one call at a time waits for a slot, as
-        when sending one after the other), then for the answer up to ``hold_s`` (so that preparing the next call
-        does not delay this one's send), keeps at most ``in_flight`` calls unanswered, waits for every answer
-        (``future``) before it reads ``report``, and counts attempts and throttles itself (``counters``), since
-        calls on the wire together cannot tell theirs apart. ``on_accepted`` then runs on the sender thread."""
+        its answer; at once, on the caller's thread, otherwise. The caller waits for ``sent`` before it submits
+        the next call (so that only one call at a time waits for a slot, as when sending one after the other),
+        then for the answer up to ``hold_s`` (so that preparing the next call does not delay this one's send),
+        keeps at most ``in_flight`` calls unanswered, waits for every answer (``future``) before it reads
+        ``report``, and counts attempts and throttles itself (``counters``), since calls on the wire together
+        cannot tell theirs apart. ``on_accepted`` runs on the thread that sent the call."""
         if len(call) > MAX_ITEMS_PER_CALL:
             raise ValueError(f"a call holds at most {MAX_ITEMS_PER_CALL} items, not {len(call)}")
         submitted = Submitted(
