@@ -315,3 +315,24 @@ def test_mixed_inline_and_pooled_calls_keep_the_shared_budget_exact_and_under_th
     assert busiest <= quota
     assert result.report.attempts == len(wire.calls) == 13 and result.report.throttles == 1 == stats.throttles
     assert stats.attempts == len(wire.calls)
+
+
+def test_an_inline_call_that_waited_in_the_gate_checks_the_deadline_again() -> None:
+    """Call 1 (sender thread) is throttled at once (a fast answer: call 2 then goes inline) and its retry takes
+    300 ms. Call 2's deadline check passes on the caller's thread right after the hold; it then waits in the gate
+    for call 1's retry, checks the deadline again and stops: call 1 lands, call 2's records are retried, no
+    attempt ends past the deadline."""
+    threads = Threads(Script({"s0": [(0.005, THROTTLE), (0.3, None)]}, default_latency=0.005))
+    wire = Wire(threads, attempts=3)
+    sink = sink_for(wire, 3, rate=10.0, worst_call_ms=500.0)  # the check covers 500 + 2 x 100 x 3 = 1,100 ms
+    records = records_for(20)
+    end = time.monotonic() + 1.25  # call 2's check passes until ~150 ms, not after call 1's retry (~400 ms)
+    deadline = Deadline(lambda: (end - time.monotonic()) * 1000, margin_ms=0)
+    result = guarded(sink, lambda: run(records, sink, deadline=deadline))
+    assert result.report.stopped == "deadline"
+    assert sorted(wire.items) == sorted(f"s{i}" for i in range(10))
+    assert [c[3] for c in sorted(wire.calls)] == ["ThrottlingException", None]
+    assert threads.pooled == [True, True]
+    assert all(c[1] <= end for c in wire.calls)
+    assert min(failures(result)) == int(records[10]["dynamodb"]["SequenceNumber"])
+    assert not sink._gate._retried
