@@ -341,6 +341,7 @@ def _send(
             submitted.sent.wait()  # one call at a time waits for a slot; the next is prepared once this one is out,
             settle(sink.in_flight - 1, sink.hold_s)  # and answered, or out for longer than the hold
     finally:
+        futures.wait([c.future for c in in_flight])  # every call answered, even when one of them raised
         settle(0)  # every call answered before the batch is judged (or before an error leaves the batch)
         report.attempts += sink.counters.attempts - attempts0
         report.throttles += sink.counters.throttles - throttles0

@@ -223,10 +223,15 @@ def instrument(client: Any, pacer: PacerLike) -> CallCounters:
         if call is not None:
             call.gate.held(call)  # another call in flight is being retried: wait it out before taking a slot
         pacer.wait()
-        while call is not None and call.gate.held(call):  # one was throttled while this attempt waited: its slot
-            if unused is not None:  # passed while held, unused: not an attempt
+        try:
+            while call is not None and call.gate.held(call):  # one was throttled while this attempt waited: its slot
+                if unused is not None:  # passed while held, unused: not an attempt
+                    unused()
+                pacer.wait()  # take a new one
+        except SendingStopped:  # the batch stopped while this attempt held its slot: the slot passed unused
+            if unused is not None:
                 unused()
-            pacer.wait()  # take a new one
+            raise
         counters.attempted()
         _sending.slot_at = time.monotonic()
         if call is not None:  # this attempt has its slot: the next call may prepare
