@@ -13,6 +13,7 @@ from bench.bench_localcloud import (
     RunResult,
     conclusion,
     connector,
+    late_rate,
     late_share,
     make_workload,
     medians,
@@ -171,4 +172,24 @@ def test_the_second_half_share_counts_this_datasets_put_items_attempts_after_the
     for r, late in zip(runs, (0.02, 0.0, 0.01), strict=True):
         r.throttled_late = late
     assert "5.0% (≤ 5.0%); 2nd half 1.0% |" in pacing_table(medians(runs))  # the median of the halves
+    assert "2nd half" not in pacing_table([run(1, "shared", 90.0, 0.0)])  # runs saved before it: not shown
+
+
+def test_the_second_half_rate_counts_the_items_accepted_after_the_middle_over_the_time_a_handler_ran() -> None:
+    def accepted(ts: float, items: int = 10) -> dict[str, object]:
+        return {"ts": ts, "items": [[f"i{ts}-{n}", {}] for n in range(items)]}
+
+    calls = [accepted(t) for t in (0.0, 1.0, 2.0, 4.0, 6.0, 8.0)] + [accepted(10.0, 4)]  # middle: 5 s
+    # a cold first invocation (0-5.5 s), then two overlapping ones and a gap with no handler running (7.5-8 s)
+    intervals = [(-1.0, 5.5), (5.2, 7.0), (6.0, 7.5), (8.0, 10.1)]
+    busy_after_middle = (7.5 - 5.0) + (10.1 - 8.0)
+    assert late_rate(calls, intervals) == pytest.approx((10 + 10 + 4) / busy_after_middle)
+    assert math.isnan(late_rate(calls[:1], intervals))
+    assert math.isnan(late_rate(calls, [(-1.0, 4.0)]))  # no handler after the middle: nothing to divide by
+    runs = [run(1, "shared", 90.0, 0.0) for _ in range(3)]
+    for r, late in zip(runs, (96.0, 94.0, 95.5), strict=True):
+        r.items_per_s_late = late
+    rows = medians(runs)
+    assert "90.0 (90.0-90.0); 2nd half 95.5 |" in pacing_table(rows)
+    assert "(in the second half of each run at least 95.5 items/s)" in conclusion(rows)
     assert "2nd half" not in pacing_table([run(1, "shared", 90.0, 0.0)])  # runs saved before it: not shown
