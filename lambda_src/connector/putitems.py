@@ -362,9 +362,10 @@ class PutItemsSink:
         self._rejected: set[str] = set()
         self.in_flight = in_flight
         # Each attempt may queue behind the other senders' slots (a retry beside a call waiting for its slot):
-        # the deadline check covers that too. The shared budget bounds every wait by itself (budget_max_wait_s).
+        # the deadline check covers that too (``_worst_ms``: what every deadline check before a call allows for).
+        # The shared budget bounds every wait by itself (budget_max_wait_s).
         attempts = int((getattr(client.meta.config, "retries", None) or {}).get("total_max_attempts", 1))
-        self._queue_ms = (in_flight - 1) * getattr(pacer, "interval", 0.0) * 1000 * attempts
+        self._worst_ms = worst_call_ms + (in_flight - 1) * getattr(pacer, "interval", 0.0) * 1000 * attempts
         # How long the caller waits for a call's answer before it prepares the next call beside it (HOLD_SHARE):
         # a faster answer leaves the calls one after the other; only a slower one is overlapped.
         ceiling = getattr(pacer, "ceiling", None)  # the shared budget's best rate (its slots' closest spacing)
@@ -425,9 +426,7 @@ class PutItemsSink:
         cannot tell theirs apart. ``on_accepted`` runs on the thread that sent the call."""
         if len(call) > MAX_ITEMS_PER_CALL:
             raise ValueError(f"a call holds at most {MAX_ITEMS_PER_CALL} items, not {len(call)}")
-        submitted = Submitted(
-            Future(), threading.Event(), report, self._gate, deadline, self._worst_call_ms + self._queue_ms
-        )
+        submitted = Submitted(Future(), threading.Event(), report, self._gate, deadline, self._worst_ms)
         if self.in_flight > 1 and self.counters.answer_s() > self.hold_s:  # slow answers: overlap them
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.in_flight, thread_name_prefix="putitems")
@@ -466,7 +465,7 @@ class PutItemsSink:
         parts, rejected, accepted = [chunk], [], 0
         while parts:
             part = parts.pop()
-            if report.stopped is None and not deadline.allows(self._worst_call_ms + self._queue_ms):
+            if report.stopped is None and not deadline.allows(self._worst_ms):
                 report.stopped = "deadline"
                 logger.warning("Deadline near: not sending more", extra={"remaining_ms": deadline.remaining_ms()})
             if report.stopped is not None:

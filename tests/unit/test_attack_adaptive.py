@@ -18,28 +18,24 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
-from botocore.retries.standard import ExponentialBackoff
 
-from connector import handler, pipeline
-from connector.config import load_settings
 from connector.deadline import Deadline
-from tests.factories import DATASET_ARN, dynamodb_record, event
+from tests.factories import dynamodb_record
 from tests.fakes import Answer, FakeSQS, Wire, moto_state_table
-from tests.unit.test_attack_gate import (
-    DLQ,
+from tests.unit.wire_batches import (
     THROTTLE,
     Script,
+    busiest_second,
     failures,
     guarded,
     records_for,
     run,
+    run_rt,
+    shared_runtime,
     sink_for,
 )
 
-
-@pytest.fixture(autouse=True)
-def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ExponentialBackoff, "delay_amount", lambda self, context: 0.0)
+pytestmark = pytest.mark.usefixtures("no_backoff")
 
 
 class Threads:
@@ -54,25 +50,6 @@ class Threads:
         with self._lock:
             self.pooled.append(threading.current_thread().name.startswith("putitems"))
         return self.rule(items)
-
-
-def shared_runtime(wire: Wire, dynamodb: Any, quota: int, in_flight: int = 3) -> Any:
-    env = {
-        "DATASET_ARN": DATASET_ARN,
-        "DLQ_URL": DLQ,
-        "STATE_TABLE": "state",
-        "QUOTA_CALLS_PER_SECOND": str(quota),
-        "PUT_ITEMS_IN_FLIGHT": str(in_flight),
-    }
-    rt = handler.build_runtime(load_settings(env), personalize=wire.client, sqs=FakeSQS(), dynamodb=dynamodb)
-    assert rt.budget is not None and rt.sink.in_flight == in_flight
-    return rt
-
-
-def run_rt(rt: Any, records: list[dict[str, Any]], sqs: FakeSQS | None = None) -> pipeline.Result:
-    return pipeline.run(
-        event(*records), settings=rt.settings, sink=rt.sink, sqs=sqs or FakeSQS(), deadline=Deadline.unbounded()
-    )
 
 
 # --- finds ---------------------------------------------------------------------------------------------------
@@ -95,8 +72,8 @@ def test_an_attempt_stopped_after_its_slot_gives_the_slot_back_to_the_shared_bud
         attempts=3,
     )
     with moto_state_table("state") as dynamodb:
-        rt = shared_runtime(wire, dynamodb, quota)
-        real_wait = rt.budget.wait
+        rt, budget = shared_runtime(wire, dynamodb, quota)
+        real_wait = budget.wait
         waits = {"n": 0}
 
         def wait() -> float:
@@ -105,9 +82,9 @@ def test_an_attempt_stopped_after_its_slot_gives_the_slot_back_to_the_shared_bud
                 in_wait.set()
             return real_wait()
 
-        monkeypatch.setattr(rt.budget, "wait", wait)
+        monkeypatch.setattr(budget, "wait", wait)
         result = guarded(rt.sink, lambda: run_rt(rt, records_for(20)))
-        stats = rt.budget.stats
+        stats = budget.stats
     assert result.report.systemic == "ResourceNotFoundException"
     assert wire.items == {} and len(failures(result)) == 20
     assert result.report.attempts == len(wire.calls) == 2
@@ -305,14 +282,12 @@ def test_mixed_inline_and_pooled_calls_keep_the_shared_budget_exact_and_under_th
     threads = Threads(Script({"s50": [(0.0, THROTTLE)]}))
     wire = Wire(threads, latency_by_items=latency, attempts=3)
     with moto_state_table("state") as dynamodb:
-        rt = shared_runtime(wire, dynamodb, quota)
+        rt, budget = shared_runtime(wire, dynamodb, quota)
         result = guarded(rt.sink, lambda: run_rt(rt, records_for(120)), timeout=15.0)
-        stats = rt.budget.stats
+        stats = budget.stats
     assert failures(result) == [] and len(wire.items) == 120
     assert any(threads.pooled) and not all(threads.pooled), threads.pooled
-    starts = wire.starts()
-    busiest = max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts)
-    assert busiest <= quota
+    assert busiest_second(wire) <= quota
     assert result.report.attempts == len(wire.calls) == 13 and result.report.throttles == 1 == stats.throttles
     assert stats.attempts == len(wire.calls)
 

@@ -21,112 +21,26 @@ from typing import Any
 import pytest
 from botocore.retries.standard import ExponentialBackoff
 
-from connector import pipeline
-from connector.config import load_settings
 from connector.deadline import Deadline
 from connector.putitems import Pacer, PutItemsSink
 from connector.response import Outcome
-from tests.factories import DATASET_ARN, dynamodb_record, event
+from tests.factories import DATASET_ARN, dynamodb_record
 from tests.fakes import Answer, FakeSQS, Wire, moto_state_table
+from tests.unit.wire_batches import (
+    THROTTLE,
+    Script,
+    busiest_second,
+    dead_lettered,
+    failures,
+    guarded,
+    records_for,
+    run,
+    run_rt,
+    shared_runtime,
+    sink_for,
+)
 
-DLQ = "https://sqs.us-east-1.amazonaws.com/111122223333/poison"
-THROTTLE: Answer = ("ThrottlingException", "Rate exceeded")
-HANG_S = 5.0
-
-
-@pytest.fixture(autouse=True)
-def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """botocore's standard mode waits ``random() * 2 ** attempt`` seconds before a retry: 0 here."""
-    monkeypatch.setattr(ExponentialBackoff, "delay_amount", lambda self, context: 0.0)
-
-
-def settings() -> Any:
-    return load_settings({"DATASET_ARN": DATASET_ARN, "DLQ_URL": DLQ})
-
-
-def sink_for(wire: Wire, in_flight: int, *, rate: float = 1e6, worst_call_ms: float = 1.0) -> PutItemsSink:
-    sleep: Callable[[float], None] = time.sleep if rate < 1e5 else (lambda _: None)
-    return PutItemsSink(
-        wire.client, DATASET_ARN, worst_call_ms=worst_call_ms, pacer=Pacer(rate, sleep=sleep), in_flight=in_flight
-    )
-
-
-def records_for(n: int, bad: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
-    return [
-        dynamodb_record("INSERT", {"sku": f"s{i}"}, {"sku": f"s{i}", **({"bad": True} if f"s{i}" in bad else {})})
-        for i in range(n)
-    ]
-
-
-def guarded(sink: PutItemsSink, fn: Callable[[], Any], timeout: float = HANG_S) -> Any:
-    """Run ``fn`` on a daemon thread; fail the test if it has not returned after ``timeout`` seconds (after
-    freeing the gate, so that the sink's sender threads end and the interpreter can exit)."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # re-raised in the test's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        gate = sink._gate
-        with gate._cond:
-            stuck = len(gate._retried)
-            gate._retried.clear()
-            gate._cond.notify_all()
-        thread.join(timeout)
-        pytest.fail(f"the batch hung for {timeout} s: {stuck} call(s) left marked as retried in the gate")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
-
-
-def run(
-    records: list[dict[str, Any]], sink: PutItemsSink, sqs: FakeSQS | None = None, **kwargs: Any
-) -> pipeline.Result:
-    kwargs.setdefault("deadline", Deadline.unbounded())
-    sqs = sqs if sqs is not None else FakeSQS()
-    return pipeline.run(event(*records), settings=settings(), sink=sink, sqs=sqs, **kwargs)
-
-
-class Script:
-    """A wire rule: the n-th attempt of the call whose item ids are exactly ``ids`` (keyed by its first item id)
-    waits ``latency`` and answers ``answer`` (``plans[first id][n]``); other attempts: ``default``. A callable
-    answer is called (it may raise); a ``bad`` item makes any call holding it an ``InvalidInputException``."""
-
-    def __init__(
-        self,
-        plans: dict[str, list[tuple[float, Any]]],
-        default_latency: float = 0.0,
-        size: int = 10,
-    ) -> None:
-        self.plans = plans
-        self.default_latency = default_latency
-        self.size = size
-        self.seen: dict[tuple[str, ...], int] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, items: list[dict[str, Any]]) -> Answer:
-        ids = tuple(i["itemId"] for i in items)
-        with self._lock:
-            n = self.seen.get(ids, 0)
-            self.seen[ids] = n + 1
-        plan = self.plans.get(ids[0], []) if len(ids) == self.size else []
-        latency, answer = plan[n] if n < len(plan) else (self.default_latency, None)
-        time.sleep(latency)
-        if callable(answer):
-            answer = answer()
-        if answer is None and any(json.loads(i.get("properties", "{}")).get("bad") for i in items):
-            return ("InvalidInputException", "Invalid item")
-        return answer
-
-
-def failures(result: pipeline.Result) -> list[int]:
-    return [int(str(f["itemIdentifier"])) for f in result.response["batchItemFailures"]]
+pytestmark = pytest.mark.usefixtures("no_backoff")
 
 
 # --- hangs -------------------------------------------------------------------------------------------------
@@ -252,32 +166,15 @@ def test_the_shared_budget_counts_only_attempts_that_went_out_when_one_waits_in_
     granted (PutItems HTTP attempts)") then exceeds the attempts on the wire, and the token given up is also
     counted in the level's attempts (``_unsent``) that the rate law judges throttles by (a throttled share
     diluted by attempts that were never sent). The quota itself holds (a slot unused only spaces the calls)."""
-    from connector import handler
-
     quota = 20
     wire = Wire(Script({"s0": [(0.005, THROTTLE)]}, default_latency=0.005), attempts=3)
-    env = {
-        "DATASET_ARN": DATASET_ARN,
-        "DLQ_URL": DLQ,
-        "STATE_TABLE": "state",
-        "QUOTA_CALLS_PER_SECOND": str(quota),
-        "PUT_ITEMS_IN_FLIGHT": "3",
-    }
     records = records_for(60)
     with moto_state_table("state") as dynamodb:
-        rt = handler.build_runtime(load_settings(env), personalize=wire.client, sqs=FakeSQS(), dynamodb=dynamodb)
-        assert rt.budget is not None and rt.sink.in_flight == 3
-        result = guarded(
-            rt.sink,
-            lambda: pipeline.run(
-                event(*records), settings=rt.settings, sink=rt.sink, sqs=FakeSQS(), deadline=Deadline.unbounded()
-            ),
-        )
-        stats = rt.budget.stats
+        rt, budget = shared_runtime(wire, dynamodb, quota)
+        result = guarded(rt.sink, lambda: run_rt(rt, records))
+        stats = budget.stats
     assert failures(result) == [] and len(wire.items) == 60
-    starts = wire.starts()
-    busiest = max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts)
-    assert busiest <= quota
+    assert busiest_second(wire) <= quota
     assert result.report.attempts == len(wire.calls) == 7 and result.report.throttles == 1 == stats.throttles
     assert stats.attempts == len(wire.calls), f"{stats.attempts} tokens counted as attempts, {len(wire.calls)} sent"
 
@@ -393,7 +290,7 @@ def test_throttles_fallback_chains_and_the_gate_end_in_the_same_dataset_as_one_c
         wire, sqs = Wire(_throttling_rule(seed), attempts=3), FakeSQS()
         sink = sink_for(wire, in_flight)
         guarded(sink, lambda sink=sink, wire=wire, sqs=sqs: _drain(records, sink, sqs))  # type: ignore[misc]
-        ends[in_flight] = (wire.items, {str(json.loads(m)["sequenceNumber"]) for m in sqs.messages})
+        ends[in_flight] = (wire.items, dead_lettered(sqs))
     assert ends[3][0] == ends[1][0]
     newest: dict[str, dict[str, Any]] = {}
     last: dict[str, dict[str, Any]] = {}
@@ -415,18 +312,18 @@ def test_throttles_fallback_chains_and_the_gate_end_in_the_same_dataset_as_one_c
 def test_a_call_that_waited_in_the_gate_does_not_end_past_the_deadline() -> None:
     """FIND (deadline). Every call: its first attempt is throttled at once, its next two take ``slow`` each (the
     second is accepted). ``worst_call_ms`` is a true bound of one call (three attempts, each a slot and ``slow``;
-    backoff is 0 here), and the deadline leaves room for it plus ``_queue_ms`` when call 2 checks it. Call 2 then
-    waits in the gate for all of call 1's retries (not covered by the check), takes a new slot, and spends its own
-    retries: it ends past the deadline (here 0.1 s), where the Lambda would have been killed mid-call. (With a
-    third call, that call's deadline check stops the batch and call 2's retry is then refused in ``held``: the
-    last call of a batch is the one that overruns.)"""
+    backoff is 0 here), and the deadline leaves room for it plus the queue margin (``_worst_ms``) when call 2
+    checks it. Call 2 then waits in the gate for all of call 1's retries (not covered by the check), takes a new
+    slot, and spends its own retries: it ends past the deadline (here 0.1 s), where the Lambda would have been
+    killed mid-call. (With a third call, that call's deadline check stops the batch and call 2's retry is then
+    refused in ``held``: the last call of a batch is the one that overruns.)"""
     interval, slow = 0.02, 0.25
     plan = [(0.0, THROTTLE), (slow, THROTTLE), (slow, None)]
     wire = Wire(Script({"s0": plan, "s10": plan}), attempts=3)
     worst_ms = 3 * (interval + slow) * 1000 + 5
     sink = sink_for(wire, 3, rate=1 / interval, worst_call_ms=worst_ms)
     time.sleep(interval)
-    end = time.monotonic() + (worst_ms + sink._queue_ms + 30) / 1000
+    end = time.monotonic() + (sink._worst_ms + 30) / 1000
     deadline = Deadline(lambda: (end - time.monotonic()) * 1000, margin_ms=0)
     result = guarded(sink, lambda: run(records_for(20), sink, deadline=deadline))
     late = [(c[2][0], round(c[1] - end, 3)) for c in wire.calls if c[1] > end]

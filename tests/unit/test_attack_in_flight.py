@@ -18,41 +18,19 @@ from typing import Any
 import pytest
 
 from connector import pipeline
-from connector.config import load_settings
 from connector.deadline import Deadline
 from connector.putitems import SYSTEMIC_REJECTION_STREAK, Pacer, PutItemsSink
 from connector.response import Outcome
 from connector.versions import VersionGuard
-from tests.factories import DATASET_ARN, cdc_payload, dynamodb_record, event, kinesis_record
+from tests.factories import DATASET_ARN, cdc_payload, dynamodb_record, kinesis_record
 from tests.fakes import Answer, FakeSQS, Wire, moto_state_table
-
-DLQ = "https://sqs.us-east-1.amazonaws.com/111122223333/poison"
-
-
-def settings() -> Any:
-    return load_settings({"DATASET_ARN": DATASET_ARN, "DLQ_URL": DLQ})
-
-
-def sink_for(wire: Wire, in_flight: int, *, rate: float = 1e6, worst_call_ms: float = 1.0) -> PutItemsSink:
-    sleep: Callable[[float], None] = time.sleep if rate < 1e5 else (lambda _: None)
-    return PutItemsSink(
-        wire.client, DATASET_ARN, worst_call_ms=worst_call_ms, pacer=Pacer(rate, sleep=sleep), in_flight=in_flight
-    )
-
-
-def run(records: list[dict[str, Any]], sink: PutItemsSink, sqs: FakeSQS, **kwargs: Any) -> pipeline.Result:
-    kwargs.setdefault("deadline", Deadline.unbounded())
-    return pipeline.run(event(*records), settings=settings(), sink=sink, sqs=sqs, **kwargs)
+from tests.unit.wire_batches import busiest_second, dead_lettered, failures, run, run_rt, shared_runtime, sink_for
 
 
 def seq(record: dict[str, Any]) -> int:
     if "dynamodb" in record:
         return int(record["dynamodb"]["SequenceNumber"])
     return int(record["kinesis"]["sequenceNumber"])
-
-
-def dead_lettered(sqs: FakeSQS) -> set[str]:
-    return {str(json.loads(m)["sequenceNumber"]) for m in sqs.messages}
 
 
 def drain(records: list[dict[str, Any]], sink: PutItemsSink, sqs: FakeSQS, limit: int = 40) -> int:
@@ -62,7 +40,7 @@ def drain(records: list[dict[str, Any]], sink: PutItemsSink, sqs: FakeSQS, limit
         invocations += 1
         batch = records[checkpoint : checkpoint + 40]
         result = run(batch, sink, sqs)
-        failed = [int(str(f["itemIdentifier"])) for f in result.response["batchItemFailures"]]
+        failed = failures(result)
         assert sum(result.counts.values()) == len(batch), "every record of the batch gets exactly one outcome"
         if not failed:
             checkpoint += len(batch)
@@ -73,8 +51,8 @@ def drain(records: list[dict[str, Any]], sink: PutItemsSink, sqs: FakeSQS, limit
 
 def redelivered_or_put(records: list[dict[str, Any]], result: pipeline.Result, wire: Wire) -> None:
     """Lambda redelivers from the lowest failure: every record below it must have landed or been dead-lettered."""
-    failures = [int(str(f["itemIdentifier"])) for f in result.response["batchItemFailures"]]
-    lowest = min(failures) if failures else None
+    failed = failures(result)
+    lowest = min(failed) if failed else None
     put = {p.change.position for p in result.report.put}
     for record in records:
         if lowest is not None and seq(record) >= lowest:
@@ -159,8 +137,8 @@ def test_a_systemic_rejection_with_a_short_last_call_dead_letters_nothing() -> N
         result = run(records, sink_for(wire, in_flight), sqs)
         assert result.report.systemic == "SystemicRejection"
         assert sqs.messages == [], f"in_flight={in_flight}: a systemic rejection must retry, never dead-letter"
-        failures = [int(str(f["itemIdentifier"])) for f in result.response["batchItemFailures"]]
-        assert len(failures) == len(records)
+        failed = failures(result)
+        assert len(failed) == len(records)
         assert wire.items == {}
 
 
@@ -323,8 +301,8 @@ def test_unrecorded_versions_are_retried_never_reported_put() -> None:
         guard = _FlakyGuard(client, "state", DATASET_ARN, fail=fail)
         wire = Wire(latency=lambda n: 0.02 * (n % 2))
         result = run(records, sink_for(wire, 3), FakeSQS(), guard=guard)
-    failures = [int(str(f["itemIdentifier"])) for f in result.response["batchItemFailures"]]
-    assert failures and min(failures) == 100  # s0 unrecorded: everything from it redelivered
+    failed = failures(result)
+    assert failed and min(failed) == 100  # s0 unrecorded: everything from it redelivered
     assert result.state_errors == len(fail)
     assert set(guard.recorded) == {f"s{i}" for i in range(40)} - fail
     assert set(wire.items) == {f"s{i}" for i in range(40)}  # every call landed
@@ -341,8 +319,8 @@ def test_systemic_rejection_streak_is_still_detected_with_full_calls() -> None:
     result = run(records, sink_for(wire, 3), sqs)
     assert result.report.systemic == "SystemicRejection"
     assert sqs.messages == [] and wire.items == {}
-    failures = [int(str(f["itemIdentifier"])) for f in result.response["batchItemFailures"]]
-    assert min(failures) == seq(records[0])
+    failed = failures(result)
+    assert min(failed) == seq(records[0])
     assert SYSTEMIC_REJECTION_STREAK <= 10  # three full calls make the streak
 
 
@@ -354,8 +332,6 @@ def test_the_shared_budget_with_three_senders_keeps_the_quota_and_counts_exactly
     150 ms; one call is throttled once and retried by botocore while the others wait for their slots. On the
     wire: never more than the quota in any 1 s window; the counters (attempts, throttles) match the wire; no
     ``BudgetTimeout`` escapes; everything lands."""
-    from connector import handler
-
     quota = 20
     throttled = {"done": False}
     lock = threading.Lock()
@@ -368,29 +344,18 @@ def test_the_shared_budget_with_three_senders_keeps_the_quota_and_counts_exactly
         return None
 
     wire = Wire(rule, latency=lambda _: 0.15, attempts=3)
-    env = {
-        "DATASET_ARN": DATASET_ARN,
-        "DLQ_URL": DLQ,
-        "STATE_TABLE": "state",
-        "QUOTA_CALLS_PER_SECOND": str(quota),
-        "PUT_ITEMS_IN_FLIGHT": "3",
-    }
     records = [dynamodb_record("INSERT", {"sku": f"s{i}"}, {"sku": f"s{i}"}) for i in range(300)]
     with moto_state_table("state") as dynamodb:
-        rt = handler.build_runtime(load_settings(env), personalize=wire.client, sqs=FakeSQS(), dynamodb=dynamodb)
-        assert rt.budget is not None and rt.sink.in_flight == 3
-        result = pipeline.run(
-            event(*records), settings=rt.settings, sink=rt.sink, sqs=FakeSQS(), deadline=Deadline.unbounded()
-        )
-        stats = rt.budget.stats
+        rt, budget = shared_runtime(wire, dynamodb, quota)
+        result = run_rt(rt, records)
+        stats = budget.stats
     assert result.response == {"batchItemFailures": []}
     assert set(wire.items) == {f"s{i}" for i in range(300)}
     assert len(wire.calls) == 31 and result.report.calls == 30
     assert result.report.attempts == len(wire.calls) == stats.attempts
     assert result.report.throttles == 1 == stats.throttles
     assert stats.timeouts == 0
-    starts = wire.starts()
-    busiest = max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts)
+    busiest = busiest_second(wire)
     assert busiest <= quota, f"{busiest} calls in one second (quota {quota})"
     spans = sorted((s, e) for s, e, _, _ in wire.calls)
     overlap = max(sum(1 for s2, e2 in spans if s2 <= s < e2) for s, _ in spans)
