@@ -26,7 +26,8 @@ the writer, not the quota, sets the pace, and the verdicts speak of throttles an
 The baseline is time-boxed: it gets as much wall time as the connector needed for the same workload.
 
 Figures, per run: sustained items/s (items in accepted calls ÷ the time at least one invocation was running,
-from the runner's ledger: this leaves out the runner's batching-window waits, when no handler runs) and the
+from the runner's ledger: this leaves out the runner's batching-window waits, when no handler runs; also shown
+for the second half of the accepted calls' span, ``late_rate``, which leaves out the cold starts) and the
 end-to-end items/s (÷ the span from the first to the last accepted call), items per accepted call, accepted
 calls ÷ the minimum (Σ over delivered batches of ⌈distinct item ids / 10⌉, first deliveries only), the
 throttled share of all PutItems calls (and, for the concurrent-invocation cells, of those in the second half of
