@@ -119,7 +119,7 @@ def reach_knee(a: SharedBudget, clock: Clock, n: int = 5) -> None:
 # (an unconditional ADD). Fixed: the flush is conditional on the law it was counted under.
 def test_a_throttle_of_the_old_level_is_not_counted_in_the_new_one(ddb: Any) -> None:
     clock = Clock()
-    a, b = make(ddb, clock), make(ddb, clock)
+    a, b = make(ddb, clock, grace_attempts=0), make(ddb, clock, grace_attempts=0)  # cut at the first throttle
     reach_knee(a, clock)
     clock.now += b.wait()  # b reserves at the knee level and sends (its view of the counters: no throttles yet)
     stale_sent_at = clock.now

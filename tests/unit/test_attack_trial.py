@@ -3,7 +3,9 @@
 Driven like ``test_budget.py``: moto's DynamoDB, a simulated clock and its discrete-event loop. Four tests are finds,
 fixed since (they failed on the first version of the trial; the comment above each names the mechanism and the fix);
 the others are attacks that held. Figures are "main (no trial) -> trial" on the same scenario and seed; the scenarios
-were swept with more seeds than the tests run (the report of helper 19 has the commands).
+were swept with more seeds than the tests run (the report of helper 19 has the commands). Their budgets cut at the
+ceiling's first throttle (``grace_attempts=0``), as every budget did when they were written: the trials they set up
+start from that cut.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def test_a_passed_trial_is_not_cut_and_gone_back_to_again_and_again_under_a_fixe
 # Find (fixed): one throttle fails a trial at p1 = 25 % and its 1-in-4 replaces the best. Fix: a trial fails only
 # with MIN_LOST throttles, like every other decision of the law.
 def test_one_throttle_does_not_fail_a_trial_and_erase_the_best_level(ddb: Any, clock: Clock) -> None:
-    b = budget(ddb, clock)
+    b = budget(ddb, clock, grace_attempts=0)
     send(b, clock, 200)
     b.throttled()  # the ceiling's probe: 1 in 200, the best level
     clock.now += 3
@@ -104,7 +106,7 @@ def test_one_throttle_does_not_fail_a_trial_and_erase_the_best_level(ddb: Any, c
 # Find (fixed): trial fields are not tied to the level (cut_at) they were written for. Fix: ``trial_at`` records the
 # level a trial belongs to; a holder learns a trial only if it is the current level's.
 def test_a_level_written_without_trial_fields_is_not_judged_as_the_old_trial(ddb: Any, clock: Clock) -> None:
-    a, b = budget(ddb, clock), budget(ddb, clock)
+    a, b = budget(ddb, clock, grace_attempts=0), budget(ddb, clock, grace_attempts=0)
     _restored_on_trial(a, clock)
     before = stored(ddb)
     assert before["trial_from"] > 0
@@ -137,7 +139,7 @@ def test_a_level_written_without_trial_fields_is_not_judged_as_the_old_trial(ddb
 
 def test_end_trial_failing_never_raises_and_the_trial_is_ended_later(ddb: Any, clock: Clock) -> None:
     flaky = Flaky(ddb)
-    b = SharedBudget(flaky, TABLE, GROUP, clock=clock, sleep=clock.sleep, retry_table_s=5)
+    b = SharedBudget(flaky, TABLE, GROUP, clock=clock, sleep=clock.sleep, retry_table_s=5, grace_attempts=0)
     _restored_on_trial(b, clock)
     clock.now += 2
     send(b, clock, 90)
@@ -154,7 +156,7 @@ def test_end_trial_failing_never_raises_and_the_trial_is_ended_later(ddb: Any, c
 
 
 def test_a_trial_started_by_one_holder_is_judged_by_another_with_both_counts(ddb: Any, clock: Clock) -> None:
-    a, b = budget(ddb, clock), budget(ddb, clock)
+    a, b = budget(ddb, clock, grace_attempts=0), budget(ddb, clock, grace_attempts=0)
     _restored_on_trial(a, clock)
     clock.now += 2
     send(b, clock, 1)  # b learns the new level from its reservation's conflict
@@ -166,7 +168,7 @@ def test_a_trial_started_by_one_holder_is_judged_by_another_with_both_counts(ddb
 
 
 def test_two_holders_judging_the_same_failed_trial_cut_once(ddb: Any, clock: Clock) -> None:
-    a, b = budget(ddb, clock), budget(ddb, clock)
+    a, b = budget(ddb, clock, grace_attempts=0), budget(ddb, clock, grace_attempts=0)
     knee = _restored_on_trial(a, clock)
     clock.now += 2
     send(b, clock, 1)
@@ -183,7 +185,7 @@ def test_two_holders_judging_the_same_failed_trial_cut_once(ddb: Any, clock: Clo
 def test_a_holder_with_a_stale_law_flushing_into_a_trial_counts_nothing_of_the_old_level(
     ddb: Any, clock: Clock
 ) -> None:
-    a, b = budget(ddb, clock), budget(ddb, clock)
+    a, b = budget(ddb, clock, grace_attempts=0), budget(ddb, clock, grace_attempts=0)
     send(b, clock, 3)  # b holds the law of the ceiling
     _restored_on_trial(a, clock)
     item = stored(ddb)

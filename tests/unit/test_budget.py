@@ -329,9 +329,11 @@ def test_a_throttle_cuts_the_shared_rate_once_per_event_then_it_recovers_to_the_
     a, b = budget(ddb, clock), budget(ddb, clock)
     a.wait()
     b.wait()
-    a.throttled()
-    a.throttled()  # the same congestion event: no second cut, no second request
-    assert a.stats.cuts == 1
+    a.throttled()  # at the ceiling, an isolated throttle: tolerated (below)
+    a.throttled()  # a second one soon after: a congestion event, cut
+    requests = a.stats.requests
+    a.throttled()  # the same congestion event: no second cut, no request
+    assert (a.stats.cuts, a.stats.requests) == (1, requests)
     assert a.rate() == pytest.approx(0.8 * 9.7, abs=0.05)
     assert stored(ddb)["cut_at"] == pytest.approx(T0, abs=0.01)
     clock.now += 1.0
@@ -343,6 +345,85 @@ def test_a_throttle_cuts_the_shared_rate_once_per_event_then_it_recovers_to_the_
     clock.now += 30
     assert a.rate() == pytest.approx(9.7)
     assert b.rate() == pytest.approx(9.7)
+
+
+def test_an_isolated_throttle_at_the_ceiling_keeps_the_rate_and_a_second_soon_after_cuts(
+    ddb: Any, clock: Clock
+) -> None:
+    """At the ceiling (a fresh item, or the probe got there) the first throttle used to cut at once: under strict
+    spacing one late wake-up in a cold start cost a cut, ten seconds at the knee and the probe back up
+    (``bench/results/localcloud-steady.md``). Now one throttle in ``GRACE_ATTEMPTS`` attempts' time (1 %, the knee's
+    loss threshold) is tolerated, and a second within that time is a congestion event: a cut, as before."""
+    b = budget(ddb, clock)
+    send(b, clock, 20)
+    b.throttled()
+    assert (b.stats.cuts, b.rate()) == (0, pytest.approx(9.7))
+    item = stored(ddb)
+    assert item["grace_at"] == pytest.approx(clock.now, abs=0.002)
+    assert (item["lost"], item["sent"] + b._unsent) == (1, 20)  # the write that tolerates it carries the counts
+    send(b, clock, 20)  # about 2 s later: within 100 attempts' time
+    b.throttled()
+    assert b.stats.cuts == 1
+    assert b.rate() == pytest.approx(0.8 * 9.7, abs=0.05)
+
+
+def test_a_throttle_at_the_ceiling_long_after_the_last_tolerated_one_is_tolerated_too(ddb: Any, clock: Clock) -> None:
+    b = budget(ddb, clock)
+    send(b, clock, 20)
+    b.throttled()
+    send(b, clock, 110)  # more than GRACE_ATTEMPTS attempts' time at 9.7/s
+    b.throttled()
+    assert (b.stats.cuts, b.rate()) == (0, pytest.approx(9.7))
+    send(b, clock, 5)
+    b.throttled()
+    assert b.stats.cuts == 1
+
+
+def test_two_holders_never_both_tolerate_a_throttle_at_the_ceiling(ddb: Any, clock: Clock) -> None:
+    """The tolerating write is conditional on the last tolerated throttle: b, which has not seen a's, learns it from
+    the failed condition and cuts."""
+    a, b = budget(ddb, clock), budget(ddb, clock)
+    a.wait()
+    b.wait()
+    clock.now += 0.5
+    a.throttled()
+    conflicts = b.stats.conflicts
+    b.throttled()
+    assert (a.stats.cuts, b.stats.cuts, b.stats.conflicts - conflicts) == (0, 1, 1)
+    a.wait()  # a learns the cut at its next reservation
+    assert a.rate() == pytest.approx(b.rate()) and b.rate() < 0.85 * 9.7
+
+
+def test_a_throttle_tolerated_before_a_cut_does_not_spend_the_grace_of_the_level_after_it(
+    ddb: Any, clock: Clock
+) -> None:
+    """The grace belongs to a level: a level that starts (a cut, or going back up) within the grace time of a
+    throttle tolerated before it may tolerate its own first throttle at the ceiling."""
+    b = budget(ddb, clock)
+    send(b, clock, 5)
+    b.throttled()  # tolerated
+    send(b, clock, 5)
+    b.throttled()  # cut: a new level, whose rate is below the ceiling for the plateau and the probe
+    b._law.restore(clock.now, b.ceiling, clock.now)  # going back up to the ceiling at once (as a restore does)
+    b._memory.trial_from = 0.0
+    b.client.update_item(  # as stored by the restore's write
+        TableName=TABLE,
+        Key=b.key,
+        UpdateExpression="SET cut_at = :c, #base = :r, knee = :r",
+        ExpressionAttributeNames={"#base": "base"},
+        ExpressionAttributeValues={":c": {"N": f"{clock.now:.3f}"}, ":r": {"N": "9.7"}},
+    )
+    send(b, clock, 3)
+    b.throttled()
+    assert (b.stats.cuts, b.rate()) == (1, pytest.approx(9.7))
+
+
+def test_a_table_failure_while_tolerating_a_throttle_never_raises_and_paces_locally(clock: Clock) -> None:
+    b = budget(FailingClient(DENIED), clock)
+    b._law.cut_at, b._last_slot = 0.0, clock.now  # as if it held a slot of the shared timeline
+    b.throttled()
+    assert (b.stats.cuts, b.stats.fallbacks) == (0, 1)
+    assert b.rate() == pytest.approx(9.7 / 4)
 
 
 @pytest.mark.parametrize(("limit", "holders"), [(8, 1), (8, 4), (6, 3)])
@@ -400,7 +481,7 @@ def send(b: SharedBudget, clock: Clock, n: int) -> None:
 
 
 def test_the_counters_ride_on_the_reservations(ddb: Any, clock: Clock) -> None:
-    b = budget(ddb, clock)
+    b = budget(ddb, clock, grace_attempts=0)  # the ceiling's first throttle cuts
     send(b, clock, 40)
     b.throttled()  # the first throttle: a cut (from the ceiling), which carries this holder's counts
     clock.now += 3  # past settle
@@ -414,7 +495,7 @@ def test_the_counters_ride_on_the_reservations(ddb: Any, clock: Clock) -> None:
 def test_an_isolated_throttle_at_the_knee_keeps_the_level(ddb: Any, clock: Clock) -> None:
     """At or below the knee, one throttle in a level measures nothing (and a share of 1 % or less is tolerable):
     the level stays, where it used to cut (and cost a plateau); a second one soon after cuts."""
-    b = budget(ddb, clock)
+    b = budget(ddb, clock, grace_attempts=0)  # the ceiling's first throttle cuts
     send(b, clock, 5)
     b.throttled()  # at the ceiling: cut at once, as before
     clock.now += 3  # settled, back at the knee
@@ -452,7 +533,7 @@ def test_a_level_that_throttles_more_than_a_faster_one_goes_back_up_to_it_on_tri
     """Under strict spacing beside a foreign writer the share rises as the rate falls: going back to the faster
     level that throttled less, instead of cutting deeper, is what stops the spiral. The level it goes back to is on
     trial until its share tells (Wald's SPRT): here it throttles as it did before, passes, and stays."""
-    b = budget(ddb, clock)
+    b = budget(ddb, clock, grace_attempts=0)  # the ceiling's first throttle cuts
     knee = _restored_on_trial(b, clock)
     changes = [
         (r.getMessage(), *(r.__dict__[k] for k in ("from_rate", "knee", "probing", "level_share")))
@@ -477,7 +558,7 @@ def test_a_level_gone_back_up_to_that_throttles_like_the_one_below_fails_its_tri
     """Going back up was wrong (the real limit is lower now): the trial fails within a few attempts, the rate is cut
     from the level it came from, as without going back, and the trial's share replaces the best level's, so it does
     not go back up to it again."""
-    b = budget(ddb, clock)
+    b = budget(ddb, clock, grace_attempts=0)  # the ceiling's first throttle cuts
     knee = _restored_on_trial(b, clock)
     clock.now += 2
     send(b, clock, 1)
@@ -549,7 +630,7 @@ def test_strict_spacing_beside_a_foreign_writer_does_not_spiral_down(ddb: Any, c
     late = [ok for t, ok in ours if t > T0 + 60]
     assert sum(late) / 90 >= 6.5  # the rest of the quota is about 8 calls/s
     assert sum(not ok for ok in late) / len(late) < 0.08  # own jitter collisions included (about 3 % at 9.7/s)
-    assert sum(h.budget.stats.restores for h in hs) >= 3  # it went back up, again and again
+    assert sum(h.budget.stats.restores for h in hs) >= 1  # it went back up rather than cut deeper
 
 
 # --- the table unavailable --------------------------------------------------------------------------------
