@@ -18,7 +18,9 @@ Workloads (generated once, written identically for every system; each change car
   strict spacing), with three strategies: (a) the **shared budget** (``STATE_TABLE``, no reserved concurrency:
   the stack's default), (b) **reserved concurrency 1**, one invocation at a time paced at 9.7 calls/s (the
   earlier default; a rejected invoke is retried with backoff, as on AWS), and (c) **each invocation alone** at
-  9.7 / shards calls/s, no table; plus the shared budget with a foreign writer using 20 % of the quota.
+  9.7 / shards calls/s, no table; plus the shared budget with a foreign writer using 20 % of the quota. On
+  request (``--strategies capped``), (d) the shared budget **at reserved concurrency** ``CAP`` (2): at most two
+  invocations billed at once, the other shards' invokes rejected and retried with backoff.
 
 The writer offers changes faster than the quota ceiling (``OFFERED_PER_S``), so throughput is measured saturated;
 ``--offered`` sets a lower rate, for what a steady, sub-quota load costs (then the items/s goal does not apply:
@@ -228,7 +230,7 @@ def template_for(source: Source, shards: int, reserved: int | None, state_table:
 class Deployment:
     system: System
     label: str  # what the table shows
-    pacing: str  # "shared" | "serial" | "alone" | "-"
+    pacing: str  # "shared" | "capped" | "serial" | "alone" | "-"
     env: Mapping[str, str] = field(default_factory=dict)
     reserved: int | None = None  # reserved concurrency (None: none)
     state_table: bool = True  # STATE_TABLE: the shared budget
@@ -243,6 +245,9 @@ def connector(pacing: str, shards: int, memory_mb: int = 1024, in_flight: int | 
     if pacing == "shared":  # the stack's default: the shared budget in STATE_TABLE, no reserved concurrency
         label = "connector, shared budget (STATE_TABLE)"
         return Deployment("connector", label + suffix, "shared", env, memory_mb=memory_mb)
+    if pacing == "capped":  # the shared budget with at most CAP invocations at once (reserved concurrency)
+        label = f"shared budget, reserved concurrency {CAP}"
+        return Deployment("connector", label + suffix, "capped", env, reserved=CAP, memory_mb=memory_mb)
     if pacing == "serial":  # the earlier default: reserved concurrency 1, one invocation paced 3 % under the quota
         label = f"reserved concurrency 1, {TPS * HEADROOM:.3g}/s"
         return Deployment(
@@ -258,6 +263,8 @@ def connector(pacing: str, shards: int, memory_mb: int = 1024, in_flight: int | 
 
 NAIVE = Deployment("naive", "naive per-record (Powertools)", "-", {"_HANDLER": NAIVE_HANDLER}, state_table=False)
 QUOTA_MODELS: tuple[str, ...] = ("sliding-window", "token-bucket", "fixed-window", "strict-spacing")
+STRATEGIES: tuple[str, ...] = ("shared", "capped", "serial", "alone")
+CAP = 2  # the "capped" strategy's reserved concurrency: at most this many invocations billed at once
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -974,14 +981,15 @@ def _finite(value: float, cap: float) -> float:
 
 
 def _pacing_color(r: RunResult) -> str:
-    return {"shared": "#2a7ab9", "serial": "#d9822b", "alone": "#999999"}.get(r.deployment.pacing, "#6aa84f")
+    colors = {"shared": "#2a7ab9", "capped": "#7b4fa0", "serial": "#d9822b", "alone": "#999999"}
+    return colors.get(r.deployment.pacing, "#6aa84f")
 
 
 def conclusion(pacing: Sequence[RunResult]) -> str:
     if not pacing:
         return ""
     lines = []
-    for mode in ("shared", "serial", "alone"):
+    for mode in STRATEGIES:
         runs = [r for r in pacing if r.deployment.pacing == mode and not r.foreign_share]
         saturated = [r for r in runs if r.saturated]
         if saturated:
@@ -999,9 +1007,10 @@ def conclusion(pacing: Sequence[RunResult]) -> str:
             )
             late = [r.items_per_s_late for r in saturated if not math.isnan(r.items_per_s_late)]
             steady = f" (in the second half of each run at least {min(late):.1f} items/s)" if late else ""
+            span = min(r.items_per_s_span for r in saturated)
             lines.append(
                 f"- **{mode}** ({_shards(saturated)} shards): throttled at most {worst_throttle:.1%}, "
-                f"at least {worst_rate:.1f} items/s{steady} → {verdict}."
+                f"at least {worst_rate:.1f} items/s{steady}, end to end at least {span:.1f} → {verdict}."
             )
         for offered in sorted({r.offered_per_s for r in runs if not r.saturated}):
             light = [r for r in runs if r.offered_per_s == offered]
@@ -1011,21 +1020,22 @@ def conclusion(pacing: Sequence[RunResult]) -> str:
                 f"at most {worst_throttle:.1%} → {'meets' if worst_throttle < 0.03 else 'misses'} < 3 % throttled."
             )
     serial = {_cost_key(r): r for r in pacing if r.deployment.pacing == "serial"}
-    shared = [r for r in pacing if r.deployment.pacing == "shared" and not r.foreign_share and _cost_key(r) in serial]
-    for offered in sorted({r.offered_per_s for r in shared}, reverse=True):
-        ratios = [
-            (r, r.cost_per_million / serial[_cost_key(r)].cost_per_million)
-            for r in shared
-            if r.offered_per_s == offered
-        ]
-        worst, ratio = max(ratios, key=lambda x: x[1])
-        load = "saturated" if worst.saturated else f"{offered:g} changes/s offered, below the quota"
-        lines.append(
-            f"- **cost** ({load}; Lambda GB-seconds + state-table writes per million changes, same memory): the "
-            f"shared budget costs {min(x for _, x in ratios):.2f}-{ratio:.2f}x the serial design (worst: "
-            f"{worst.workload.shards} shards, {worst.quota_model}) → "
-            + ("within 2x." if ratio <= 2 else "over 2x: concurrent invocations are billed while they wait.")
-        )
+    for mode, name in (("shared", "shared budget"), ("capped", f"shared budget at reserved concurrency {CAP}")):
+        runs = [r for r in pacing if r.deployment.pacing == mode and not r.foreign_share and _cost_key(r) in serial]
+        for offered in sorted({r.offered_per_s for r in runs}, reverse=True):
+            ratios = [
+                (r, r.cost_per_million / serial[_cost_key(r)].cost_per_million)
+                for r in runs
+                if r.offered_per_s == offered
+            ]
+            worst, ratio = max(ratios, key=lambda x: x[1])
+            load = "saturated" if worst.saturated else f"{offered:g} changes/s offered, below the quota"
+            lines.append(
+                f"- **cost** ({load}; Lambda GB-seconds + state-table writes per million changes, same memory): the "
+                f"{name} costs {min(x for _, x in ratios):.2f}-{ratio:.2f}x the serial design (worst: "
+                f"{worst.workload.shards} shards, {worst.quota_model}) → "
+                + ("within 2x." if ratio <= 2 else "over 2x: concurrent invocations are billed while they wait.")
+            )
     return "\n".join(lines)
 
 
@@ -1096,7 +1106,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--shards", help="comma-separated shard counts (default 1,2,4,8; --quick: 2,4)")
     parser.add_argument("--models", help=f"comma-separated quota models (default all: {','.join(QUOTA_MODELS)})")
-    parser.add_argument("--strategies", help="comma-separated: shared,serial,alone (default all three)")
+    parser.add_argument(
+        "--strategies",
+        help=f"comma-separated: shared,capped,serial,alone (default shared,serial,alone; capped: the shared budget at "
+        f"reserved concurrency {CAP})",
+    )
     parser.add_argument(
         "--skip-single", action="store_true", help="skip the single-shard workloads against the naive baseline"
     )
@@ -1179,8 +1193,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--in-flight values must be 1-10 (PUT_ITEMS_IN_FLIGHT), got {bad}")
     memory = args.memory_mb or int(json.loads((ROOT / "cdk.json").read_text())["context"]["lambda"]["memoryMb"])
     strategies = tuple(args.strategies.split(",")) if args.strategies else ("shared", "serial", "alone")
-    if unknown := set(strategies) - {"shared", "serial", "alone"}:
-        parser.error(f"unknown strateg(ies) {sorted(unknown)}; choose from shared, serial, alone")
+    if unknown := set(strategies) - set(STRATEGIES):
+        parser.error(f"unknown strateg(ies) {sorted(unknown)}; choose from {', '.join(STRATEGIES)}")
     max_box = 150.0
     began = time.monotonic()
 

@@ -113,7 +113,7 @@ def test_a_cell_converged_only_if_every_repeat_did() -> None:
 def test_the_verdicts_judge_each_cell_by_its_median_not_its_worst_run() -> None:
     runs = [run(1, "shared", rate, throttled) for rate, throttled in ((96.0, 0.0), (80.0, 0.05), (95.5, 0.01))]
     text = conclusion(medians(runs))
-    assert "throttled at most 1.0%, at least 95.5 items/s → meets both goals" in text
+    assert "throttled at most 1.0%, at least 95.5 items/s, end to end at least 76.4 → meets both goals" in text
     assert "at least 80.0" in conclusion(runs)  # the runs one by one: the worst run decides
 
 
@@ -193,3 +193,17 @@ def test_the_second_half_rate_counts_the_items_accepted_after_the_middle_over_th
     assert "90.0 (90.0-90.0); 2nd half 95.5 |" in pacing_table(rows)
     assert "(in the second half of each run at least 95.5 items/s)" in conclusion(rows)
     assert "2nd half" not in pacing_table([run(1, "shared", 90.0, 0.0)])  # runs saved before it: not shown
+
+
+def test_the_capped_strategy_is_the_shared_budget_at_reserved_concurrency_2_and_its_cost_is_set_against_serial() -> (
+    None
+):
+    capped = connector("capped", 8, 256)
+    assert (capped.pacing, capped.reserved, capped.state_table) == ("capped", 2, True)
+    runs = [run(8, "shared", 93.0, 0.0), run(8, "capped", 94.0, 0.0), run(8, "serial", 95.0, 0.0)]
+    runs[0].handler_s_per_1k, runs[1].handler_s_per_1k = 72.0, 22.0  # serial: 12 s per 1k changes
+    text = conclusion(medians(runs))
+    assert "- **capped** (8 shards): throttled at most 0.0%, at least 94.0 items/s, end to end at least 75.2" in text
+    assert "the shared budget costs 6.00-6.00x the serial design" in text
+    assert "the shared budget at reserved concurrency 2 costs 1.83-1.83x the serial design" in text
+    assert "→ within 2x." in text
