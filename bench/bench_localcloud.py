@@ -46,7 +46,8 @@ the range of items/s and the worst throttled share beside them: one run is noisy
 rate plateau of several seconds in a 30 s run).
 
 Run ``.venv/bin/python -m bench.bench_localcloud [--quick]``; it writes ``bench/results/localcloud.md``,
-``localcloud.png`` and ``README-section.md``.
+``localcloud.png`` and ``README-section.md``. Each cell's function logs and the emulator's call log
+(``emulator-calls.json``: every PutItems call's arrival time and outcome) stay in ``.localcloud/bench/logs/``.
 """
 
 from __future__ import annotations
@@ -651,7 +652,10 @@ def run_once(
     stats = runner.stats()
     emu = bench.emulator.stats()
     accepted = [e for e in bench.emulator.accepted() if e["dataset_arn"] == dataset_arn]
-    throttled_late = late_share(bench.emulator.calls(), dataset_arn)
+    calls = bench.emulator.calls()
+    throttled_late = late_share(calls, dataset_arn)
+    if log_dir.is_dir():  # beside the function's logs: every call as the emulator answered it (arrival, outcome)
+        (log_dir / "emulator-calls.json").write_text(json.dumps(calls), encoding="utf-8")
     dlq = _queue_depth(bench, dlq_url)
 
     # sustained items/s over the accepted calls

@@ -436,8 +436,11 @@ class SharedBudget:
                 self._unsent -= 1
                 self._counted.value = False
 
-    def throttled(self) -> None:
-        """A throttled attempt: cut the shared rate for everyone, once per congestion event.
+    def throttled(self) -> bool:
+        """A throttled attempt: cut the shared rate for everyone, once per congestion event. True if the throttle
+        was isolated and the rate holds (tolerated at the ceiling, or a tolerable share at or below the knee): the
+        caller may retry at its next slot, without backing off; False after a cut, going back up, during a trial,
+        for a congestion event already answered, or with the table down.
 
         Slots reserved before a cut still go out at the old rate, and the service remembers them for its
         counting window, so a throttle of an attempt sent before ``settle`` (the timeline's end at the last
@@ -450,13 +453,13 @@ class SharedBudget:
                 if sent >= self._local_law.settle:
                     self._local_law.cut(now, self._local_law.rate(now), max(self._local_next, now) + self.settle_s)
                     self.stats.cuts += 1
-                return
+                return False
             if sent >= self._law.settle:
                 self._unlost += 1
             flushed = judged = False
             for _ in range(MAX_TRIES):
                 if sent < self._law.settle:
-                    return  # answered by the last cut
+                    return False  # answered by the last cut
                 law = RateLaw(self.ceiling, self._law.base, self._law.knee, self._law.cut_at)
                 memory, settle = self._memory, max(self._next_slot, now) + self.settle_s
                 share = memory.share(self._unsent, self._unlost)  # the current level's, since the last change
@@ -469,22 +472,22 @@ class SharedBudget:
                     if graced is None:
                         continue  # the item changed meanwhile: decide again on it
                     if graced:
-                        return
+                        return True
                     judged = True  # not isolated: cut, as a probe's overshoot
                 if (on_trial or (not probing and tolerable)) and not flushed:
                     if not self._flush(now):
-                        return
+                        return False
                     flushed = True
                     continue  # decide again with every holder's counts, this throttle's included
                 verdict = memory.trial(self._unsent, self._unlost) if on_trial else 0
                 if on_trial and verdict == 0:
-                    return  # undecided: the level stays
+                    return False  # undecided: the level stays, on trial
                 failed = verdict > 0
                 if not failed and (on_trial or not probing):  # at or below the knee: congestion, or collisions?
                     if tolerable:
                         if verdict < 0:
                             self._end_trial(now)  # passed
-                        return  # a tolerable share (BBR's loss_thresh), or too little evidence: the level stays
+                        return True  # a tolerable share (BBR's loss_thresh), or too little evidence: the level stays
                     best_share = memory.best_share()
                     restore = memory.best > current * (1 + SAME_LEVEL) and best_share < min(share, RESTORE_THRESH)
                 trial = (0.0, 0.0, 0.0)
@@ -554,7 +557,8 @@ class SharedBudget:
                             "probing": probing,
                         },
                     )
-                return
+                return False
+            return False  # the item kept changing under this holder: no decision
 
     def expect(self, calls: int, *, exact: bool = True) -> None:
         """The calls this holder's batch will still make (the pipeline's count of fresh calls; fallbacks and

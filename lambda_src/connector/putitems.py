@@ -25,9 +25,11 @@ carries fewer than 10 items, or that is sent only to be throttled, costs through
      retried after a throttle, the others' attempts wait (``_Gate``), so under throttling the sink sends as it
      would one call after the other;
    * **throttles and 5xx** are retried by botocore's ``standard`` retry mode with jittered backoff; the
-     sink only counts throttles, through the ``needs-retry`` event. If a call still fails, that call and
-     everything not yet sent are **retry**: Lambda redelivers from the lowest of them anyway, so sending
-     more would spend quota on items that will come back;
+     sink counts throttles, through the ``needs-retry`` event, and tells the shared budget. A throttle the
+     budget tolerates (isolated: the shared rate holds) is retried at once, that is at the call's next slot,
+     without the backoff, which would only leave the sender idle (up to 1 s for a first retry). If a call still
+     fails, that call and everything not yet sent are **retry**: Lambda redelivers from the lowest of them
+     anyway, so sending more would spend quota on items that will come back;
    * ``InvalidInputException`` rejects the whole call without saying which item is bad, so the call is
      **bisected** until the bad item stands alone: it is **poison** with the service's message, the rest land;
    * a **systemic rejection**: when every item of a call is rejected on its own, and
@@ -148,7 +150,7 @@ def check_limits(item: PendingItem) -> str | None:
 
 class PacerLike(Protocol):
     """What paces PutItems attempts: :class:`Pacer`, or the shared budget (``budget``), which also has
-    ``throttled()`` (called on every throttled attempt)."""
+    ``throttled()`` (called on every throttled attempt; True if the throttle was isolated and the rate holds)."""
 
     def wait(self) -> float: ...
 
@@ -238,9 +240,10 @@ def instrument(client: Any, pacer: PacerLike) -> CallCounters:
             call.sent.set()
 
     on_throttle = getattr(pacer, "throttled", None)
+    max_attempts = int((getattr(client.meta.config, "retries", None) or {}).get("total_max_attempts", 1))
     unused = getattr(pacer, "unused", None)
 
-    def needs_retry(response: Any = None, **_: Any) -> None:
+    def needs_retry(response: Any = None, attempts: int = 0, **_: Any) -> float | None:
         slot_at: float | None = getattr(_sending, "slot_at", None)
         if slot_at is not None:  # an attempt answered (or failed on the wire)
             counters.answered(time.monotonic() - slot_at)
@@ -250,8 +253,12 @@ def instrument(client: Any, pacer: PacerLike) -> CallCounters:
             call: Submitted | None = getattr(_sending, "call", None)
             if call is not None:
                 call.gate.retrying(call)
-            if on_throttle is not None:
-                on_throttle()
+            if on_throttle is not None and on_throttle() is True and attempts < max_attempts:
+                # Isolated (the shared rate holds): retry at the next slot. botocore's backoff would only stall
+                # the batch, every attempt waits for a slot anyway. This handler is on the operation's event, so
+                # botocore calls it before its retry handler (on the service's) and takes its answer: a delay.
+                return 0.0
+        return None  # botocore's retry handler decides, with its backoff
 
     events = client.meta.events
     events.register("before-send.personalize-events.PutItems", before_send, unique_id="connector-pacer")

@@ -229,3 +229,40 @@ def test_wire_parameters_with_stubber() -> None:
         report = sink(client).send(pending("c"), Deadline.unbounded())
         assert [r for _, r in report.poison] == ["PutItems rejected the item: bad"]
         stub.assert_no_pending_responses()
+
+
+def test_an_isolated_throttle_is_retried_at_its_next_slot_and_a_congestion_event_after_the_backoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under the shared budget, a throttle the budget tolerates (isolated: the rate holds) is retried at the call's
+    next slot: botocore's backoff (``random() × 2^attempt`` s, up to 1 s for the first retry) would only stall the
+    batch, since every attempt waits for a slot anyway. A throttle that cuts the rate (a congestion event) keeps
+    the backoff. Found in the strict-spacing runs of ``bench_localcloud``: one isolated throttle left the sender
+    idle for 0.6 s (a missed slot "asked late" by 629 ms)."""
+    from botocore.retries.standard import ExponentialBackoff
+
+    from tests.fakes import Wire, moto_state_table
+    from tests.unit.wire_batches import THROTTLE, records_for, run_rt, shared_runtime
+
+    monkeypatch.setattr(ExponentialBackoff, "delay_amount", lambda self, context: 1.0)  # botocore's backoff: 1 s
+    seen: list[int] = [0]
+
+    def rule(items: list[dict[str, Any]]) -> Any:
+        seen[0] += 1
+        return THROTTLE if seen[0] in (2, 3) else None  # the second call: throttled twice, accepted the third time
+
+    wire = Wire(rule, attempts=3)
+    with moto_state_table("state") as ddb:
+        rt, budget = shared_runtime(wire, ddb, quota=10, in_flight=1)
+        result = run_rt(rt, records_for(40))
+    assert result.response == {"batchItemFailures": []} and len(wire.items) == 40
+    starts = wire.starts()
+    assert [code for _, _, _, code in sorted(wire.calls)][:4] == [
+        None,
+        "ThrottlingException",
+        "ThrottlingException",
+        None,
+    ]
+    assert starts[2] - starts[1] < 0.5  # the isolated throttle: at the next slot (about 0.1 s)
+    assert starts[3] - starts[2] >= 1.0  # the second, soon after: a cut, and botocore's backoff
+    assert (budget.stats.cuts, rt.sink.counters.throttles) == (1, 2)
