@@ -12,7 +12,12 @@ runs:
   of learning, and the steady state;
 * our accepted calls/s in the last 40 s (median and lowest);
 * **collapsed**: runs whose last 40 s accepted fewer than ``--collapse`` × what the foreign writer leaves (under
-  strict spacing a cut raises the share throttled by collisions, so a run of cuts can spiral down).
+  strict spacing a cut raises the share throttled by collisions, so a run of cuts can spiral down);
+* cuts of the shared rate per run (median).
+
+``--foreign-start S`` starts the foreign writer after S seconds at the ceiling (the first-10/20-s columns then
+count from its start: what a limit that drops during a long hold costs); ``--grace-attempts 0`` builds the budgets
+without the grace at the ceiling (every throttle there cuts at once, as before it), for an A/B in one sitting.
 
 Why not the test loop alone: the tests check one seed each; the learning's cost and the spiral are rare-event
 figures that need many seeds. Run ``.venv/bin/python -m bench.bench_learning [--quick]``; it writes
@@ -33,6 +38,7 @@ from bench.offline import ROOT, offline
 
 offline()
 
+from connector.budget import GRACE_ATTEMPTS  # noqa: E402
 from tests.fakes import moto_state_table  # noqa: E402
 from tests.unit.test_budget import T0, TABLE, Meter, Spacing, beside_foreign  # noqa: E402
 
@@ -50,20 +56,39 @@ class Run:
     early20: float
     whole: float
     late_rate: float  # our accepted calls/s in the last LATE_S seconds
+    cuts: int  # cuts of the shared rate, all holders together
 
 
-def run_once(model: str, holders: int, seconds: float, foreign_rate: float, seed: int) -> Run:
+def run_once(
+    model: str,
+    holders: int,
+    seconds: float,
+    foreign_rate: float,
+    seed: int,
+    *,
+    foreign_start: float = 0.0,
+    grace_attempts: float = GRACE_ATTEMPTS,
+) -> Run:
     with moto_state_table(TABLE) as ddb:
-        ours, _ = beside_foreign(
-            ddb, MODELS[model](), holders=holders, seconds=seconds, foreign=foreign_rate, seed=seed
+        ours, hs = beside_foreign(
+            ddb,
+            MODELS[model](),
+            holders=holders,
+            seconds=seconds,
+            foreign=foreign_rate,
+            start=foreign_start,
+            seed=seed,
+            grace_attempts=grace_attempts,
         )
 
-    def lost(until: float) -> float:
-        window = [ok for t, ok in ours if t < T0 + until]
+    def lost(until: float) -> float:  # the first ``until`` seconds after the foreign writer started
+        window = [ok for t, ok in ours if T0 + foreign_start <= t < T0 + foreign_start + until]
         return sum(not ok for ok in window) / max(1, len(window))
 
     late = [ok for t, ok in ours if t > T0 + seconds - LATE_S]
-    return Run(lost(10), lost(20), lost(seconds), sum(late) / LATE_S)
+    whole = [ok for _, ok in ours]
+    cuts = sum(h.budget.stats.cuts for h in hs)
+    return Run(lost(10), lost(20), sum(not ok for ok in whole) / max(1, len(whole)), sum(late) / LATE_S, cuts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +100,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=120.0, help="simulated seconds per run (default 120)")
     parser.add_argument("--foreign", type=float, default=2.0, help="the foreign writer's calls/s (default 2)")
     parser.add_argument(
+        "--foreign-start",
+        type=float,
+        default=0.0,
+        help="the foreign writer starts after this many seconds (at the ceiling till then); the first-10/20-s "
+        "columns count from its start (default 0)",
+    )
+    parser.add_argument(
+        "--grace-attempts",
+        type=float,
+        default=GRACE_ATTEMPTS,
+        help=f"the budget's grace at the ceiling (default the runtime's {GRACE_ATTEMPTS:g}; 0: every throttle at the "
+        "ceiling cuts at once, as before it)",
+    )
+    parser.add_argument(
         "--collapse", type=float, default=0.75, help="a run collapsed below this share of what is left (0.75)"
     )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "learning.md"))
@@ -82,32 +121,54 @@ def main(argv: list[str] | None = None) -> int:
     seeds, seconds = (5, 60.0) if args.quick else (args.seeds, args.seconds)
     models = [m for m in args.models.split(",") if m]
     unknown = sorted(set(models) - set(MODELS))
-    if unknown or seeds < 1 or seconds <= LATE_S or not 0 <= args.foreign < QUOTA:
-        wrong = f"need --seeds ≥ 1, --seconds > {LATE_S:g} and 0 ≤ --foreign < {QUOTA}"
+    if (
+        unknown
+        or seeds < 1
+        or seconds <= LATE_S
+        or not 0 <= args.foreign < QUOTA
+        or not 0 <= args.foreign_start < seconds - LATE_S
+        or args.grace_attempts < 0
+    ):
+        wrong = (
+            f"need --seeds ≥ 1, --seconds > {LATE_S:g}, 0 ≤ --foreign < {QUOTA}, 0 ≤ --foreign-start < --seconds − "
+            f"{LATE_S:g} and --grace-attempts ≥ 0"
+        )
         parser.error(f"unknown model(s) {unknown}" if unknown else wrong)
     left = QUOTA * 0.97 if args.foreign == 0 else QUOTA - args.foreign
     rows = []
     began = time.monotonic()
     for model in models:
         for holders in [int(h) for h in args.holders.split(",")]:
-            runs = [run_once(model, holders, seconds, args.foreign, seed) for seed in range(seeds)]
+            runs = [
+                run_once(
+                    model,
+                    holders,
+                    seconds,
+                    args.foreign,
+                    seed,
+                    foreign_start=args.foreign_start,
+                    grace_attempts=args.grace_attempts,
+                )
+                for seed in range(seeds)
+            ]
             collapsed = sum(r.late_rate < args.collapse * left for r in runs)
             row = (
                 f"| {model} | {holders} | {statistics.median(r.early10 for r in runs):.1%} | "
                 f"{statistics.median(r.early20 for r in runs):.1%} | {statistics.median(r.whole for r in runs):.1%} | "
                 f"{statistics.median(r.late_rate for r in runs):.2f} (lowest {min(r.late_rate for r in runs):.2f}) | "
-                f"{collapsed} of {seeds} |"
+                f"{collapsed} of {seeds} | {statistics.median(r.cuts for r in runs):g} |"
             )
             rows.append(row)
             print(f"[{time.monotonic() - began:6.0f} s] {row}", flush=True)
     header = (
         f"Shared-rate learning on simulated time: {seeds} seeds × {seconds:g} s per cell, foreign writer "
-        f"{args.foreign:g} calls/s (leaves {left:g}), collapsed below {args.collapse:g} × that in the last "
+        f"{args.foreign:g} calls/s from {args.foreign_start:g} s (leaves {left:g}), grace at the ceiling "
+        f"{args.grace_attempts:g} attempts, collapsed below {args.collapse:g} × that in the last "
         f"{LATE_S:g} s. `python -m bench.bench_learning {' '.join(argv if argv is not None else sys.argv[1:])}`, "
         f"{time.monotonic() - began:.0f} s.\n\n"
         "| model | holders | throttled, first 10 s | first 20 s | whole run | accepted calls/s, last 40 s "
-        "| collapsed |\n"
-        "|---|---:|---:|---:|---:|---|---:|\n"
+        "| collapsed | cuts |\n"
+        "|---|---:|---:|---:|---:|---|---:|---:|\n"
     )
     Path(args.out).write_text(header + "\n".join(rows) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

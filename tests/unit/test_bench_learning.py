@@ -25,12 +25,31 @@ def test_the_report_counts_collapsed_runs_per_cell(tmp_path: Path) -> None:
     out = tmp_path / "learning.md"
     argv = ["--models", "sliding", "--holders", "1", "--seeds", "2", "--seconds", "45", "--out", str(out)]
     assert bench_learning.main([*argv, "--collapse", "0.5"]) == 0
-    assert out.read_text().splitlines()[-1].endswith("| 0 of 2 |")
+    assert "| 0 of 2 | " in out.read_text().splitlines()[-1]
     assert bench_learning.main([*argv, "--collapse", "1.5"]) == 0  # 1.5 × the leftover: every run "collapsed"
-    assert out.read_text().splitlines()[-1].endswith("| 2 of 2 |")
+    assert "| 2 of 2 | " in out.read_text().splitlines()[-1]
 
 
-@pytest.mark.parametrize("bad", [["--models", "bucket"], ["--seconds", "30"], ["--foreign", "10"]])
+def test_a_foreign_writer_starting_late_is_judged_from_its_start_and_the_grace_can_be_switched_off() -> None:
+    """Strict spacing beside a foreign writer: with the grace at the ceiling the first throttles cut nothing, without
+    it (every throttle at the ceiling cuts, as before) they cut; the first 10 s count from the writer's start."""
+    graced = bench_learning.run_once("spacing", 1, 60.0, 2.0, seed=3, foreign_start=15.0)
+    old = bench_learning.run_once("spacing", 1, 60.0, 2.0, seed=3, foreign_start=15.0, grace_attempts=0)
+    assert graced.cuts < old.cuts
+    quiet = bench_learning.run_once("sliding", 1, 60.0, 2.0, seed=1, foreign_start=15.0)
+    assert quiet.early10 > 0  # the foreign writer's onset, not the quiet first 15 s
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--models", "bucket"],
+        ["--seconds", "30"],
+        ["--foreign", "10"],
+        ["--foreign-start", "90"],
+        ["--grace-attempts", "-1"],
+    ],
+)
 def test_bad_options_are_refused(bad: list[str], tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         bench_learning.main([*bad, "--out", str(tmp_path / "x.md")])

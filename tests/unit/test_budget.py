@@ -133,10 +133,11 @@ def beside_foreign(
     start: float = 0.0,
     stop: float = math.inf,
     seed: int,
+    **budget_kwargs: Any,
 ) -> tuple[list[tuple[float, bool]], list[Holder]]:
-    """``holders`` backlogged holders beside a foreign writer at ``foreign`` calls/s (evenly spaced, not retried,
-    from ``T0 + start`` at a random phase until ``T0 + stop``; none at 0), our calls with 0-2 ms of request jitter:
-    our (time, accepted) log and the holders."""
+    """``holders`` backlogged holders (budgets built with ``budget_kwargs``) beside a foreign writer at ``foreign``
+    calls/s (evenly spaced, not retried, from ``T0 + start`` at a random phase until ``T0 + stop``; none at 0), our
+    calls with 0-2 ms of request jitter: our (time, accepted) log and the holders."""
     rng = random.Random(seed)
     clock = Clock()
     nxt = [T0 + start + rng.uniform(0, 1 / foreign)] if foreign > 0 else [math.inf]
@@ -151,7 +152,7 @@ def beside_foreign(
         ours.append((t, ok))
         return ok
 
-    hs = [Holder(budget(ddb, clock), start=T0 + i * 0.011) for i in range(holders)]
+    hs = [Holder(budget(ddb, clock, **budget_kwargs), start=T0 + i * 0.011) for i in range(holders)]
     simulate(clock, hs, seconds, service)
     return ours, hs
 
