@@ -12,7 +12,7 @@ The item (``pk = "budget#<dataset group ARN>"``), all numbers, times in epoch se
 
 * ``next_slot``: the end of the shared timeline, the first slot nobody has reserved yet;
 * ``base``, ``knee``, ``cut_at``, ``settle``: the shared rate law (below);
-* ``grace_at``: the last throttle tolerated at the ceiling (below);
+* ``grace_at``, ``grace_by``: the last throttle tolerated at the ceiling, and the holder that tolerated it (below);
 * ``sent``, ``lost``: attempts sent after a settle and how many were throttled (counters); ``mark_sent``,
   ``mark_lost``: their values at the last change of the law; ``best``, ``best_sent``, ``best_lost``: the level
   that throttled the smallest share (below);
@@ -137,6 +137,7 @@ import re
 import statistics
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -195,6 +196,7 @@ _NAMES = {
     "#tp1": "trial_p1",
     "#tat": "trial_at",
     "#grace": "grace_at",
+    "#gby": "grace_by",
 }
 
 
@@ -344,6 +346,8 @@ class SharedBudget:
             raise ValueError("quota must be positive")
         if not 0 < max_share <= 1:
             raise ValueError("max_share must be in (0, 1]")
+        if not (math.isfinite(grace_attempts) and grace_attempts >= 0):
+            raise ValueError("grace_attempts must be a finite number >= 0 (0: every throttle at the ceiling cuts)")
         if not 0 < headroom <= 0.99:
             raise ValueError("headroom must be in (0, 0.99]: slots need some slack for late wake-ups")
         self.client = client
@@ -359,6 +363,7 @@ class SharedBudget:
         self.retry_table_s = retry_table_s
         self.max_share = max_share
         self.grace_attempts = grace_attempts  # 0: every throttle at the ceiling cuts at once
+        self._token = uuid.uuid4().hex  # this holder, in the grace it writes (its own write sent twice is its own)
         self.stats = BudgetStats()
         self._counted = threading.local()  # whether this thread's last granted slot counted in ``_unsent``
         self._clock = clock
@@ -391,6 +396,7 @@ class SharedBudget:
         fallback = self.ceiling / 4 if fallback_rate is None else min(fallback_rate, self.ceiling)
         self._local_law = RateLaw(fallback, fallback, fallback, 0.0)
         self._local_next = 0.0
+        self._last_local = 0.0  # the last slot paced locally (a throttle after the local settle cuts the local rate)
         self._table_down_until: float | None = None
 
     # --- the interface putitems.instrument uses --------------------------------------------------------------
@@ -450,9 +456,8 @@ class SharedBudget:
             self.stats.throttles += 1
             sent = self._last_slot
             if self._table_down(now):
-                if sent >= self._local_law.settle:
-                    self._local_law.cut(now, self._local_law.rate(now), max(self._local_next, now) + self.settle_s)
-                    self.stats.cuts += 1
+                if self._last_local >= self._local_law.settle:
+                    self._cut_locally(now)
                 return False
             if sent >= self._law.settle:
                 self._unlost += 1
@@ -535,8 +540,7 @@ class SharedBudget:
                     continue
                 except Exception as exc:  # any table failure: local pacing, never an error
                     self._fall_back(now, exc)
-                    self._local_law.cut(now, self._local_law.rate(now), max(self._local_next, now) + self.settle_s)
-                    self.stats.cuts += 1
+                    self._cut_locally(now)
                 else:
                     self._law = law
                     self._memory = _Memory(sent_total, lost_total, sent_total, lost_total, *best, *trial)
@@ -759,12 +763,17 @@ class SharedBudget:
     def _shared_k(self, rate: float) -> int:
         return min(self.block_max, max(1, math.ceil(rate * SHARED_BLOCK_S)))
 
+    def _cut_locally(self, now: float) -> None:
+        self._local_law.cut(now, self._local_law.rate(now), max(self._local_next, now) + self.settle_s)
+        self.stats.cuts += 1
+
     def _take_local(self, now: float, latest: float) -> float:
         slot = max(now, self._local_next)
         if slot > latest:
             self.stats.timeouts += 1
             raise BudgetTimeout(dataset_group=self.dataset_group, max_wait_s=self.max_wait_s)
         self._local_next = slot + 1 / self._local_law.rate(slot)
+        self._last_local = slot
         self.stats.local += 1
         return slot
 
@@ -844,19 +853,25 @@ class SharedBudget:
     def _grace(self, now: float) -> bool | None:
         """A throttle at the ceiling: tolerate it (True) if no other was tolerated at this level within the time of
         ``grace_attempts`` attempts (one write, that also adds this holder's counts, conditional on the law and on
-        the last tolerated throttle, so two holders never both tolerate theirs), else False (cut). None: the item
-        changed meanwhile (learned: decide again). A table failure tolerates it: pacing goes local anyway."""
-        since = now - self.grace_attempts / self.ceiling
-        if self.grace_attempts <= 0 or (self._law.cut_at < self._memory.grace_at and self._memory.grace_at >= since):
+        the last tolerated throttle, so two holders never both tolerate theirs; it carries this holder's token, so
+        the same write applied twice by botocore's retry is known as its own), else False (cut). None: the item
+        changed meanwhile (learned: decide again). A table failure is no grace: False, so the cut is tried (a
+        transient failure still cuts the shared rate; if its write fails too, the local rate is cut)."""
+        since = _n(now - self.grace_attempts / self.ceiling)  # as the condition compares it, to the millisecond
+        stamp = _n(now)
+        if self.grace_attempts <= 0 or (
+            self._law.cut_at < self._memory.grace_at and self._memory.grace_at >= float(since["N"])
+        ):
             return False
         try:
             reply = self._update(
-                "SET #grace = :now, #exp = :exp ADD #sent :sent, #lost :lost",
+                "SET #grace = :now, #gby = :me, #exp = :exp ADD #sent :sent, #lost :lost",
                 "(attribute_not_exists(#cut) OR #cut = :known)"
                 " AND (attribute_not_exists(#grace) OR #grace <= :known OR #grace < :since)",
                 {
-                    ":now": _n(now),
-                    ":since": _n(since),
+                    ":now": stamp,
+                    ":me": {"S": self._token},
+                    ":since": since,
                     ":exp": _n(int(now + TTL_S)),
                     ":sent": _n(self._unsent),
                     ":lost": _n(self._unlost),
@@ -865,11 +880,14 @@ class SharedBudget:
                 return_new=True,
             )
         except _Conflict as conflict:
-            self._learn(conflict.item)
-            return None
-        except Exception as exc:  # any table failure: local pacing, never an error
-            self._fall_back(now, exc)
-            return True
+            item = conflict.item or {}
+            mine = item.get("grace_by", {}).get("S") == self._token
+            if not (mine and float(item.get("grace_at", {}).get("N", 0)) == float(stamp["N"])):
+                self._learn(conflict.item)
+                return None
+            reply = {"Attributes": item}  # this write, applied by an attempt whose reply was lost (a retry)
+        except Exception:  # any table failure: no grace, never an error; the cut's write tells if the table is down
+            return False
         self._unsent = self._unlost = 0
         self._learn(reply.get("Attributes"))
         logger.debug("Shared PutItems rate held at the ceiling: an isolated throttle", extra={"rate": self.ceiling})
@@ -877,12 +895,19 @@ class SharedBudget:
 
     def _end_trial(self, now: float) -> None:
         """A restored level passed its trial: an ordinary level from now on (one write, only if it is still the
-        current level; a table failure leaves the trial on, to be judged again at the next throttle)."""
+        current level; a table failure leaves the trial on, to be judged again at the next throttle). The throttle
+        that passed it was tolerated: it is the level's last grace (``grace_at``), as if tolerated at the ceiling."""
         try:
             self._update(
-                "SET #tfrom = :zero, #exp = :exp",
+                "SET #tfrom = :zero, #grace = :now, #gby = :me, #exp = :exp",
                 "#cut = :known",
-                {":zero": _n(0), ":exp": _n(int(now + TTL_S)), ":known": _n(self._law.cut_at)},
+                {
+                    ":zero": _n(0),
+                    ":now": _n(now),
+                    ":me": {"S": self._token},
+                    ":exp": _n(int(now + TTL_S)),
+                    ":known": _n(self._law.cut_at),
+                },
             )
         except _Conflict as conflict:
             self._learn(conflict.item)
@@ -891,6 +916,7 @@ class SharedBudget:
             self._fall_back(now, exc)
             return
         self._memory.trial_from = 0.0
+        self._memory.grace_at = float(_n(now)["N"])  # the throttle that passed the trial spent the level's grace
 
     def _update(
         self, update: str, condition: str, values: dict[str, Any], *, return_new: bool = False

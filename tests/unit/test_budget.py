@@ -419,12 +419,28 @@ def test_a_throttle_tolerated_before_a_cut_does_not_spend_the_grace_of_the_level
     assert (b.stats.cuts, b.rate()) == (1, pytest.approx(9.7))
 
 
-def test_a_table_failure_while_tolerating_a_throttle_never_raises_and_paces_locally(clock: Clock) -> None:
+def test_a_table_failure_while_tolerating_a_throttle_never_raises_is_no_grace_and_cuts_the_local_rate(
+    clock: Clock,
+) -> None:
+    """Helper 24's find: a grace whose write failed left no trace, so the next holder's throttle was "isolated" too
+    (and the throttle said isolated with the table down). Now a failed grace write is no grace: the cut is tried,
+    and when its write fails too, the local rate is cut."""
     b = budget(FailingClient(DENIED), clock)
     b._law.cut_at, b._last_slot = 0.0, clock.now  # as if it held a slot of the shared timeline
-    b.throttled()
-    assert (b.stats.cuts, b.stats.fallbacks) == (0, 1)
-    assert b.rate() == pytest.approx(9.7 / 4)
+    assert b.throttled() is False
+    assert (b.stats.cuts, b.stats.fallbacks) == (1, 1)
+    assert b.rate() == pytest.approx(0.8 * 9.7 / 4)
+
+
+def test_with_the_table_down_every_congestion_event_cuts_the_local_rate(clock: Clock) -> None:
+    """Helper 24's note: local pacing never moved the holder's last slot, so after the first local cut every later
+    throttle read as "sent before the settle" and the local rate climbed back whatever the throttles said."""
+    b = budget(FailingClient(DENIED), clock, retry_table_s=1_000)
+    for _ in range(4):
+        clock.now += 1.5  # past the last cut's settle
+        clock.now += b.wait() + 0.05  # an attempt paced locally, and its throttle
+        b.throttled()
+    assert (b.stats.local, b.stats.cuts) == (4, 4)
 
 
 @pytest.mark.parametrize(("limit", "holders"), [(8, 1), (8, 4), (6, 3)])
