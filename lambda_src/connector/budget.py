@@ -73,10 +73,13 @@ included, and climbs back to the ceiling when the foreign writer stops.
 **At the ceiling, an isolated throttle is tolerated.** A throttle at the ceiling (a fresh item starts there; the
 probe ends there) cuts only if another was tolerated at the same level less than ``GRACE_ATTEMPTS`` (100)
 attempts' time ago (10 s at 9.7/s: at most 1 % of attempts, the knee's ``LOSS_THRESH``); else it is tolerated,
-with one conditional write (``grace_at``, and this holder's counts) that two holders cannot both win. Why: under
+with one conditional write (``grace_at``, this holder's token, its counts) that two holders cannot both win, and
+:meth:`throttled` says so: the sink retries that attempt at its next slot, without botocore's backoff. Why: under
 strict spacing one late wake-up in a cold start put two attempts closer than 100 ms, and the cut it caused cost ten
 seconds at the knee and the probe back up (about 5 % of a 4,500-change run, ``bench/results/localcloud-steady.md``).
-What it costs: a real drop of the limit at the ceiling (a foreign writer starting) is answered one throttle later.
+What it costs: a real drop of the limit at the ceiling (a foreign writer starting) is answered one throttle later
+(``bench_learning --foreign-start``). What it does not do: strict spacing throttles about 1 % of attempts at 9.7/s,
+at random moments, so two still often come within the window and cut (``bench/results/localcloud-grace.md``).
 
 **Collisions are not congestion.** Under a counting window, cutting below the real limit ends the throttles.
 Under strict spacing beside a foreign writer it does the opposite: a foreign call admitted in our gap ``s = 1 /

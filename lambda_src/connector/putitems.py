@@ -213,6 +213,11 @@ class CallCounters:
 _instrumented: weakref.WeakKeyDictionary[Any, CallCounters] = weakref.WeakKeyDictionary()
 
 
+def total_attempts(client: Any) -> int:
+    """The HTTP attempts botocore makes per call of ``client`` (its retry config's ``total_max_attempts``)."""
+    return int((getattr(client.meta.config, "retries", None) or {}).get("total_max_attempts", 1))
+
+
 def instrument(client: Any, pacer: PacerLike) -> CallCounters:
     """Pace every PutItems HTTP attempt of ``client`` and count throttles; idempotent per client."""
     counters = _instrumented.get(client)
@@ -240,7 +245,7 @@ def instrument(client: Any, pacer: PacerLike) -> CallCounters:
             call.sent.set()
 
     on_throttle = getattr(pacer, "throttled", None)
-    max_attempts = int((getattr(client.meta.config, "retries", None) or {}).get("total_max_attempts", 1))
+    max_attempts = total_attempts(client)
     unused = getattr(pacer, "unused", None)
 
     def needs_retry(response: Any = None, attempts: int = 0, **_: Any) -> float | None:
@@ -371,7 +376,7 @@ class PutItemsSink:
         # Each attempt may queue behind the other senders' slots (a retry beside a call waiting for its slot):
         # the deadline check covers that too (``_worst_ms``: what every deadline check before a call allows for).
         # The shared budget bounds every wait by itself (budget_max_wait_s).
-        attempts = int((getattr(client.meta.config, "retries", None) or {}).get("total_max_attempts", 1))
+        attempts = total_attempts(client)
         self._worst_ms = worst_call_ms + (in_flight - 1) * getattr(pacer, "interval", 0.0) * 1000 * attempts
         # How long the caller waits for a call's answer before it prepares the next call beside it (HOLD_SHARE):
         # a faster answer leaves the calls one after the other; only a slower one is overlapped.
