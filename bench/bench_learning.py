@@ -27,6 +27,7 @@ figures that need many seeds. Run ``.venv/bin/python -m bench.bench_learning [--
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         or seconds <= LATE_S
         or not 0 <= args.foreign < QUOTA
         or not 0 <= args.foreign_start < seconds - LATE_S
-        or args.grace_attempts < 0
+        or not (math.isfinite(args.grace_attempts) and args.grace_attempts >= 0)
     ):
         wrong = (
             f"need --seeds ≥ 1, --seconds > {LATE_S:g}, 0 ≤ --foreign < {QUOTA}, 0 ≤ --foreign-start < --seconds − "

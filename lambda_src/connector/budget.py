@@ -318,6 +318,7 @@ class BudgetStats:
     throttles: int = 0  # throttled() calls
     cuts: int = 0  # shared (or local) rate cuts this holder made
     restores: int = 0  # times this holder went back up to a level that had throttled less
+    graces: int = 0  # throttles this holder tolerated at the ceiling (isolated: the rate held)
     fallbacks: int = 0  # times the table failed and local pacing took over
     local: int = 0  # tokens granted by local pacing
     timeouts: int = 0  # BudgetTimeout raised
@@ -494,7 +495,7 @@ class SharedBudget:
                 if not failed and (on_trial or not probing):  # at or below the knee: congestion, or collisions?
                     if tolerable:
                         if verdict < 0:
-                            self._end_trial(now)  # passed
+                            return self._end_trial(now)  # passed; not isolated if the law changed meanwhile
                         return True  # a tolerable share (BBR's loss_thresh), or too little evidence: the level stays
                     best_share = memory.best_share()
                     restore = memory.best > current * (1 + SAME_LEVEL) and best_share < min(share, RESTORE_THRESH)
@@ -885,7 +886,8 @@ class SharedBudget:
         except _Conflict as conflict:
             item = conflict.item or {}
             mine = item.get("grace_by", {}).get("S") == self._token
-            if not (mine and float(item.get("grace_at", {}).get("N", 0)) == float(stamp["N"])):
+            same_law = float(item.get("cut_at", {}).get("N", 0)) == float(_n(self._law.cut_at)["N"])
+            if not (mine and same_law and float(item.get("grace_at", {}).get("N", 0)) == float(stamp["N"])):
                 self._learn(conflict.item)
                 return None
             reply = {"Attributes": item}  # this write, applied by an attempt whose reply was lost (a retry)
@@ -893,13 +895,15 @@ class SharedBudget:
             return False
         self._unsent = self._unlost = 0
         self._learn(reply.get("Attributes"))
+        self.stats.graces += 1
         logger.debug("Shared PutItems rate held at the ceiling: an isolated throttle", extra={"rate": self.ceiling})
         return True
 
-    def _end_trial(self, now: float) -> None:
+    def _end_trial(self, now: float) -> bool:
         """A restored level passed its trial: an ordinary level from now on (one write, only if it is still the
         current level; a table failure leaves the trial on, to be judged again at the next throttle). The throttle
-        that passed it was tolerated: it is the level's last grace (``grace_at``), as if tolerated at the ceiling."""
+        that passed it was tolerated: it is the level's last grace (``grace_at``), as if tolerated at the ceiling. True
+        if the level is still the current one (the throttle was isolated)."""
         try:
             self._update(
                 "SET #tfrom = :zero, #grace = :now, #gby = :me, #exp = :exp",
@@ -914,12 +918,13 @@ class SharedBudget:
             )
         except _Conflict as conflict:
             self._learn(conflict.item)
-            return
+            return False
         except Exception as exc:  # any table failure: local pacing, never an error
             self._fall_back(now, exc)
-            return
+            return False
         self._memory.trial_from = 0.0
         self._memory.grace_at = float(_n(now)["N"])  # the throttle that passed the trial spent the level's grace
+        return True
 
     def _update(
         self, update: str, condition: str, values: dict[str, Any], *, return_new: bool = False

@@ -34,7 +34,18 @@ SQS_ATTEMPTS, SQS_CONNECT_TIMEOUT_S, SQS_READ_TIMEOUT_S = 2, 1.0, 2.0
 # leave that worst case before each read or write of the state table.
 STATE_ATTEMPTS, STATE_CONNECT_TIMEOUT_S, STATE_READ_TIMEOUT_S = 2, 1.0, 1.0
 # The shared budget's counters logged per batch (``budget_<name>``): its cost and where slots went.
-BUDGET_LOGGED = ("requests", "reservations", "conflicts", "wasted", "local", "timeouts", "cuts", "restores", "waited_s")
+BUDGET_LOGGED = (
+    "requests",
+    "reservations",
+    "conflicts",
+    "wasted",
+    "local",
+    "timeouts",
+    "cuts",
+    "restores",
+    "graces",
+    "waited_s",
+)
 
 
 @dataclass(slots=True)

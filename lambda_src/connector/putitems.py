@@ -214,7 +214,8 @@ _instrumented: weakref.WeakKeyDictionary[Any, CallCounters] = weakref.WeakKeyDic
 
 
 def total_attempts(client: Any) -> int:
-    """The HTTP attempts botocore makes per call of ``client`` (its retry config's ``total_max_attempts``)."""
+    """The HTTP attempts botocore makes per call of ``client`` (its retry config's ``total_max_attempts``; 1 if the
+    client was built without it: the handler always sets it, from ``PUT_ITEMS_MAX_ATTEMPTS``)."""
     return int((getattr(client.meta.config, "retries", None) or {}).get("total_max_attempts", 1))
 
 
@@ -262,6 +263,7 @@ def instrument(client: Any, pacer: PacerLike) -> CallCounters:
                 # Isolated (the shared rate holds): retry at the next slot. botocore's backoff would only stall
                 # the batch, every attempt waits for a slot anyway. This handler is on the operation's event, so
                 # botocore calls it before its retry handler (on the service's) and takes its answer: a delay.
+                # That also skips standard mode's retry quota for these retries; attempts stay capped here.
                 return 0.0
         return None  # botocore's retry handler decides, with its backoff
 

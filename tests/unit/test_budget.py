@@ -399,7 +399,9 @@ def test_a_throttle_tolerated_before_a_cut_does_not_spend_the_grace_of_the_level
     ddb: Any, clock: Clock
 ) -> None:
     """The grace belongs to a level: a level that starts (a cut, or going back up) within the grace time of a
-    throttle tolerated before it may tolerate its own first throttle at the ceiling."""
+    throttle tolerated before it may tolerate its own first throttle at the ceiling. At the default grace (10.3 s)
+    the law cannot get there (a cut climbs back to the ceiling in 10.8 s or more, and a level gone back up is on
+    trial, which the grace leaves alone), so the level is set up by hand: the clause matters for a longer grace."""
     b = budget(ddb, clock)
     send(b, clock, 5)
     b.throttled()  # tolerated
@@ -647,7 +649,8 @@ def test_strict_spacing_beside_a_foreign_writer_does_not_spiral_down(ddb: Any, c
     late = [ok for t, ok in ours if t > T0 + 60]
     assert sum(late) / 90 >= 6.5  # the rest of the quota is about 8 calls/s
     assert sum(not ok for ok in late) / len(late) < 0.08  # own jitter collisions included (about 3 % at 9.7/s)
-    assert sum(h.budget.stats.restores for h in hs) >= 1  # it went back up rather than cut deeper
+    # it went back up rather than cut deeper (once at least: with the grace at the ceiling, fewer cuts come first)
+    assert sum(h.budget.stats.restores for h in hs) >= 1
 
 
 # --- the table unavailable --------------------------------------------------------------------------------

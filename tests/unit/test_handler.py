@@ -120,5 +120,5 @@ def test_batch_done_carries_the_shared_budgets_counters_and_a_batch_reserves_no_
     fields = next(r for r in caplog.records if r.getMessage() == "Batch done").__dict__
     assert fields["put_items_calls"] == 5 and fields["put_items_attempts"] == 5
     assert {f"budget_{name}" for name in handler.BUDGET_LOGGED} <= set(fields)
-    assert fields["budget_cuts"] == 0 and fields["budget_restores"] == 0
+    assert fields["budget_cuts"] == fields["budget_restores"] == fields["budget_graces"] == 0
     assert fields["budget_reservations"] == 1 and fields["budget_wasted"] == 0  # one block of exactly 5 slots

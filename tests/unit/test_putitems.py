@@ -266,3 +266,23 @@ def test_an_isolated_throttle_is_retried_at_its_next_slot_and_a_congestion_event
     assert starts[2] - starts[1] < 0.5  # the isolated throttle: at the next slot (about 0.1 s)
     assert starts[3] - starts[2] >= 1.0  # the second, soon after: a cut, and botocore's backoff
     assert (budget.stats.cuts, rt.sink.counters.throttles) == (1, 2)
+
+
+def test_an_isolated_throttle_on_the_last_attempt_is_not_retried_past_max_attempts() -> None:
+    """The immediate retry answers botocore's ``needs-retry`` before its retry handler: botocore's endpoint loop has
+    no cap of its own, so the sink must stop at ``total_max_attempts`` itself."""
+    from tests.fakes import Wire
+    from tests.unit.wire_batches import THROTTLE
+
+    class Tolerant(Pacer):
+        """A pacer that tolerates every throttle (as the shared budget does an isolated one)."""
+
+        def throttled(self) -> bool:
+            return True
+
+    for attempts in (1, 2, 3):
+        wire = Wire(lambda items: THROTTLE, attempts=attempts)
+        sink = PutItemsSink(wire.client, DATASET_ARN, worst_call_ms=1_000, pacer=Tolerant(1e6))
+        report = sink.send(pending("a", "b"), Deadline.unbounded())
+        assert (len(wire.calls), sink.counters.throttles) == (attempts, attempts)
+        assert [p.group.item_id for p in report.retry] == ["a", "b"]
