@@ -82,14 +82,14 @@ def run_once(
             grace_attempts=grace_attempts,
         )
 
-    def lost(until: float) -> float:  # the first ``until`` seconds after the foreign writer started
-        window = [ok for t, ok in ours if T0 + foreign_start <= t < T0 + foreign_start + until]
+    def lost(since: float, until: float) -> float:  # the throttled share of our attempts in [since, until) s
+        window = [ok for t, ok in ours if T0 + since <= t < T0 + until]
         return sum(not ok for ok in window) / max(1, len(window))
 
     late = [ok for t, ok in ours if t > T0 + seconds - LATE_S]
-    whole = [ok for _, ok in ours]
     cuts = sum(h.budget.stats.cuts for h in hs)
-    return Run(lost(10), lost(20), sum(not ok for ok in whole) / max(1, len(whole)), sum(late) / LATE_S, cuts)
+    start = foreign_start  # the first 10 and 20 s count from the foreign writer's start
+    return Run(lost(start, start + 10), lost(start, start + 20), lost(0, seconds), sum(late) / LATE_S, cuts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -265,6 +265,7 @@ def connector(pacing: str, shards: int, memory_mb: int = 1024, in_flight: int | 
 NAIVE = Deployment("naive", "naive per-record (Powertools)", "-", {"_HANDLER": NAIVE_HANDLER}, state_table=False)
 QUOTA_MODELS: tuple[str, ...] = ("sliding-window", "token-bucket", "fixed-window", "strict-spacing")
 STRATEGIES: tuple[str, ...] = ("shared", "capped", "serial", "alone")
+DEFAULT_STRATEGIES: tuple[str, ...] = ("shared", "serial", "alone")  # capped on request
 CAP = 2  # the "capped" strategy's reserved concurrency: at most this many invocations billed at once
 
 
@@ -1112,8 +1113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", help=f"comma-separated quota models (default all: {','.join(QUOTA_MODELS)})")
     parser.add_argument(
         "--strategies",
-        help=f"comma-separated: shared,capped,serial,alone (default shared,serial,alone; capped: the shared budget at "
-        f"reserved concurrency {CAP})",
+        help=f"comma-separated: {','.join(STRATEGIES)} (default {','.join(DEFAULT_STRATEGIES)}; capped: the shared "
+        f"budget at reserved concurrency {CAP})",
     )
     parser.add_argument(
         "--skip-single", action="store_true", help="skip the single-shard workloads against the naive baseline"
@@ -1196,7 +1197,7 @@ def main(argv: list[str] | None = None) -> int:
         if bad := [n for n in in_flights if not 1 <= (n or 0) <= 10]:
             parser.error(f"--in-flight values must be 1-10 (PUT_ITEMS_IN_FLIGHT), got {bad}")
     memory = args.memory_mb or int(json.loads((ROOT / "cdk.json").read_text())["context"]["lambda"]["memoryMb"])
-    strategies = tuple(args.strategies.split(",")) if args.strategies else ("shared", "serial", "alone")
+    strategies = tuple(args.strategies.split(",")) if args.strategies else DEFAULT_STRATEGIES
     if unknown := set(strategies) - set(STRATEGIES):
         parser.error(f"unknown strateg(ies) {sorted(unknown)}; choose from {', '.join(STRATEGIES)}")
     max_box = 150.0

@@ -797,10 +797,10 @@ class SharedBudget:
     def _learn(self, item: Mapping[str, Any] | None) -> None:
         if not item:
             return
-        self._next_slot = float(item.get("next_slot", {}).get("N", 0))
+        self._next_slot = _number(item, "next_slot")
 
         def number(name: str) -> float:
-            return float(item.get(name, {}).get("N", 0))
+            return _number(item, name)
 
         if number("cut_at") != self._law.cut_at:  # a new level: what this holder counted belongs to the old one
             self._unsent = self._unlost = 0
@@ -823,7 +823,7 @@ class SharedBudget:
                 float(item["base"]["N"]),
                 float(item["knee"]["N"]),
                 float(item["cut_at"]["N"]),
-                float(item.get("settle", {}).get("N", 0)),
+                number("settle"),
             )
 
     def _flush(self, now: float) -> bool:
@@ -861,10 +861,9 @@ class SharedBudget:
         the same write applied twice by botocore's retry is known as its own), else False (cut). None: the item
         changed meanwhile (learned: decide again). A table failure is no grace: False, so the cut is tried (a
         transient failure still cuts the shared rate; if its write fails too, the local rate is cut)."""
-        since = _n(now - self.grace_attempts / self.ceiling)  # as the condition compares it, to the millisecond
-        stamp = _n(now)
+        since = now - self.grace_attempts / self.ceiling
         if self.grace_attempts <= 0 or (
-            self._law.cut_at < self._memory.grace_at and self._memory.grace_at >= float(since["N"])
+            self._law.cut_at < self._memory.grace_at and self._memory.grace_at >= _ms(since)  # as the condition
         ):
             return False
         try:
@@ -873,9 +872,9 @@ class SharedBudget:
                 "(attribute_not_exists(#cut) OR #cut = :known)"
                 " AND (attribute_not_exists(#grace) OR #grace <= :known OR #grace < :since)",
                 {
-                    ":now": stamp,
+                    ":now": _n(now),
                     ":me": {"S": self._token},
-                    ":since": since,
+                    ":since": _n(since),
                     ":exp": _n(int(now + TTL_S)),
                     ":sent": _n(self._unsent),
                     ":lost": _n(self._unlost),
@@ -886,8 +885,8 @@ class SharedBudget:
         except _Conflict as conflict:
             item = conflict.item or {}
             mine = item.get("grace_by", {}).get("S") == self._token
-            same_law = float(item.get("cut_at", {}).get("N", 0)) == float(_n(self._law.cut_at)["N"])
-            if not (mine and same_law and float(item.get("grace_at", {}).get("N", 0)) == float(stamp["N"])):
+            same_law = _number(item, "cut_at") == _ms(self._law.cut_at)
+            if not (mine and same_law and _number(item, "grace_at") == _ms(now)):
                 self._learn(conflict.item)
                 return None
             reply = {"Attributes": item}  # this write, applied by an attempt whose reply was lost (a retry)
@@ -923,7 +922,7 @@ class SharedBudget:
             self._fall_back(now, exc)
             return False
         self._memory.trial_from = 0.0
-        self._memory.grace_at = float(_n(now)["N"])  # the throttle that passed the trial spent the level's grace
+        self._memory.grace_at = _ms(now)  # the throttle that passed the trial spent the level's grace
         return True
 
     def _update(
@@ -956,6 +955,16 @@ class _Conflict(Exception):
     def __init__(self, item: Mapping[str, Any] | None) -> None:
         super().__init__("conditional check failed")
         self.item = item
+
+
+def _number(item: Mapping[str, Any], name: str) -> float:
+    """A number attribute of an item as the table returned it (0 if absent)."""
+    return float(item.get(name, {}).get("N", 0))
+
+
+def _ms(value: float) -> float:
+    """``value`` as the table stores it (:func:`_n`: times to the millisecond)."""
+    return float(_n(value)["N"])
 
 
 def _n(value: float) -> dict[str, str]:
