@@ -12,7 +12,8 @@ The item (``pk = "budget#<dataset group ARN>"``), all numbers, times in epoch se
 
 * ``next_slot``: the end of the shared timeline, the first slot nobody has reserved yet;
 * ``base``, ``knee``, ``cut_at``, ``settle``: the shared rate law (below);
-* ``grace_at``, ``grace_by``: the last throttle tolerated at the ceiling, and the holder that tolerated it (below);
+* ``grace_at``, ``grace_by``, ``grace_debt``: the last throttle tolerated at the ceiling, the holder that tolerated
+  it, and the graces still counted against the level just after it (below);
 * ``sent``, ``lost``: attempts sent after a settle and how many were throttled (counters); ``mark_sent``,
   ``mark_lost``: their values at the last change of the law; ``best``, ``best_sent``, ``best_lost``: the level
   that throttled the smallest share (below);
@@ -70,16 +71,20 @@ attempts sent before ``settle`` (the timeline's end at the cut + ``settle_s``) a
 and cut nothing. The rate thus settles just below what the service allows, a foreign writer's share
 included, and climbs back to the ceiling when the foreign writer stops.
 
-**At the ceiling, an isolated throttle is tolerated.** A throttle at the ceiling (a fresh item starts there; the
-probe ends there) cuts only if another was tolerated at the same level less than ``GRACE_ATTEMPTS`` (100)
-attempts' time ago (10 s at 9.7/s: at most 1 % of attempts, the knee's ``LOSS_THRESH``); else it is tolerated,
-with one conditional write (``grace_at``, this holder's token, its counts) that two holders cannot both win, and
-:meth:`throttled` says so: the sink retries that attempt at its next slot, without botocore's backoff. Why: under
-strict spacing one late wake-up in a cold start put two attempts closer than 100 ms, and the cut it caused cost ten
-seconds at the knee and the probe back up (about 5 % of a 4,500-change run, ``bench/results/localcloud-steady.md``).
-What it costs: a real drop of the limit at the ceiling (a foreign writer starting) is answered one throttle later
-(``bench_learning --foreign-start``). What it does not do: strict spacing throttles about 1 % of attempts at 9.7/s,
-at random moments, so two still often come within the window and cut (``bench/results/localcloud-grace.md``).
+**At the ceiling, sparse throttles are tolerated.** A throttle at the ceiling (a fresh item starts there; the probe
+ends there) is tolerated while the level has tolerated fewer than ``GRACE_BURST`` (2) in the last ``GRACE_ATTEMPTS``
+(100) attempts' time (10.3 s at 9.7/s), counted as a leaky bucket: ``grace_debt`` rises by one per tolerated
+throttle and drains at ``GRACE_BURST`` per that time, so at most 2 % of attempts, in bursts of at most two, are
+tolerated for as long as they come (the goal allows 3 %); the next one cuts. A tolerated throttle costs one
+conditional write (``grace_at``, ``grace_debt``, this holder's token, its counts) that two holders cannot both win
+(it requires the ``grace_at`` and ``grace_debt`` the holder computed the debt from), and :meth:`throttled` says so:
+the sink retries that attempt at its next slot, without botocore's backoff. Why: strict spacing throttles about 1 %
+of attempts at 9.7/s (slots 103 ms apart, a few milliseconds of late wake-ups and network jitter), at random
+moments. Cutting at the second throttle within 100 attempts (``GRACE_BURST`` 1) cut about once every 30 s, each cut
+costing ten seconds at the knee and the probe back up (``bench/results/localcloud-grace.md``); a burst of two cuts
+at random 1 % throttling about once every 150 s (``bench_learning --jitter-ms 3.6 --foreign 0``:
+``bench/results/learning.md``). What it costs: a real drop of the limit at the ceiling (a foreign writer starting)
+is answered two throttles later than without the grace (``bench_learning --foreign-start``).
 
 **Collisions are not congestion.** Under a counting window, cutting below the real limit ends the throttles.
 Under strict spacing beside a foreign writer it does the opposite: a foreign call admitted in our gap ``s = 1 /
@@ -168,7 +173,8 @@ TRIAL_FAIL = math.log(0.9 / 0.05)  # ... and failed above it (5 % false fails, 1
 TRIAL_FLOOR = 0.005  # the share a restored level is expected to throttle is at least this
 TRIAL_P1_MAX = 0.25  # ... and if going back up was wrong, at most this (a larger one would pass it on one success)
 MIN_LOST = 2  # at or below the knee, act on a level's share once it has this many throttles (one says little)
-GRACE_ATTEMPTS = 1 / LOSS_THRESH  # at the ceiling, one throttle per this many attempts' time is tolerated
+GRACE_ATTEMPTS = 1 / LOSS_THRESH  # at the ceiling, GRACE_BURST throttles per this many attempts' time are tolerated
+GRACE_BURST = 2
 SAME_LEVEL = 0.015  # levels closer than this (relative) are one level
 SETTLE_S = (
     1.0  # the service's counting window (assumed ≤ 1 s): throttles until it has passed after the cut are old news
@@ -200,6 +206,7 @@ _NAMES = {
     "#tat": "trial_at",
     "#grace": "grace_at",
     "#gby": "grace_by",
+    "#gdebt": "grace_debt",
 }
 
 
@@ -265,6 +272,7 @@ class _Memory:
     trial_p0: float = 0.0  # the share the restored level is expected to throttle if going back was right
     trial_p1: float = 0.0  # ... and if it was wrong (the share that made the level below go back)
     grace_at: float = 0.0  # the last throttle tolerated at the ceiling (this level's if after its cut_at)
+    grace_debt: float = 0.0  # the graces counted against the level just after grace_at (a leaky bucket)
 
     def trial(self, unsent: int, unlost: int) -> int:
         """A restored level's trial, by Wald's sequential probability ratio test on its attempts so far: +1 failed
@@ -343,6 +351,7 @@ class SharedBudget:
         retry_table_s: float = 30.0,
         max_share: float = 1.0,
         grace_attempts: float = GRACE_ATTEMPTS,
+        grace_burst: int = GRACE_BURST,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -352,6 +361,8 @@ class SharedBudget:
             raise ValueError("max_share must be in (0, 1]")
         if not (math.isfinite(grace_attempts) and grace_attempts >= 0):
             raise ValueError("grace_attempts must be a finite number >= 0 (0: every throttle at the ceiling cuts)")
+        if isinstance(grace_burst, bool) or not isinstance(grace_burst, int) or grace_burst < 1:
+            raise ValueError("grace_burst must be an integer >= 1 (1: one tolerated throttle per grace_attempts)")
         if not 0 < headroom <= 0.99:
             raise ValueError("headroom must be in (0, 0.99]: slots need some slack for late wake-ups")
         self.client = client
@@ -367,6 +378,7 @@ class SharedBudget:
         self.retry_table_s = retry_table_s
         self.max_share = max_share
         self.grace_attempts = grace_attempts  # 0: every throttle at the ceiling cuts at once
+        self.grace_burst = grace_burst
         self._token = uuid.uuid4().hex  # this holder, in the grace it writes (its own write sent twice is its own)
         self.stats = BudgetStats()
         self._counted = threading.local()  # whether this thread's last granted slot counted in ``_unsent``
@@ -816,6 +828,7 @@ class SharedBudget:
             number("trial_p0"),
             number("trial_p1"),
             number("grace_at"),
+            number("grace_debt") if "grace_debt" in item else float(bool(number("grace_at"))),  # older items: one
         )
         if "cut_at" in item:
             self._law = RateLaw(
@@ -855,26 +868,30 @@ class SharedBudget:
         return True
 
     def _grace(self, now: float) -> bool | None:
-        """A throttle at the ceiling: tolerate it (True) if no other was tolerated at this level within the time of
-        ``grace_attempts`` attempts (one write, that also adds this holder's counts, conditional on the law and on
-        the last tolerated throttle, so two holders never both tolerate theirs; it carries this holder's token, so
-        the same write applied twice by botocore's retry is known as its own), else False (cut). None: the item
-        changed meanwhile (learned: decide again). A table failure is no grace: False, so the cut is tried (a
-        transient failure still cuts the shared rate; if its write fails too, the local rate is cut)."""
-        since = now - self.grace_attempts / self.ceiling
-        if self.grace_attempts <= 0 or (
-            self._law.cut_at < self._memory.grace_at and self._memory.grace_at >= _ms(since)  # as the condition
-        ):
+        """A throttle at the ceiling: tolerate it (True) while the level's grace debt, drained at ``grace_burst`` per
+        ``grace_attempts`` attempts' time, leaves room for one more (one write, that also adds this holder's counts,
+        conditional on the law and on the grace the debt was computed from, so two holders never both spend
+        the last room; it carries this holder's token, so the same write applied twice by botocore's retry is known
+        as its own), else False (cut). None: the item changed meanwhile (learned: decide again). A table failure is
+        no grace: False, so the cut is tried (a transient failure still cuts the shared rate; if its write fails
+        too, the local rate is cut)."""
+        window = self.grace_attempts / self.ceiling
+        debt = self._grace_debt(now, window)
+        if self.grace_attempts <= 0 or debt + 1 > self.grace_burst + 1e-9:
             return False
         try:
             reply = self._update(
-                "SET #grace = :now, #gby = :me, #exp = :exp ADD #sent :sent, #lost :lost",
+                "SET #grace = :now, #gby = :me, #gdebt = :debt, #exp = :exp ADD #sent :sent, #lost :lost",
                 "(attribute_not_exists(#cut) OR #cut = :known)"
-                " AND (attribute_not_exists(#grace) OR #grace <= :known OR #grace < :since)",
+                " AND (attribute_not_exists(#grace) OR #grace <= :known OR #grace < :since"
+                " OR (#grace = :seen AND (#gdebt = :owed OR attribute_not_exists(#gdebt))))",
                 {
                     ":now": _n(now),
                     ":me": {"S": self._token},
-                    ":since": _n(since),
+                    ":debt": {"N": f"{debt + 1:.4f}"},
+                    ":since": _n(now - window),  # a grace this old has drained: the debt is 0 whatever it was
+                    ":seen": _n(self._memory.grace_at),  # with the debt: two graces in one millisecond differ
+                    ":owed": {"N": f"{self._memory.grace_debt:.4f}"},
                     ":exp": _n(int(now + TTL_S)),
                     ":sent": _n(self._unsent),
                     ":lost": _n(self._unlost),
@@ -895,20 +912,29 @@ class SharedBudget:
         self._unsent = self._unlost = 0
         self._learn(reply.get("Attributes"))
         self.stats.graces += 1
-        logger.debug("Shared PutItems rate held at the ceiling: an isolated throttle", extra={"rate": self.ceiling})
+        logger.debug("Shared PutItems rate held at the ceiling: a sparse throttle", extra={"rate": self.ceiling})
         return True
+
+    def _grace_debt(self, now: float, window: float) -> float:
+        """The level's grace debt at ``now``: the debt stored with its last grace, drained since (0 for a grace of
+        an earlier level, or one ``window`` old: the debt stored is at most ``grace_burst``)."""
+        memory = self._memory
+        if memory.grace_at <= self._law.cut_at or memory.grace_at < _ms(now - window) or window <= 0:
+            return 0.0
+        return max(0.0, memory.grace_debt - (now - memory.grace_at) * self.grace_burst / window)
 
     def _end_trial(self, now: float) -> bool:
         """A restored level passed its trial: an ordinary level from now on (one write, only if it is still the
         current level; a table failure leaves the trial on, to be judged again at the next throttle). The throttle
-        that passed it was tolerated: it is the level's last grace (``grace_at``), as if tolerated at the ceiling. True
-        if the level is still the current one (the throttle was isolated)."""
+        that passed it was tolerated: it is the level's first grace (``grace_at``, a debt of one), as if tolerated at
+        the ceiling. True if the level is still the current one (the throttle was isolated)."""
         try:
             self._update(
-                "SET #tfrom = :zero, #grace = :now, #gby = :me, #exp = :exp",
+                "SET #tfrom = :zero, #grace = :now, #gby = :me, #gdebt = :one, #exp = :exp",
                 "#cut = :known",
                 {
                     ":zero": _n(0),
+                    ":one": _n(1),
                     ":now": _n(now),
                     ":me": {"S": self._token},
                     ":exp": _n(int(now + TTL_S)),
@@ -922,7 +948,8 @@ class SharedBudget:
             self._fall_back(now, exc)
             return False
         self._memory.trial_from = 0.0
-        self._memory.grace_at = _ms(now)  # the throttle that passed the trial spent the level's grace
+        self._memory.grace_at = _ms(now)  # the throttle that passed the trial spent one of the level's graces
+        self._memory.grace_debt = 1.0
         return True
 
     def _update(
