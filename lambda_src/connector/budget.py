@@ -57,7 +57,11 @@ deliberate: a wake-up a few milliseconds late (a busy CPU, a cold start beside) 
 and measured on the local cloud that cost about 15 % of the quota. What it gives up: two attempts can be closer
 than ``1 / quota``, so a service that demanded strict spacing would throttle some (network jitter alone does
 that at any rate above ``1 / (1 / quota + jitter)``); the AIMD below then lowers the rate if, and only as far
-as, that lowers the share throttled.
+as, that lowers the share throttled. One case is a holder's own: an attempt that left late (up to ``slack``) and the
+holder's next one on time were up to 15 ms closer than ``1 / quota`` (under strict spacing most throttles on the
+local cloud came so, ``bench/results/localcloud-grace.md``), so a holder never sends closer than ``1 / quota`` to
+its own last attempt (``spacing``; ``stats.spaced`` counts the attempts held). That keeps every attempt within its
+slack: the last one left by ``slot + slack``, so ``1 / quota`` later is before the next slot + ``slack``.
 
 **Learning the real limit.** The shared rate is a function of time, so recovering costs no writes:
 after a cut at ``cut_at`` it climbs fast (``FAST`` calls/s per second) from ``base`` to ``knee``, holds the knee
@@ -330,6 +334,7 @@ class BudgetStats:
     fallbacks: int = 0  # times the table failed and local pacing took over
     local: int = 0  # tokens granted by local pacing
     timeouts: int = 0  # BudgetTimeout raised
+    spaced: int = 0  # attempts held past their slot to leave 1 / quota after this holder's last (sent late)
     waited_s: float = 0.0
 
 
@@ -372,6 +377,7 @@ class SharedBudget:
         self.quota = quota
         self.ceiling = quota * headroom
         self.slack = (quota / self.ceiling - 1) / 2  # seconds; see "Never over the quota"
+        self.spacing = 1 / quota  # this holder's attempts leave at least this far apart (see there)
         self.max_wait_s = max_wait_s
         self.block_max = max(1, block_max)
         self.settle_s = settle_s
@@ -400,6 +406,7 @@ class SharedBudget:
         self._block_clean = True  # every slot of the block used, each within one interval of the last
         self._contended = False  # another holder's block sits between this holder's last two blocks
         self._last_slot = 0.0
+        self._last_sent = 0.0  # when this holder's last attempt left (wait returned)
         self._block_rate = self.ceiling  # the rate the current block was reserved at
         self._share_tokens, self._share_at, self._share_due = 0.0, 0.0, 0.0  # max_share < 1: a token bucket
         self._paused = 0.0  # share pauses since the last attempt
@@ -429,10 +436,11 @@ class SharedBudget:
         while True:
             with self._lock:
                 slot = self._take(t0)
-            now = self._clock()
-            if slot > now:
-                self._sleep(slot - now)
-                now = max(slot, self._clock())
+            now, held = self._clock(), False
+            while (at := max(slot, self._last_sent + self.spacing)) > now:
+                held = held or at > slot  # this holder's last attempt left late: keep 1 / quota from it
+                self._sleep(at - now)
+                now = max(at, self._clock())
             if now - slot <= self.slack:
                 break
             with self._lock:  # woke up too late for the slot (a busy CPU): sending now could crowd the next one
@@ -441,6 +449,8 @@ class SharedBudget:
                 self._block_clean = False
         waited = max(0.0, now - t0)
         with self._lock:
+            self.stats.spaced += held
+            self._last_sent = max(self._last_sent, now)
             self.stats.attempts += 1
             self._counted.value = slot == self._last_slot and slot >= self._law.settle
             if self._counted.value:  # a shared slot, in the current level

@@ -44,6 +44,7 @@ BUDGET_LOGGED = (
     "cuts",
     "restores",
     "graces",
+    "spaced",
     "waited_s",
 )
 

@@ -40,6 +40,19 @@ def test_a_foreign_writer_starting_late_is_judged_from_its_start_and_the_grace_c
     assert quiet.early10 > 0  # the foreign writer's onset, not the quiet first 15 s
 
 
+def test_request_jitter_gives_strict_spacing_its_throttle_floor_and_the_burst_keeps_the_ceiling() -> None:
+    """With 0-3.6 ms of request jitter, strict spacing throttles about 1 % of calls at 9.7/s with no foreign writer
+    (the floor the local cloud measures); a grace of one throttle per 100 attempts' time cuts on them, the default
+    burst of two holds the ceiling."""
+    one = bench_learning.run_once("spacing", 1, 90.0, 0.0, seed=2, jitter_ms=3.6, grace_burst=1)
+    two = bench_learning.run_once("spacing", 1, 90.0, 0.0, seed=2, jitter_ms=3.6)
+    assert 0.003 <= two.whole <= 0.02
+    assert one.cuts > two.cuts == 0
+    assert two.late_rate > one.late_rate
+    calm = bench_learning.run_once("spacing", 1, 45.0, 0.0, seed=2)
+    assert calm.whole == 0.0  # 0-2 ms: within the 3 ms the slots leave
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -48,6 +61,8 @@ def test_a_foreign_writer_starting_late_is_judged_from_its_start_and_the_grace_c
         ["--foreign", "10"],
         ["--foreign-start", "90"],
         ["--grace-attempts", "-1"],
+        ["--grace-burst", "0"],
+        ["--jitter-ms", "-1"],
     ],
 )
 def test_bad_options_are_refused(bad: list[str], tmp_path: Path) -> None:
