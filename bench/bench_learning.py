@@ -39,7 +39,7 @@ from bench.offline import ROOT, offline
 
 offline()
 
-from connector.budget import GRACE_ATTEMPTS, GRACE_BURST  # noqa: E402
+from connector.budget import GRACE_ATTEMPTS  # noqa: E402
 from tests.fakes import moto_state_table  # noqa: E402
 from tests.unit.test_budget import T0, TABLE, Meter, Spacing, beside_foreign  # noqa: E402
 
@@ -69,7 +69,6 @@ def run_once(
     *,
     foreign_start: float = 0.0,
     grace_attempts: float = GRACE_ATTEMPTS,
-    grace_burst: int = GRACE_BURST,
     jitter_ms: float = 2.0,
 ) -> Run:
     with moto_state_table(TABLE) as ddb:
@@ -83,7 +82,6 @@ def run_once(
             seed=seed,
             jitter=jitter_ms / 1000,
             grace_attempts=grace_attempts,
-            grace_burst=grace_burst,
         )
 
     def lost(since: float, until: float) -> float:  # the throttled share of our attempts in [since, until) s
@@ -119,12 +117,6 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling cuts at once, as before it)",
     )
     parser.add_argument(
-        "--grace-burst",
-        type=int,
-        default=GRACE_BURST,
-        help=f"throttles tolerated at the ceiling per --grace-attempts (default the runtime's {GRACE_BURST})",
-    )
-    parser.add_argument(
         "--jitter-ms",
         type=float,
         default=2.0,
@@ -146,12 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         or not 0 <= args.foreign < QUOTA
         or not 0 <= args.foreign_start < seconds - LATE_S
         or not (math.isfinite(args.grace_attempts) and args.grace_attempts >= 0)
-        or args.grace_burst < 1
         or not (math.isfinite(args.jitter_ms) and 0 <= args.jitter_ms < 100)
     ):
         wrong = (
             f"need --seeds ≥ 1, --seconds > {LATE_S:g}, 0 ≤ --foreign < {QUOTA}, 0 ≤ --foreign-start < --seconds − "
-            f"{LATE_S:g}, --grace-attempts ≥ 0, --grace-burst ≥ 1 and 0 ≤ --jitter-ms < 100"
+            f"{LATE_S:g}, --grace-attempts ≥ 0 and 0 ≤ --jitter-ms < 100"
         )
         parser.error(f"unknown model(s) {unknown}" if unknown else wrong)
     left = QUOTA * 0.97 if args.foreign == 0 else QUOTA - args.foreign
@@ -168,7 +159,6 @@ def main(argv: list[str] | None = None) -> int:
                     seed,
                     foreign_start=args.foreign_start,
                     grace_attempts=args.grace_attempts,
-                    grace_burst=args.grace_burst,
                     jitter_ms=args.jitter_ms,
                 )
                 for seed in range(seeds)
@@ -185,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"Shared-rate learning on simulated time: {seeds} seeds × {seconds:g} s per cell, foreign writer "
         f"{args.foreign:g} calls/s from {args.foreign_start:g} s (leaves {left:g}), request jitter "
-        f"0-{args.jitter_ms:g} ms, grace at the ceiling {args.grace_burst} per {args.grace_attempts:g} attempts, "
+        f"0-{args.jitter_ms:g} ms, grace at the ceiling {args.grace_attempts:g} attempts, "
         f"collapsed below {args.collapse:g} × that in the last "
         f"{LATE_S:g} s. `python -m bench.bench_learning {' '.join(argv if argv is not None else sys.argv[1:])}`, "
         f"{time.monotonic() - began:.0f} s.\n\n"

@@ -12,8 +12,7 @@ The item (``pk = "budget#<dataset group ARN>"``), all numbers, times in epoch se
 
 * ``next_slot``: the end of the shared timeline, the first slot nobody has reserved yet;
 * ``base``, ``knee``, ``cut_at``, ``settle``: the shared rate law (below);
-* ``grace_at``, ``grace_by``, ``grace_debt``: the last throttle tolerated at the ceiling, the holder that tolerated
-  it, and the graces still counted against the level just after it (below);
+* ``grace_at``, ``grace_by``: the last throttle tolerated at the ceiling, and the holder that tolerated it (below);
 * ``sent``, ``lost``: attempts sent after a settle and how many were throttled (counters); ``mark_sent``,
   ``mark_lost``: their values at the last change of the law; ``best``, ``best_sent``, ``best_lost``: the level
   that throttled the smallest share (below);
@@ -57,11 +56,7 @@ deliberate: a wake-up a few milliseconds late (a busy CPU, a cold start beside) 
 and measured on the local cloud that cost about 15 % of the quota. What it gives up: two attempts can be closer
 than ``1 / quota``, so a service that demanded strict spacing would throttle some (network jitter alone does
 that at any rate above ``1 / (1 / quota + jitter)``); the AIMD below then lowers the rate if, and only as far
-as, that lowers the share throttled. One case is a holder's own: an attempt that left late (up to ``slack``) and the
-holder's next one on time were up to 15 ms closer than ``1 / quota`` (under strict spacing most throttles on the
-local cloud came so, ``bench/results/localcloud-grace.md``), so a holder never sends closer than ``1 / quota`` to
-its own last attempt (``spacing``; ``stats.spaced`` counts the attempts held). That keeps every attempt within its
-slack: the last one left by ``slot + slack``, so ``1 / quota`` later is before the next slot + ``slack``.
+as, that lowers the share throttled.
 
 **Learning the real limit.** The shared rate is a function of time, so recovering costs no writes:
 after a cut at ``cut_at`` it climbs fast (``FAST`` calls/s per second) from ``base`` to ``knee``, holds the knee
@@ -75,20 +70,16 @@ attempts sent before ``settle`` (the timeline's end at the cut + ``settle_s``) a
 and cut nothing. The rate thus settles just below what the service allows, a foreign writer's share
 included, and climbs back to the ceiling when the foreign writer stops.
 
-**At the ceiling, sparse throttles are tolerated.** A throttle at the ceiling (a fresh item starts there; the probe
-ends there) is tolerated while the level has tolerated fewer than ``GRACE_BURST`` (2) in the last ``GRACE_ATTEMPTS``
-(100) attempts' time (10.3 s at 9.7/s), counted as a leaky bucket: ``grace_debt`` rises by one per tolerated
-throttle and drains at ``GRACE_BURST`` per that time, so at most 2 % of attempts, in bursts of at most two, are
-tolerated for as long as they come (the goal allows 3 %); the next one cuts. A tolerated throttle costs one
-conditional write (``grace_at``, ``grace_debt``, this holder's token, its counts) that two holders cannot both win
-(it requires the ``grace_at`` and ``grace_debt`` the holder computed the debt from), and :meth:`throttled` says so:
-the sink retries that attempt at its next slot, without botocore's backoff. Why: strict spacing throttles about 1 %
-of attempts at 9.7/s (slots 103 ms apart, a few milliseconds of late wake-ups and network jitter), at random
-moments. Cutting at the second throttle within 100 attempts (``GRACE_BURST`` 1) cut about once every 30 s, each cut
-costing ten seconds at the knee and the probe back up (``bench/results/localcloud-grace.md``); a burst of two cuts
-at random 1 % throttling about once every 150 s (``bench_learning --jitter-ms 3.6 --foreign 0``:
-``bench/results/learning.md``). What it costs: a real drop of the limit at the ceiling (a foreign writer starting)
-is answered two throttles later than without the grace (``bench_learning --foreign-start``).
+**At the ceiling, an isolated throttle is tolerated.** A throttle at the ceiling (a fresh item starts there; the
+probe ends there) cuts only if another was tolerated at the same level less than ``GRACE_ATTEMPTS`` (100)
+attempts' time ago (10 s at 9.7/s: at most 1 % of attempts, the knee's ``LOSS_THRESH``); else it is tolerated,
+with one conditional write (``grace_at``, this holder's token, its counts) that two holders cannot both win, and
+:meth:`throttled` says so: the sink retries that attempt at its next slot, without botocore's backoff. Why: under
+strict spacing one late wake-up in a cold start put two attempts closer than 100 ms, and the cut it caused cost ten
+seconds at the knee and the probe back up (about 5 % of a 4,500-change run, ``bench/results/localcloud-steady.md``).
+What it costs: a real drop of the limit at the ceiling (a foreign writer starting) is answered one throttle later
+(``bench_learning --foreign-start``). What it does not do: strict spacing throttles about 1 % of attempts at 9.7/s,
+at random moments, so two still often come within the window and cut (``bench/results/localcloud-grace.md``).
 
 **Collisions are not congestion.** Under a counting window, cutting below the real limit ends the throttles.
 Under strict spacing beside a foreign writer it does the opposite: a foreign call admitted in our gap ``s = 1 /
@@ -177,8 +168,7 @@ TRIAL_FAIL = math.log(0.9 / 0.05)  # ... and failed above it (5 % false fails, 1
 TRIAL_FLOOR = 0.005  # the share a restored level is expected to throttle is at least this
 TRIAL_P1_MAX = 0.25  # ... and if going back up was wrong, at most this (a larger one would pass it on one success)
 MIN_LOST = 2  # at or below the knee, act on a level's share once it has this many throttles (one says little)
-GRACE_ATTEMPTS = 1 / LOSS_THRESH  # at the ceiling, GRACE_BURST throttles per this many attempts' time are tolerated
-GRACE_BURST = 2
+GRACE_ATTEMPTS = 1 / LOSS_THRESH  # at the ceiling, one throttle per this many attempts' time is tolerated
 SAME_LEVEL = 0.015  # levels closer than this (relative) are one level
 SETTLE_S = (
     1.0  # the service's counting window (assumed ≤ 1 s): throttles until it has passed after the cut are old news
@@ -210,7 +200,6 @@ _NAMES = {
     "#tat": "trial_at",
     "#grace": "grace_at",
     "#gby": "grace_by",
-    "#gdebt": "grace_debt",
 }
 
 
@@ -276,7 +265,6 @@ class _Memory:
     trial_p0: float = 0.0  # the share the restored level is expected to throttle if going back was right
     trial_p1: float = 0.0  # ... and if it was wrong (the share that made the level below go back)
     grace_at: float = 0.0  # the last throttle tolerated at the ceiling (this level's if after its cut_at)
-    grace_debt: float = 0.0  # the graces counted against the level just after grace_at (a leaky bucket)
 
     def trial(self, unsent: int, unlost: int) -> int:
         """A restored level's trial, by Wald's sequential probability ratio test on its attempts so far: +1 failed
@@ -334,7 +322,6 @@ class BudgetStats:
     fallbacks: int = 0  # times the table failed and local pacing took over
     local: int = 0  # tokens granted by local pacing
     timeouts: int = 0  # BudgetTimeout raised
-    spaced: int = 0  # attempts held past their slot to leave 1 / quota after this holder's last (sent late)
     waited_s: float = 0.0
 
 
@@ -356,7 +343,6 @@ class SharedBudget:
         retry_table_s: float = 30.0,
         max_share: float = 1.0,
         grace_attempts: float = GRACE_ATTEMPTS,
-        grace_burst: int = GRACE_BURST,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -366,8 +352,6 @@ class SharedBudget:
             raise ValueError("max_share must be in (0, 1]")
         if not (math.isfinite(grace_attempts) and grace_attempts >= 0):
             raise ValueError("grace_attempts must be a finite number >= 0 (0: every throttle at the ceiling cuts)")
-        if isinstance(grace_burst, bool) or not isinstance(grace_burst, int) or grace_burst < 1:
-            raise ValueError("grace_burst must be an integer >= 1 (1: one tolerated throttle per grace_attempts)")
         if not 0 < headroom <= 0.99:
             raise ValueError("headroom must be in (0, 0.99]: slots need some slack for late wake-ups")
         self.client = client
@@ -377,14 +361,12 @@ class SharedBudget:
         self.quota = quota
         self.ceiling = quota * headroom
         self.slack = (quota / self.ceiling - 1) / 2  # seconds; see "Never over the quota"
-        self.spacing = 1 / quota  # this holder's attempts leave at least this far apart (see there)
         self.max_wait_s = max_wait_s
         self.block_max = max(1, block_max)
         self.settle_s = settle_s
         self.retry_table_s = retry_table_s
         self.max_share = max_share
         self.grace_attempts = grace_attempts  # 0: every throttle at the ceiling cuts at once
-        self.grace_burst = grace_burst
         self._token = uuid.uuid4().hex  # this holder, in the grace it writes (its own write sent twice is its own)
         self.stats = BudgetStats()
         self._counted = threading.local()  # whether this thread's last granted slot counted in ``_unsent``
@@ -406,7 +388,6 @@ class SharedBudget:
         self._block_clean = True  # every slot of the block used, each within one interval of the last
         self._contended = False  # another holder's block sits between this holder's last two blocks
         self._last_slot = 0.0
-        self._last_sent = 0.0  # when this holder's last attempt left (wait returned)
         self._block_rate = self.ceiling  # the rate the current block was reserved at
         self._share_tokens, self._share_at, self._share_due = 0.0, 0.0, 0.0  # max_share < 1: a token bucket
         self._paused = 0.0  # share pauses since the last attempt
@@ -436,27 +417,25 @@ class SharedBudget:
         while True:
             with self._lock:
                 slot = self._take(t0)
-            now, held = self._clock(), False
-            while (at := max(slot, self._last_sent + self.spacing)) > now:
-                held = held or at > slot  # this holder's last attempt left late: keep 1 / quota from it
-                self._sleep(at - now)
-                now = max(at, self._clock())
-            if now - slot <= self.slack:
-                break
-            with self._lock:  # woke up too late for the slot (a busy CPU): sending now could crowd the next one
+            now = self._clock()
+            if slot > now:
+                self._sleep(slot - now)
+            # The clock is read under the lock: another thread of this budget may hold it across a table request
+            # (a reservation, a cut), and an attempt that passed the check before waiting for it left that late.
+            with self._lock:
+                now = max(slot, self._clock())
+                if now - slot <= self.slack:
+                    waited = max(0.0, now - t0)
+                    self.stats.attempts += 1
+                    self._counted.value = slot == self._last_slot and slot >= self._law.settle
+                    if self._counted.value:  # a shared slot, in the current level
+                        self._unsent += 1
+                    self.stats.waited_s += waited
+                    return waited
+                # woke up too late for the slot (a busy CPU, a lock held): sending now could crowd the next one
                 logger.debug("PutItems slot missed: woke up late", extra={"late_ms": round((now - slot) * 1000, 1)})
                 self.stats.wasted += 1
                 self._block_clean = False
-        waited = max(0.0, now - t0)
-        with self._lock:
-            self.stats.spaced += held
-            self._last_sent = max(self._last_sent, now)
-            self.stats.attempts += 1
-            self._counted.value = slot == self._last_slot and slot >= self._law.settle
-            if self._counted.value:  # a shared slot, in the current level
-                self._unsent += 1
-            self.stats.waited_s += waited
-        return waited
 
     def unused(self) -> None:
         """The slot this thread was last granted passed unused (the attempt waited behind a retried call and
@@ -838,7 +817,6 @@ class SharedBudget:
             number("trial_p0"),
             number("trial_p1"),
             number("grace_at"),
-            number("grace_debt") if "grace_debt" in item else float(bool(number("grace_at"))),  # older items: one
         )
         if "cut_at" in item:
             self._law = RateLaw(
@@ -878,30 +856,26 @@ class SharedBudget:
         return True
 
     def _grace(self, now: float) -> bool | None:
-        """A throttle at the ceiling: tolerate it (True) while the level's grace debt, drained at ``grace_burst`` per
-        ``grace_attempts`` attempts' time, leaves room for one more (one write, that also adds this holder's counts,
-        conditional on the law and on the grace the debt was computed from, so two holders never both spend
-        the last room; it carries this holder's token, so the same write applied twice by botocore's retry is known
-        as its own), else False (cut). None: the item changed meanwhile (learned: decide again). A table failure is
-        no grace: False, so the cut is tried (a transient failure still cuts the shared rate; if its write fails
-        too, the local rate is cut)."""
-        window = self.grace_attempts / self.ceiling
-        debt = self._grace_debt(now, window)
-        if self.grace_attempts <= 0 or debt + 1 > self.grace_burst + 1e-9:
+        """A throttle at the ceiling: tolerate it (True) if no other was tolerated at this level within the time of
+        ``grace_attempts`` attempts (one write, that also adds this holder's counts, conditional on the law and on
+        the last tolerated throttle, so two holders never both tolerate theirs; it carries this holder's token, so
+        the same write applied twice by botocore's retry is known as its own), else False (cut). None: the item
+        changed meanwhile (learned: decide again). A table failure is no grace: False, so the cut is tried (a
+        transient failure still cuts the shared rate; if its write fails too, the local rate is cut)."""
+        since = now - self.grace_attempts / self.ceiling
+        if self.grace_attempts <= 0 or (
+            self._law.cut_at < self._memory.grace_at and self._memory.grace_at >= _ms(since)  # as the condition
+        ):
             return False
         try:
             reply = self._update(
-                "SET #grace = :now, #gby = :me, #gdebt = :debt, #exp = :exp ADD #sent :sent, #lost :lost",
+                "SET #grace = :now, #gby = :me, #exp = :exp ADD #sent :sent, #lost :lost",
                 "(attribute_not_exists(#cut) OR #cut = :known)"
-                " AND (attribute_not_exists(#grace) OR #grace <= :known OR #grace < :since"
-                " OR (#grace = :seen AND (#gdebt = :owed OR attribute_not_exists(#gdebt))))",
+                " AND (attribute_not_exists(#grace) OR #grace <= :known OR #grace < :since)",
                 {
                     ":now": _n(now),
                     ":me": {"S": self._token},
-                    ":debt": {"N": f"{debt + 1:.4f}"},
-                    ":since": _n(now - window),  # a grace this old has drained: the debt is 0 whatever it was
-                    ":seen": _n(self._memory.grace_at),  # with the debt: two graces in one millisecond differ
-                    ":owed": {"N": f"{self._memory.grace_debt:.4f}"},
+                    ":since": _n(since),
                     ":exp": _n(int(now + TTL_S)),
                     ":sent": _n(self._unsent),
                     ":lost": _n(self._unlost),
@@ -922,29 +896,20 @@ class SharedBudget:
         self._unsent = self._unlost = 0
         self._learn(reply.get("Attributes"))
         self.stats.graces += 1
-        logger.debug("Shared PutItems rate held at the ceiling: a sparse throttle", extra={"rate": self.ceiling})
+        logger.debug("Shared PutItems rate held at the ceiling: an isolated throttle", extra={"rate": self.ceiling})
         return True
-
-    def _grace_debt(self, now: float, window: float) -> float:
-        """The level's grace debt at ``now``: the debt stored with its last grace, drained since (0 for a grace of
-        an earlier level, or one ``window`` old: the debt stored is at most ``grace_burst``)."""
-        memory = self._memory
-        if memory.grace_at <= self._law.cut_at or memory.grace_at < _ms(now - window) or window <= 0:
-            return 0.0
-        return max(0.0, memory.grace_debt - (now - memory.grace_at) * self.grace_burst / window)
 
     def _end_trial(self, now: float) -> bool:
         """A restored level passed its trial: an ordinary level from now on (one write, only if it is still the
         current level; a table failure leaves the trial on, to be judged again at the next throttle). The throttle
-        that passed it was tolerated: it is the level's first grace (``grace_at``, a debt of one), as if tolerated at
-        the ceiling. True if the level is still the current one (the throttle was isolated)."""
+        that passed it was tolerated: it is the level's last grace (``grace_at``), as if tolerated at the ceiling. True
+        if the level is still the current one (the throttle was isolated)."""
         try:
             self._update(
-                "SET #tfrom = :zero, #grace = :now, #gby = :me, #gdebt = :one, #exp = :exp",
+                "SET #tfrom = :zero, #grace = :now, #gby = :me, #exp = :exp",
                 "#cut = :known",
                 {
                     ":zero": _n(0),
-                    ":one": _n(1),
                     ":now": _n(now),
                     ":me": {"S": self._token},
                     ":exp": _n(int(now + TTL_S)),
@@ -958,8 +923,7 @@ class SharedBudget:
             self._fall_back(now, exc)
             return False
         self._memory.trial_from = 0.0
-        self._memory.grace_at = _ms(now)  # the throttle that passed the trial spent one of the level's graces
-        self._memory.grace_debt = 1.0
+        self._memory.grace_at = _ms(now)  # the throttle that passed the trial spent the level's grace
         return True
 
     def _update(

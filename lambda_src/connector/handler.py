@@ -44,7 +44,6 @@ BUDGET_LOGGED = (
     "cuts",
     "restores",
     "graces",
-    "spaced",
     "waited_s",
 )
 

@@ -40,17 +40,15 @@ def test_a_foreign_writer_starting_late_is_judged_from_its_start_and_the_grace_c
     assert quiet.early10 > 0  # the foreign writer's onset, not the quiet first 15 s
 
 
-def test_request_jitter_gives_strict_spacing_its_throttle_floor_and_the_burst_keeps_the_ceiling() -> None:
+def test_request_jitter_gives_strict_spacing_its_throttle_floor() -> None:
     """With 0-3.6 ms of request jitter, strict spacing throttles about 1 % of calls at 9.7/s with no foreign writer
-    (the floor the local cloud measures); a grace of one throttle per 100 attempts' time cuts on them, the default
-    burst of two holds the ceiling."""
-    one = bench_learning.run_once("spacing", 1, 90.0, 0.0, seed=2, jitter_ms=3.6, grace_burst=1)
-    two = bench_learning.run_once("spacing", 1, 90.0, 0.0, seed=2, jitter_ms=3.6)
-    assert 0.003 <= two.whole <= 0.02
-    assert one.cuts > two.cuts == 0
-    assert two.late_rate > one.late_rate
+    (the floor the local cloud measures), at random moments, so the grace of one throttle per 100 attempts' time
+    is spent and runs cut; with the default 0-2 ms nothing is throttled (the slots leave 3 ms)."""
+    floor = bench_learning.run_once("spacing", 1, 90.0, 0.0, seed=2, jitter_ms=3.6)
+    assert 0.003 <= floor.whole <= 0.02
+    assert floor.cuts > 0
     calm = bench_learning.run_once("spacing", 1, 45.0, 0.0, seed=2)
-    assert calm.whole == 0.0  # 0-2 ms: within the 3 ms the slots leave
+    assert (calm.whole, calm.cuts) == (0.0, 0)
 
 
 @pytest.mark.parametrize(
@@ -61,7 +59,6 @@ def test_request_jitter_gives_strict_spacing_its_throttle_floor_and_the_burst_ke
         ["--foreign", "10"],
         ["--foreign-start", "90"],
         ["--grace-attempts", "-1"],
-        ["--grace-burst", "0"],
         ["--jitter-ms", "-1"],
     ],
 )
