@@ -132,7 +132,7 @@ holder paces itself locally at ``fallback_rate`` (default ceiling / 4) with the 
 Thread safety: a budget serves all threads of its process (a lock guards its state; sleeping happens outside
 the lock). Table requests happen under the lock, so an attempt whose slot passes while another thread's request
 holds it takes the next slot instead of leaving late (the check is made under the lock); each thread keeps its own
-last slot (``_counted``), which the level's counts and :meth:`throttled` judge. What that costs: with two threads
+last slot (``_granted``), which the level's counts and :meth:`throttled` judge. What that costs: with two threads
 waiting on one budget at once and a slow table (30-300 ms), slots pass behind the lock (``test_attack_wait_lock.py``,
 an xfail); the sink has one call waiting for a slot at a time, so it does not show there. The module holds no global
 state.
@@ -374,9 +374,9 @@ class SharedBudget:
         self.grace_attempts = grace_attempts  # 0: every throttle at the ceiling cuts at once
         self._token = uuid.uuid4().hex  # this holder, in the grace it writes (its own write sent twice is its own)
         self.stats = BudgetStats()
-        # This thread's last granted slot: ``value``, whether it counted in ``_unsent``; ``slot``, its time if it was
-        # a shared one (several threads of one budget hold slots at once: ``_last_slot`` is only the latest taken).
-        self._counted = threading.local()
+        # This thread's last granted slot: ``counted``, whether it counted in ``_unsent``; ``slot``, its time if it
+        # was a shared one (several threads of one budget hold slots at once: ``_last_slot`` is only the latest taken).
+        self._granted = threading.local()
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -436,9 +436,9 @@ class SharedBudget:
                 if now - slot <= self.slack:
                     waited = max(0.0, now - t0)
                     self.stats.attempts += 1
-                    self._counted.value = shared and slot >= self._law.settle
-                    self._counted.slot = slot if shared else self._last_slot
-                    if self._counted.value:  # a shared slot, in the current level
+                    self._granted.counted = shared and slot >= self._law.settle
+                    self._granted.slot = slot if shared else self._last_slot
+                    if self._granted.counted:  # a shared slot, in the current level
                         self._unsent += 1
                     self.stats.waited_s += waited
                     return waited
@@ -454,9 +454,9 @@ class SharedBudget:
         with self._lock:
             self.stats.attempts -= 1
             self.stats.wasted += 1
-            if getattr(self._counted, "value", False) and self._unsent > 0:  # not flushed meanwhile
+            if getattr(self._granted, "counted", False) and self._unsent > 0:  # not flushed meanwhile
                 self._unsent -= 1
-                self._counted.value = False
+                self._granted.counted = False
 
     def throttled(self) -> bool:
         """A throttled attempt: cut the shared rate for everyone, once per congestion event. True if the throttle
@@ -470,7 +470,7 @@ class SharedBudget:
         now = self._clock()
         with self._lock:
             self.stats.throttles += 1
-            sent = getattr(self._counted, "slot", self._last_slot)  # this thread's attempt (the sink's hook)
+            sent = getattr(self._granted, "slot", self._last_slot)  # this thread's attempt (the sink's hook)
             if self._table_down(now):
                 if self._last_local >= self._local_law.settle:
                     self._cut_locally(now)

@@ -40,15 +40,14 @@ class SlowOnce:
         return self.client.get_item(**kwargs)
 
 
-# Find (older than the change it attacked): with several threads on one budget (``PUT_ITEMS_IN_FLIGHT``, 3 by
-# default) an attempt that woke in its slot can leave long after it. ``wait`` checked ``now - slot <= slack`` and only
-# then took the lock to count the attempt;
-# the lock is held across DynamoDB requests (another thread's reservation in ``_take``, a grace or a cut in
-# ``throttled``), so the thread that passed the check waits for that request's round trip and returns after it: here 50
-# ms after its slot (slack 15.5 ms), with ``waited`` saying it left at the slot. A round trip longer than the 31 ms of
-# margin the slack leaves (the local cloud's slow replies were 300 ms; a table timing out, seconds) puts quota + 1
-# attempts in one second under a sliding window. Fixed: ``wait`` reads the clock and checks the slack under the lock
-# (a miss counts the slot wasted and takes the next).
+# Find (older than the change it attacked): with several threads on one budget (``PUT_ITEMS_IN_FLIGHT``, 3 by default)
+# an attempt that woke in its slot can leave long after it. ``wait`` checked ``now - slot <= slack`` and only then
+# took the lock to count the attempt; the lock is held across DynamoDB requests (another thread's reservation in
+# ``_take``, a grace or a cut in ``throttled``), so the thread that passed the check waits for that request's round
+# trip and returns after it: here 50 ms after its slot (slack 15.5 ms), with ``waited`` saying it left at the slot. A
+# round trip longer than the 31 ms of margin the slack leaves (the local cloud's slow replies were 300 ms; a table
+# timing out, seconds) puts quota + 1 attempts in one second under a sliding window. Fixed: ``wait`` reads the clock
+# and checks the slack under the lock (a miss counts the slot wasted and takes the next).
 def test_an_attempt_never_leaves_past_its_slack_behind_another_threads_table_request(ddb: Any) -> None:
     clock = Clock()
     slow = SlowOnce(ddb, clock, rtt=0.05)

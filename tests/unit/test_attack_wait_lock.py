@@ -8,7 +8,7 @@ slot and moves the simulated clock while holding it, as a table request of anoth
 (the code before 8a09e63, without the reverted spacing), for A/B figures.
 
 Helper 27's finds: the counting one is fixed (``wait`` keeps this thread's slot and whether it was a shared one in the
-thread-local ``_counted``, and ``throttled`` judges that slot); the throughput one is eased (a miss caused by another
+thread-local ``_granted``, and ``throttled`` judges that slot); the throughput one is eased (a miss caused by another
 thread's table request no longer halves the block) and stays an xfail: the cure is to hold no lock across a table
 request, a larger change than this one.
 """
@@ -56,8 +56,8 @@ class Before(SharedBudget):
         waited = max(0.0, now - t0)
         with self._lock:
             self.stats.attempts += 1
-            self._counted.value = slot == self._last_slot and slot >= self._law.settle
-            if self._counted.value:
+            self._granted.counted = slot == self._last_slot and slot >= self._law.settle
+            if self._granted.counted:
                 self._unsent += 1
             self.stats.waited_s += waited
         return waited
@@ -204,7 +204,7 @@ def test_a_lock_held_at_every_wake_up_ends_in_budget_timeout_within_max_wait_plu
 
 
 # One miss under the lock, then the next slot: one attempt, one wasted slot, counted once in _unsent; unused() then
-# takes exactly that attempt back (the thread-local _counted points at the slot that was sent, not the missed one).
+# takes exactly that attempt back (the thread-local _granted points at the slot that was sent, not the missed one).
 def test_a_miss_under_the_lock_counts_one_attempt_one_waste_and_unused_undoes_only_the_attempt(ddb: Any) -> None:
     clock = Clock()
     hold = Hold(clock, hold_s=0.05, times=0)
@@ -218,7 +218,7 @@ def test_a_miss_under_the_lock_counts_one_attempt_one_waste_and_unused_undoes_on
     def attempt_then_unused() -> float:  # unused() on the thread that was granted the slot, as the sink calls it
         waited = b.wait()
         seen.append((b.stats.attempts, b.stats.wasted, level_sent(b, ddb)))
-        seen.append((b.stats.attempts, b.stats.wasted, level_sent(b, ddb)) if b._counted.value else (0, 0, 0.0))
+        seen.append((b.stats.attempts, b.stats.wasted, level_sent(b, ddb)) if b._granted.counted else (0, 0, 0.0))
         b.unused()
         seen.append((b.stats.attempts, b.stats.wasted, level_sent(b, ddb)))
         return waited
@@ -323,9 +323,8 @@ def test_an_attempt_sent_while_another_thread_holds_a_later_slot_is_counted_in_t
     slot, taken before A's retake, then fails the test (after), or A's does (before): 5 attempts sent, 4 counted,
     either way. The level's throttled share is then overestimated (every decision at or below the knee). Suggested
     fix: let ``_take`` say whether the slot it returns is a shared one (and keep it in the thread-local), instead of
-    comparing with ``_last_slot``; the same for ``throttled()``'s ``sent = self._last_slot``. Fixed so (``Before``,
-    the wait of 8a09e63's parent, still counts 4)."""
-    cls = SharedBudget
+    comparing with ``_last_slot``; the same for ``throttled()``'s ``sent = self._last_slot``. Fixed so (the wait of
+    8a09e63's parent counted 4)."""
     clock = Clock()
     slow = SlowOnce(ddb, clock, rtt=0.05)
     other: list[threading.Thread] = []
@@ -350,7 +349,7 @@ def test_an_attempt_sent_while_another_thread_holds_a_later_slot_is_counted_in_t
         b.wait()
         b_done.set()
 
-    b = cls(slow, TABLE, GROUP, clock=clock, sleep=sleep, block_max=1)
+    b = SharedBudget(slow, TABLE, GROUP, clock=clock, sleep=sleep, block_max=1)
     send(b, clock, 3)
 
     def attempt() -> None:
