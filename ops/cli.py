@@ -16,7 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ops.common import OpsError, console, describe_client_error
 
-COMMANDS = ("backfill", "bulk_load", "redrive", "replay", "status")
+COMMANDS = ("backfill", "bulk_load", "quota_probe", "redrive", "replay", "status")
 
 
 def parser() -> argparse.ArgumentParser:

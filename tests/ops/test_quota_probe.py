@@ -1,0 +1,149 @@
+"""``python -m ops quota-probe``: it names the quota model the emulator was started with, from what it observes.
+
+The replay tests feed the probe's own patterns through each model as the "service" (with jitter) and check that the
+scoring picks it out; the end-to-end tests run the command over HTTP against the emulator under each model, with
+real threads and clocks, and check its verdict, its JSON and the items it wrote."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localcloud.emulator.quota import make_model
+from localcloud.personalize_emulator import PersonalizeEmulator
+from ops.cli import main
+from ops.quota_probe import MARGIN, Probe, Sent, patterns, score
+
+ARN = "arn:aws:personalize:us-east-1:111122223333:dataset/probe/ITEMS"
+REST_S = "2.05"  # the shortest rest that lets a bucket of burst 20 refill from empty (2 s at 10/s)
+
+# (emulator model, burst) -> the probe's name for it
+MODELS = {
+    ("sliding-window", None): "sliding-window",
+    ("fixed-window", None): "fixed-window",
+    ("token-bucket", None): "token-bucket, burst 10",
+    ("token-bucket", 20.0): "token-bucket, burst 20",
+    ("strict-spacing", None): "strict-spacing",
+}
+# Told apart from every other model by more than MARGIN calls (the two windows differ by fewer: see the docstring of
+# test_the_replay_names_the_model_it_came_from).
+DISTINCT = {"token-bucket, burst 10", "token-bucket, burst 20", "strict-spacing"}
+
+
+def replayed(model: str, burst: float | None, seed: int, jitter_s: float) -> Probe:
+    """The probe's patterns sent through one model, with up to ``jitter_s`` on each departure and arrival."""
+    rng = random.Random(seed)
+    service = make_model(model, 10, burst)
+    probe = Probe(10, patterns(10))
+    t = 1000.0 + rng.random()
+    for i, pattern in enumerate(probe.patterns):
+        t += 2.5 if i else 0.0
+        left = sorted(t + o + rng.uniform(0, jitter_s) for o in pattern.offsets)
+        probe.sent.append([Sent(x, not service.try_acquire(x + rng.uniform(0, jitter_s))) for x in left])
+        t += max(pattern.offsets)
+    return probe
+
+
+@pytest.mark.parametrize(("model", "burst"), list(MODELS))
+def test_the_replay_names_the_model_it_came_from(model: str, burst: float | None) -> None:
+    """For every model and 20 seeds with 0-3 ms of jitter each way, the model the counts came from fits best, and
+    within MARGIN; the token buckets and strict spacing stand clear of every other model by more than MARGIN. The
+    sliding and fixed windows are only a few calls apart: a fixed window at the right phase throttles what a
+    sliding one does in any pattern shorter than a second."""
+    name = MODELS[(model, burst)]
+    for seed in range(20):
+        scores = score(replayed(model, burst, seed, 0.003))
+        by_name = {sc.candidate.name: sc for sc in scores}
+        assert by_name[name].off == scores[0].off <= MARGIN, (seed, [(sc.candidate.name, sc.off) for sc in scores])
+        if name in DISTINCT:
+            assert all(sc.off > by_name[name].off + MARGIN for sc in scores if sc.candidate.name != name), seed
+
+
+def test_each_model_predicts_different_counts_somewhere() -> None:
+    """No two candidates predict the same counts for the ideal experiment (else no run could tell them apart)."""
+    predictions = {}
+    for (model, burst), name in MODELS.items():
+        predictions[name] = tuple(replayed(model, burst, 0, 0.0).observed())
+    assert len(set(predictions.values())) == len(predictions), predictions
+
+
+@pytest.fixture
+def emulator(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[PersonalizeEmulator]:
+    model, burst, foreign = request.param
+    with PersonalizeEmulator(tps=10, quota_model=model, quota_burst=burst, foreign_share=foreign, seed=3) as emu:
+        emu.register_dataset(ARN)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_PERSONALIZE_EVENTS", emu.endpoint_url)
+        yield emu
+
+
+def probe_json(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any]]:
+    out = tmp_path / "probe.json"
+    code = main(["quota-probe", "--dataset-arn", ARN, "--rest", REST_S, "--json", str(out), *extra])
+    return code, json.loads(out.read_text())
+
+
+E2E = [
+    ("sliding-window", None, 0.0),
+    ("fixed-window", None, 0.0),
+    ("token-bucket", 20.0, 0.0),
+    ("strict-spacing", None, 0.0),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("emulator", E2E, indirect=True, ids=[m if b is None else f"{m}-{b:g}" for m, b, _ in E2E])
+def test_against_the_emulator_the_probe_names_its_model(emulator: PersonalizeEmulator, tmp_path: Path) -> None:
+    model, burst = emulator.state.config.quota_model, emulator.state.config.quota_burst
+    code, report = probe_json(tmp_path)
+    best = report["models"][0]
+    assert best["model"] == MODELS[(model, burst)] and best["calls_off"] <= MARGIN, report["models"]
+    assert report["verdict"][0].startswith(f"consistent with {best['model']} (local cloud: --quota-model {model}")
+    calls = [c for p in report["patterns"] for c in p["calls"]]
+    admitted = sum(not c["throttled"] for c in calls)
+    assert len(emulator.items(ARN)) == admitted  # one item per admitted call, each with its own id
+    assert len(calls) == sum(len(p.offsets) for p in patterns(10))
+    if model != "strict-spacing":  # under strict spacing a few ms of jitter may throttle the control (exit 1)
+        assert code == 0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("emulator", [("sliding-window", None, 0.3)], indirect=True, ids=["foreign-writer"])
+def test_another_writer_on_the_dataset_group_is_reported(emulator: PersonalizeEmulator, tmp_path: Path) -> None:
+    """A foreign writer at 30 % of the quota throttles the control pattern, which every model admits alone: the
+    probe says its comparison is unreliable and exits 1."""
+    code, report = probe_json(tmp_path)
+    control = next(p for p in report["patterns"] if p["control"])
+    assert sum(c["throttled"] for c in control["calls"]) > 0
+    assert code == 1
+    assert any("another writer" in line for line in report["verdict"])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("emulator", [("sliding-window", None, 0.0)], indirect=True, ids=["sliding-window"])
+def test_a_schema_that_needs_properties_is_a_one_line_error(
+    emulator: PersonalizeEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schema = {
+        "type": "record",
+        "name": "Items",
+        "namespace": "com.amazonaws.personalize.schema",
+        "fields": [{"name": "ITEM_ID", "type": "string"}, {"name": "GENRE", "type": "string", "categorical": True}],
+        "version": "1.0",
+    }
+    emulator.register_dataset(ARN, schema)
+    assert main(["quota-probe", "--dataset-arn", ARN, "--rest", "0"]) == 2
+    assert "pass them with --properties" in " ".join(capsys.readouterr().err.split())  # rich wraps lines
+    assert main(["quota-probe", "--dataset-arn", ARN, "--rest", "0", "--properties", '{"genre": "drama"}']) in (0, 1)
+    assert len(emulator.items(ARN)) > 0
+
+
+def test_bad_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["quota-probe", "--dataset-arn", ARN, "--properties", "[1]"]) == 2
+    assert "--properties must be a JSON object" in " ".join(capsys.readouterr().err.split())
+    assert main(["quota-probe", "--dataset-arn", ARN, "--quota", "0"]) == 2
+    assert "--quota must be positive" in " ".join(capsys.readouterr().err.split())
