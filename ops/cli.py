@@ -45,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[bold red]error:[/] {exc}")
         return 2
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: progress so far is saved; run the same command again to continue")
+        console.print(
+            getattr(args, "interrupted", None)
+            or "[yellow]interrupted[/]: progress so far is saved; run the same command again to continue"
+        )
         return 130
     return code

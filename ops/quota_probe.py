@@ -4,17 +4,22 @@ AWS documents "10 PutItems calls per second per dataset group" and the ``Throttl
 not how the service counts (DESIGN.md). The local cloud offers four readings of it
 (:mod:`localcloud.emulator.quota`: sliding window, fixed window, token bucket, strict spacing), and the benchmark's
 figures belong to the reading they were measured under: the shared budget misses 95 items/s only under strict
-spacing. This command settles which reading an account follows. It sends one-item calls in fixed patterns (two
-bursts, two paces over the quota, one control pace under it), each after a rest long enough for every model to
-forget the last, records when each attempt left (botocore's ``before-send``) and whether it was throttled, then
-replays those departure times through every model and counts how many throttles each predicts per pattern. The
-model whose counts match is the one to benchmark under (``--quota-model`` of the local cloud).
+spacing. This command settles which reading an account follows. It sends one-item calls in fixed patterns
+(three bursts, two bursts 0.5 s apart, two paces over the quota, one control pace under it), each after a rest long
+enough for every model to forget the last, records when each attempt left (botocore's ``before-send``) and whether
+it was throttled, then replays those departure times through every model and counts how many throttles each
+predicts per pattern. The model whose counts match is the one to benchmark under (``--quota-model`` of the local
+cloud). Every model throttles part of the largest burst, so a probe that sees no throttle says the quota is higher
+than ``--quota`` instead of naming a model; a verdict is clear only when no other model comes within ``MARGIN``
+calls, except the other window (the sliding and the fixed window both count calls per second).
 
 **Run it only against a dataset group nothing else writes to.** It bypasses the shared budget on purpose (it must
 go over the quota to see how it is counted), so a connector writing to the same dataset group would be throttled
-by it and would make its counts meaningless; the control pattern (paced at 0.97 × quota, which every model admits)
-says so if it is throttled. It writes one item per call, ids ``quota-probe-<run>-<n>`` (about 110 items), with
-``--properties`` as their properties (a dataset whose schema requires fields needs them).
+by it and would make its counts meaningless. It refuses the dataset group of ``DATASET_ARN`` when that is set, and
+the control pattern (paced at 0.8 × quota, which every model admits, with 25 ms to spare under strict spacing)
+says so if it is throttled. Each accepted call writes one item, ids ``quota-probe-<run>-<n>`` (177 calls at 10
+calls/s, 50-160 of them accepted depending on the model), with ``--properties`` as their properties (a dataset whose
+schema requires fields needs them).
 
 Counts, not per-call outcomes, are compared: concurrent calls of a burst reach the service in an order the client
 cannot see. A fixed window's edges are wherever the service's seconds start, so that model is replayed at every
@@ -26,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import threading
 import time
 import uuid
@@ -36,9 +43,11 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from rich.table import Table
 
+from connector.config import ConfigError, dataset_group_arn
+from connector.putitems import THROTTLE_ERRORS
 from localcloud.emulator.quota import FixedWindow, QuotaModel, SlidingWindow, StrictSpacing, TokenBucket
 from ops.common import OpsError, console, describe_client_error
 
@@ -57,10 +66,13 @@ __all__ = [
 ]
 
 DEFAULT_QUOTA = 10.0
-DEFAULT_REST_S = 2.5  # > 1 s (a window forgets) and > 2 × quota / quota s (a bucket of burst 2 × quota refills)
+MAX_QUOTA = 50.0  # calls/s: three times this many threads and connections at once for the largest burst
+DEFAULT_REST_S = 2.5
+MIN_REST_S = 2.0  # a window forgets in 1 s; a bucket of burst 2 × quota refills from empty in 2 s
 PHASE_STEP_S = 0.01
 MARGIN = 2  # calls: a model this close to the observed counts matches (a few ms of jitter move a call or two)
-THROTTLE_CODES = {"ThrottlingException", "TooManyRequestsException", "Throttling"}
+WINDOWS = {"sliding-window", "fixed-window"}  # the one pair allowed to stay undecided: both count calls per second
+INTERRUPTED = "[yellow]interrupted[/]: the probe keeps nothing; a new run starts over (and writes new items)"
 
 
 @dataclass(frozen=True)
@@ -81,13 +93,14 @@ def patterns(quota: float) -> list[Pattern]:
         return tuple(i / (share * quota) for i in range(round(share * quota * seconds)))
 
     return [
-        Pattern(f"warm-up: {2 * q} at once (opens the connections; not scored)", (0.0,) * (2 * q), scored=False),
+        Pattern(f"warm-up: {3 * q} at once (opens the connections; not scored)", (0.0,) * (3 * q), scored=False),
         Pattern(f"burst: {q} at once", (0.0,) * q),
         Pattern(f"burst: {2 * q} at once", (0.0,) * (2 * q)),
+        Pattern(f"burst: {3 * q} at once", (0.0,) * (3 * q)),
         Pattern(f"two bursts of {q}, 0.5 s apart", (0.0,) * q + (0.5,) * q),
         Pattern("paced at 1.5 × quota for 1 s", paced(1.5, 1.0)),
         Pattern("paced at 1.2 × quota for 3 s", paced(1.2, 3.0)),
-        Pattern("control: paced at 0.97 × quota for 2 s", paced(0.97, 2.0), control=True),
+        Pattern("control: paced at 0.8 × quota for 2 s", paced(0.8, 2.0), control=True),
     ]
 
 
@@ -122,16 +135,21 @@ class Candidate:
 
 
 def candidates(quota: float) -> list[Candidate]:
+    tps = "" if quota == DEFAULT_QUOTA else f"--tps {quota:g} "  # the local cloud's rate, 10 by default
     return [
-        Candidate("sliding-window", lambda _: SlidingWindow(quota), "--quota-model sliding-window"),
-        Candidate("fixed-window", lambda phase: _Shifted(FixedWindow(quota), phase), "--quota-model fixed-window"),
-        Candidate(f"token-bucket, burst {quota:g}", lambda _: TokenBucket(quota, quota), "--quota-model token-bucket"),
+        Candidate("sliding-window", lambda _: SlidingWindow(quota), f"{tps}--quota-model sliding-window"),
+        Candidate(
+            "fixed-window", lambda phase: _Shifted(FixedWindow(quota), phase), f"{tps}--quota-model fixed-window"
+        ),
+        Candidate(
+            f"token-bucket, burst {quota:g}", lambda _: TokenBucket(quota, quota), f"{tps}--quota-model token-bucket"
+        ),
         Candidate(
             f"token-bucket, burst {2 * quota:g}",
             lambda _: TokenBucket(quota, 2 * quota),
-            f"--quota-model token-bucket --quota-burst {2 * quota:g}",
+            f"{tps}--quota-model token-bucket --quota-burst {2 * quota:g}",
         ),
-        Candidate("strict-spacing", lambda _: StrictSpacing(quota), "--quota-model strict-spacing"),
+        Candidate("strict-spacing", lambda _: StrictSpacing(quota), f"{tps}--quota-model strict-spacing"),
     ]
 
 
@@ -190,16 +208,16 @@ def score(probe: Probe) -> list[Score]:
 
 
 def send(pe: Any, dataset_arn: str, pattern: Pattern, *, run_id: str, first: int, properties: str | None) -> list[Sent]:
-    """One pattern: a thread per call, each released at its offset; no retries (each attempt is one outcome)."""
+    """One pattern: a thread per call, each released at its offset; no retries (each attempt is one outcome). An
+    error other than a throttle (or a thread that cannot start) ends the probe with one line."""
     left: dict[int, float] = {}
     outcome: dict[int, bool] = {}
-    errors: list[ClientError] = []
+    errors: list[Exception] = []
     local = threading.local()
 
     def mark(**_: Any) -> None:
         left[local.n] = time.monotonic()
 
-    pe.meta.events.register("before-send.personalize-events.PutItems", mark)
     start = time.monotonic() + 0.05  # every thread started and waiting before the first offset
     ready = threading.Barrier(len(pattern.offsets) + 1)
 
@@ -208,31 +226,54 @@ def send(pe: Any, dataset_arn: str, pattern: Pattern, *, run_id: str, first: int
         item: dict[str, str] = {"itemId": f"quota-probe-{run_id}-{first + n}"}
         if properties is not None:
             item["properties"] = properties
-        ready.wait()
+        try:
+            ready.wait()
+        except threading.BrokenBarrierError:  # another thread could not start: send nothing
+            return
         time.sleep(max(0.0, start + offset - time.monotonic()))
         try:
             pe.put_items(datasetArn=dataset_arn, items=[item])
             outcome[n] = False
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in THROTTLE_CODES:
+            if exc.response.get("Error", {}).get("Code") in THROTTLE_ERRORS:
                 outcome[n] = True
             else:
                 errors.append(exc)
-        left.setdefault(n, time.monotonic())
+        except BotoCoreError as exc:  # no answer: no connection, no credentials, a read timeout
+            errors.append(exc)
 
     threads = [threading.Thread(target=call, args=(n, o), daemon=True) for n, o in enumerate(pattern.offsets)]
-    for t in threads:
-        t.start()
-    ready.wait()
-    for t in threads:
-        t.join()
-    pe.meta.events.unregister("before-send.personalize-events.PutItems", mark)
+    pe.meta.events.register("before-send.personalize-events.PutItems", mark)
+    try:
+        started = []
+        try:
+            for t in threads:
+                t.start()
+                started.append(t)
+            ready.wait()
+        except RuntimeError as exc:  # "can't start new thread"
+            ready.abort()
+            raise OpsError(f"could not start {len(threads)} threads at once ({exc}); lower --quota") from None
+        finally:
+            for t in started:
+                t.join()
+    finally:
+        pe.meta.events.unregister("before-send.personalize-events.PutItems", mark)
     if errors:
-        hint = ""
-        if errors[0].response.get("Error", {}).get("Code") == "InvalidInputException":
-            hint = " (if the dataset's schema requires fields, pass them with --properties)"
-        raise OpsError(describe_client_error(errors[0]) + hint)
+        raise OpsError(_describe(errors[0]))
     return [Sent(left[n], outcome[n]) for n in range(len(pattern.offsets))]
+
+
+def _describe(exc: Exception) -> str:
+    if not isinstance(exc, ClientError):
+        return str(exc)
+    text = describe_client_error(exc)
+    message = exc.response.get("Error", {}).get("Message", "").lower()
+    if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
+        text += " (a server error leaves the counts incomplete: run it again)"
+    elif any(word in message for word in ("propert", "schema", "field")):
+        text += " (if the dataset's schema requires fields, pass them with --properties)"
+    return text
 
 
 def experiment(pe: Any, dataset_arn: str, quota: float, rest_s: float, properties: str | None) -> Probe:
@@ -249,9 +290,14 @@ def experiment(pe: Any, dataset_arn: str, quota: float, rest_s: float, propertie
     return probe
 
 
+def _calls(n: int) -> str:
+    return f"{n} call" + ("" if n == 1 else "s")
+
+
 def report(probe: Probe, scores: list[Score]) -> tuple[Table, list[str], bool]:
     """The table (observed and predicted throttles per pattern), the verdict lines, and whether the verdict is
-    clear (a model within ``MARGIN`` calls, and the control pattern throttled no more than it predicts)."""
+    clear: a model within ``MARGIN`` calls, no other model that close but the other window, and the control pattern
+    throttled no more than that model predicts."""
     observed = probe.observed()
     t = Table(title=f"Throttled calls per pattern: observed, and what each model predicts (quota {probe.quota:g}/s)")
     t.add_column("pattern")
@@ -266,17 +312,24 @@ def report(probe: Probe, scores: list[Score]) -> tuple[Table, list[str], bool]:
     best = scores[0]
     close = [sc for sc in scores[1:] if sc.off <= best.off + MARGIN]
     setting = f"{best.candidate.name} (local cloud: {best.candidate.setting})"
-    if best.off > MARGIN:
-        lines = [f"no model matches; closest: {setting}, {best.off} calls off"]
+    matched = best.off <= MARGIN
+    if not any(observed[i] for i, p in enumerate(probe.patterns) if p.scored):
+        lines = [f"nothing was throttled: this account's quota is above --quota {probe.quota:g}/s; no model named"]
+        matched = False
+    elif not matched:
+        lines = [f"no model matches; closest: {setting}, {_calls(best.off)} off"]
     else:
-        lines = [f"consistent with {setting}" + (f", {best.off} calls off" if best.off else "")]
+        lines = [f"consistent with {setting}" + (f", {_calls(best.off)} off" if best.off else "")]
+    apart = {best.candidate.name, *(sc.candidate.name for sc in close)} <= WINDOWS
     if close:
         lines.append(
-            "within "
-            + str(MARGIN)
-            + " calls of it: "
+            f"within {_calls(MARGIN)} of it: "
             + ", ".join(f"{sc.candidate.name} ({sc.off} off)" for sc in close)
-            + "; these patterns cannot tell them apart with confidence"
+            + (
+                "; the two windows both count calls per second, and the shared budget treats them alike"
+                if apart
+                else "; these patterns cannot tell them apart: run it again"
+            )
         )
     control = next(i for i, p in enumerate(probe.patterns) if p.control)
     control_held = observed[control] <= best.predicted[control]
@@ -284,10 +337,9 @@ def report(probe: Probe, scores: list[Score]) -> tuple[Table, list[str], bool]:
         lines.append(
             f"the control pattern (under the quota) was throttled {observed[control]} times where "
             f"{best.candidate.name} predicts {best.predicted[control]}: another writer is using this dataset "
-            "group's quota, the quota is lower than --quota, or (under strict spacing) a few milliseconds of "
-            "network jitter; run it again"
+            "group's quota, or the quota is lower than --quota; run it again"
         )
-    return t, lines, best.off <= MARGIN and control_held
+    return t, lines, matched and (apart or not close) and control_held
 
 
 def register(sub: Any) -> None:
@@ -297,33 +349,63 @@ def register(sub: Any) -> None:
         description=(__doc__ or "").split("\n\n")[0],
     )
     p.add_argument("--dataset-arn", required=True, help="an Items dataset in a dataset group nothing else writes to")
-    p.add_argument("--quota", type=float, default=DEFAULT_QUOTA, help="the documented calls/s (default 10)")
     p.add_argument(
-        "--rest", type=float, default=DEFAULT_REST_S, help=f"seconds between patterns (default {DEFAULT_REST_S})"
+        "--quota", type=float, default=DEFAULT_QUOTA, help=f"the account's calls/s, 1-{MAX_QUOTA:g} (default 10)"
+    )
+    p.add_argument(
+        "--rest",
+        type=float,
+        default=DEFAULT_REST_S,
+        help=f"seconds between patterns, at least {MIN_REST_S:g} (default {DEFAULT_REST_S:g})",
     )
     p.add_argument("--properties", help="the probe items' properties, a JSON object (if the schema requires fields)")
     p.add_argument("--json", type=Path, help="also write every attempt and the scores to this file")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, interrupted=INTERRUPTED)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.quota <= 0 or args.rest < 0:
-        raise OpsError("--quota must be positive and --rest not negative")
+def check(args: argparse.Namespace, env: dict[str, str]) -> None:
+    """Everything that can be refused before a call is sent."""
+    if not (math.isfinite(args.quota) and 1 <= args.quota <= MAX_QUOTA):
+        raise OpsError(f"--quota must be a number of calls/s from 1 to {MAX_QUOTA:g}, not {args.quota:g}")
+    if not (math.isfinite(args.rest) and args.rest >= MIN_REST_S):
+        raise OpsError(
+            f"--rest must be at least {MIN_REST_S:g} s (a bucket of burst 2 × quota refills in 2 s), not {args.rest:g}"
+        )
+    try:
+        group = dataset_group_arn(args.dataset_arn)
+    except ConfigError as exc:
+        raise OpsError(f"--dataset-arn: {exc}") from None
+    try:
+        connector = dataset_group_arn(env.get("DATASET_ARN", ""))
+    except ConfigError:
+        connector = None
+    if group == connector:
+        raise OpsError(
+            f"--dataset-arn is in the connector's dataset group (DATASET_ARN: {group}): the probe would throttle the "
+            "connector and the connector would spoil the counts; use a scratch dataset group"
+        )
     if args.properties is not None:
         try:
             if not isinstance(json.loads(args.properties), dict):
                 raise ValueError
         except ValueError:
             raise OpsError('--properties must be a JSON object, e.g. \'{"genre": "drama"}\'') from None
-    # A client of its own: no retries (one attempt, one outcome) and a connection for every call of a burst.
-    burst = 2 * max(1, round(args.quota))
+    if args.json is not None and not args.json.parent.is_dir():
+        raise OpsError(f"--json: {args.json.parent} is not a directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    check(args, dict(os.environ))
+    q = max(1, round(args.quota))
+    # A client of its own: no retries (one attempt, one outcome) and a connection for every call of the largest burst.
     pe = boto3.client(
         "personalize-events",
-        config=Config(retries={"mode": "standard", "total_max_attempts": 1}, max_pool_connections=burst + 2),
+        config=Config(retries={"mode": "standard", "total_max_attempts": 1}, max_pool_connections=3 * q + 2),
     )
     console.print(
-        f"[yellow]quota-probe[/]: writes about {sum(len(p.offsets) for p in patterns(args.quota))} items "
-        f"(ids quota-probe-*) to {args.dataset_arn}; run it only where nothing else writes to the dataset group"
+        f"[yellow]quota-probe[/]: sends {sum(len(p.offsets) for p in patterns(args.quota))} one-item calls to "
+        f"{args.dataset_arn} (each accepted one writes an item, ids quota-probe-<run>-<n>); run it only where "
+        "nothing else writes to the dataset group"
     )
     probe = experiment(pe, args.dataset_arn, args.quota, args.rest, args.properties)
     scores = score(probe)
@@ -333,32 +415,32 @@ def run(args: argparse.Namespace) -> int:
         console.print(("[bold green]" if clear else "[bold yellow]") + line + "[/]")
     if args.json:
         t0 = min(s.left for calls in probe.sent for s in calls)
-        args.json.write_text(
-            json.dumps(
+        document = {
+            "quota": probe.quota,
+            "patterns": [
                 {
-                    "quota": probe.quota,
-                    "patterns": [
-                        {
-                            "name": p.name,
-                            "scored": p.scored,
-                            "control": p.control,
-                            "calls": [{"left_s": round(s.left - t0, 4), "throttled": s.throttled} for s in calls],
-                        }
-                        for p, calls in zip(probe.patterns, probe.sent, strict=True)
-                    ],
-                    "models": [
-                        {
-                            "model": sc.candidate.name,
-                            "local_cloud": sc.candidate.setting,
-                            "predicted": sc.predicted,
-                            "calls_off": sc.off,
-                            "phase_s": sc.phase,
-                        }
-                        for sc in scores
-                    ],
-                    "verdict": lines,
-                },
-                indent=2,
-            )
-        )
+                    "name": p.name,
+                    "scored": p.scored,
+                    "control": p.control,
+                    "calls": [{"left_s": round(s.left - t0, 4), "throttled": s.throttled} for s in calls],
+                }
+                for p, calls in zip(probe.patterns, probe.sent, strict=True)
+            ],
+            "models": [
+                {
+                    "model": sc.candidate.name,
+                    "local_cloud": sc.candidate.setting,
+                    "predicted": sc.predicted,
+                    "calls_off": sc.off,
+                    "phase_s": None if sc.phase is None else round(sc.phase, 2),
+                }
+                for sc in scores
+            ],
+            "verdict": lines,
+            "clear": clear,
+        }
+        try:
+            args.json.write_text(json.dumps(document, indent=2))
+        except OSError as exc:
+            raise OpsError(f"--json: could not write {args.json}: {exc.strerror}") from None
     return 0 if clear else 1
