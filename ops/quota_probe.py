@@ -132,6 +132,7 @@ class Candidate:
     name: str
     build: Callable[[float], QuotaModel]
     setting: str
+    phases: tuple[float, ...] = (0.0,)  # replayed at each, the best kept (a fixed window's edges: every 10 ms)
 
 
 def candidates(quota: float) -> list[Candidate]:
@@ -139,7 +140,10 @@ def candidates(quota: float) -> list[Candidate]:
     return [
         Candidate("sliding-window", lambda _: SlidingWindow(quota), f"{tps}--quota-model sliding-window"),
         Candidate(
-            "fixed-window", lambda phase: _Shifted(FixedWindow(quota), phase), f"{tps}--quota-model fixed-window"
+            "fixed-window",
+            lambda phase: _Shifted(FixedWindow(quota), phase),
+            f"{tps}--quota-model fixed-window",
+            tuple(k * PHASE_STEP_S for k in range(round(1 / PHASE_STEP_S))),
         ),
         Candidate(
             f"token-bucket, burst {quota:g}", lambda _: TokenBucket(quota, quota), f"{tps}--quota-model token-bucket"
@@ -196,14 +200,8 @@ def score(probe: Probe) -> list[Score]:
 
     scores = []
     for c in candidates(probe.quota):
-        if c.name == "fixed-window":
-            phases = [k * PHASE_STEP_S for k in range(round(1 / PHASE_STEP_S))]
-            fits = [(predict(c.build, probe.sent, phase), phase) for phase in phases]
-            predicted, phase = min(fits, key=lambda fit: off(fit[0]))
-            scores.append(Score(c, predicted, off(predicted), phase))
-        else:
-            predicted = predict(c.build, probe.sent)
-            scores.append(Score(c, predicted, off(predicted)))
+        predicted, phase = min(((predict(c.build, probe.sent, ph), ph) for ph in c.phases), key=lambda f: off(f[0]))
+        scores.append(Score(c, predicted, off(predicted), phase if len(c.phases) > 1 else None))
     return sorted(scores, key=lambda sc: sc.off)
 
 
@@ -276,8 +274,8 @@ def _describe(exc: Exception) -> str:
     return text
 
 
-def experiment(pe: Any, dataset_arn: str, quota: float, rest_s: float, properties: str | None) -> Probe:
-    probe = Probe(quota, patterns(quota))
+def experiment(pe: Any, dataset_arn: str, probe: Probe, rest_s: float, properties: str | None) -> None:
+    """Send every pattern of ``probe``, a rest before each but the first, into ``probe.sent``."""
     run_id = uuid.uuid4().hex[:8]
     first = 0
     for i, pattern in enumerate(probe.patterns):
@@ -287,7 +285,6 @@ def experiment(pe: Any, dataset_arn: str, quota: float, rest_s: float, propertie
         probe.sent.append(send(pe, dataset_arn, pattern, run_id=run_id, first=first, properties=properties))
         first += len(pattern.offsets)
         console.print(f"  throttled {probe.observed()[-1]} of {len(pattern.offsets)}")
-    return probe
 
 
 def _calls(n: int) -> str:
@@ -396,18 +393,19 @@ def check(args: argparse.Namespace, env: dict[str, str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check(args, dict(os.environ))
-    q = max(1, round(args.quota))
+    probe = Probe(args.quota, patterns(args.quota))
     # A client of its own: no retries (one attempt, one outcome) and a connection for every call of the largest burst.
+    pool = max(len(p.offsets) for p in probe.patterns) + 2
     pe = boto3.client(
         "personalize-events",
-        config=Config(retries={"mode": "standard", "total_max_attempts": 1}, max_pool_connections=3 * q + 2),
+        config=Config(retries={"mode": "standard", "total_max_attempts": 1}, max_pool_connections=pool),
     )
     console.print(
-        f"[yellow]quota-probe[/]: sends {sum(len(p.offsets) for p in patterns(args.quota))} one-item calls to "
+        f"[yellow]quota-probe[/]: sends {sum(len(p.offsets) for p in probe.patterns)} one-item calls to "
         f"{args.dataset_arn} (each accepted one writes an item, ids quota-probe-<run>-<n>); run it only where "
         "nothing else writes to the dataset group"
     )
-    probe = experiment(pe, args.dataset_arn, args.quota, args.rest, args.properties)
+    experiment(pe, args.dataset_arn, probe, args.rest, args.properties)
     scores = score(probe)
     table, lines, clear = report(probe, scores)
     console.print(table)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 import re
 import socket
 import threading
@@ -24,12 +23,12 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from connector.putitems import THROTTLE_ERRORS
-from localcloud.emulator.quota import make_model
 from localcloud.personalize_emulator import PersonalizeEmulator
 from ops import quota_probe
 from ops.cli import main
 from ops.common import OpsError
-from ops.quota_probe import Pattern, Probe, Sent, patterns, report, score, send
+from ops.quota_probe import Pattern, Sent, report, score, send
+from tests.ops.test_quota_probe import replayed
 
 ROOT = Path(__file__).resolve().parents[2]
 ARN = "arn:aws:personalize:us-east-1:111122223333:dataset/probe/ITEMS"
@@ -56,22 +55,6 @@ def probe_json(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any]]:
 
 def err(capsys: pytest.CaptureFixture[str]) -> str:
     return " ".join(capsys.readouterr().err.split())  # rich wraps lines
-
-
-def replayed(model: str, burst: float | None, quota: float, seed: int, jitter_s: float) -> Probe:
-    """The probe's patterns sent through one model (the "service"), up to ``jitter_s`` on each arrival."""
-    rng = random.Random(seed)
-    service = make_model(model, quota, burst)
-    probe = Probe(quota, patterns(quota))
-    t = 1000.0 + rng.random()
-    for i, pattern in enumerate(probe.patterns):
-        t += 2.5 if i else 0.0
-        left = [t + o for o in pattern.offsets]
-        arrivals = sorted((x + rng.uniform(0, jitter_s), j) for j, x in enumerate(left))
-        throttled = {j: not service.try_acquire(a) for a, j in arrivals}
-        probe.sent.append([Sent(x, throttled[j]) for j, x in enumerate(left)])
-        t += max(pattern.offsets, default=0.0)
-    return probe
 
 
 # ------------------------------------------------------------------------------ wrong model, with confidence
@@ -114,7 +97,7 @@ def test_a_tie_with_a_materially_different_model_is_not_a_clear_verdict() -> Non
     undecided (the docs say that difference does not matter); a bucket within MARGIN of a window is unclear."""
     wrong = []
     for seed in range(10):
-        probe = replayed("token-bucket", None, 2.0, seed, 0.003)
+        probe = replayed("token-bucket", None, seed, 0.003, quota=2.0)
         scores = score(probe)
         _, lines, clear = report(probe, scores)
         if clear and scores[0].candidate.name != "token-bucket, burst 2":
@@ -239,7 +222,7 @@ def test_every_throttle_code_the_connector_knows_is_a_throttle_for_the_probe() -
 def test_the_local_cloud_setting_names_the_rate_when_the_quota_is_not_10() -> None:
     """The verdict's "local cloud: --quota-model ..." is the setting to benchmark under, but at ``--quota 15`` it
     leaves out the rate: ``localcloud up`` defaults to ``--tps 10``, so the setting reproduces another account."""
-    probe = replayed("sliding-window", None, 15.0, 0, 0.0)
+    probe = replayed("sliding-window", None, 0, 0.0, quota=15.0)
     scores = score(probe)
     _, lines, _ = report(probe, scores)
     assert scores[0].candidate.name == "sliding-window"

@@ -36,16 +36,19 @@ MODELS = {
 DISTINCT = {"token-bucket, burst 10", "token-bucket, burst 20", "strict-spacing"}
 
 
-def replayed(model: str, burst: float | None, seed: int, jitter_s: float) -> Probe:
-    """The probe's patterns sent through one model, with up to ``jitter_s`` on each departure and arrival."""
+def replayed(model: str, burst: float | None, seed: int, jitter_s: float, quota: float = 10.0) -> Probe:
+    """The probe's patterns sent through one model (the "service"): departures exactly on their offsets, up to
+    ``jitter_s`` on the way to the service (so arrivals may reorder)."""
     rng = random.Random(seed)
-    service = make_model(model, 10, burst)
-    probe = Probe(10, patterns(10))
+    service = make_model(model, quota, burst)
+    probe = Probe(quota, patterns(quota))
     t = 1000.0 + rng.random()
     for i, pattern in enumerate(probe.patterns):
         t += 2.5 if i else 0.0
-        left = sorted(t + o + rng.uniform(0, jitter_s) for o in pattern.offsets)
-        probe.sent.append([Sent(x, not service.try_acquire(x + rng.uniform(0, jitter_s))) for x in left])
+        left = [t + o for o in pattern.offsets]
+        arrivals = sorted((x + rng.uniform(0, jitter_s), j) for j, x in enumerate(left))
+        throttled = {j: not service.try_acquire(a) for a, j in arrivals}
+        probe.sent.append([Sent(x, throttled[j]) for j, x in enumerate(left)])
         t += max(pattern.offsets)
     return probe
 
