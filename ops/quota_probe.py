@@ -13,13 +13,14 @@ cloud). Every model throttles part of the largest burst, so a probe that sees no
 than ``--quota`` instead of naming a model; a verdict is clear only when no other model comes within ``MARGIN``
 calls, except the other window (the sliding and the fixed window both count calls per second).
 
-**Run it only against a dataset group nothing else writes to.** It bypasses the shared budget on purpose (it must
-go over the quota to see how it is counted), so a connector writing to the same dataset group would be throttled
-by it and would make its counts meaningless. It refuses the dataset group of ``DATASET_ARN`` when that is set, and
-the control pattern (paced at 0.8 × quota, which every model admits, with 25 ms to spare under strict spacing)
-says so if it is throttled. Each accepted call writes one item, ids ``quota-probe-<run>-<n>`` (177 calls at 10
-calls/s, 50-160 of them accepted depending on the model), with ``--properties`` as their properties (a dataset whose
-schema requires fields needs them).
+**Run it only against a dataset group nothing else writes to.** It bypasses the shared budget on purpose (it must go
+over the quota to see how it is counted), so a connector writing to the same dataset group would be throttled by it
+and would make its counts meaningless. It refuses the dataset group of ``DATASET_ARN`` when that is set, and it
+names another writer when the control pattern (paced at 0.8 × quota, which every model admits, with 25 ms to spare
+under strict spacing) is throttled or the closest model falls short of the observed throttles (:func:`report`). Each
+accepted call writes one item, ids ``quota-probe-<run>-<n>`` (177 calls at 10 calls/s, 50-160 of them accepted
+depending on the model), with ``--properties`` as their properties (a dataset whose schema requires fields needs
+them).
 
 Counts, not per-call outcomes, are compared: concurrent calls of a burst reach the service in an order the client
 cannot see. A fixed window's edges are wherever the service's seconds start, so that model is replayed at every
@@ -294,7 +295,13 @@ def _calls(n: int) -> str:
 def report(probe: Probe, scores: list[Score]) -> tuple[Table, list[str], bool]:
     """The table (observed and predicted throttles per pattern), the verdict lines, and whether the verdict is
     clear: a model within ``MARGIN`` calls, no other model that close but the other window, and the control pattern
-    throttled no more than that model predicts."""
+    throttled no more than that model predicts.
+
+    Another writer (or a quota below ``--quota``) shows in one of two ways: the control pattern is throttled, or
+    the closest model falls short of the observed throttles by more than ``MARGIN`` calls and never predicts more
+    than was seen: jitter moves counts both ways, a share of the quota taken by someone else only adds throttles.
+    The control alone misses it where the other writer keeps its slots: evenly spaced under a sliding window, its
+    call at ``t`` finds its own call of ``t - 1 s`` just gone, so the control's extra call may be its to lose."""
     observed = probe.observed()
     t = Table(title=f"Throttled calls per pattern: observed, and what each model predicts (quota {probe.quota:g}/s)")
     t.add_column("pattern")
@@ -330,11 +337,17 @@ def report(probe: Probe, scores: list[Score]) -> tuple[Table, list[str], bool]:
         )
     control = next(i for i, p in enumerate(probe.patterns) if p.control)
     control_held = observed[control] <= best.predicted[control]
+    elsewhere = "another writer is using this dataset group's quota, or the quota is lower than --quota; run it again"
+    scored = [i for i, p in enumerate(probe.patterns) if p.scored]
+    more = sum(max(0, observed[i] - best.predicted[i]) for i in scored)
     if not control_held:
         lines.append(
             f"the control pattern (under the quota) was throttled {observed[control]} times where "
-            f"{best.candidate.name} predicts {best.predicted[control]}: another writer is using this dataset "
-            "group's quota, or the quota is lower than --quota; run it again"
+            f"{best.candidate.name} predicts {best.predicted[control]}: {elsewhere}"
+        )
+    elif more > MARGIN and all(observed[i] >= best.predicted[i] for i in scored):
+        lines.append(
+            f"{_calls(more)} more throttled than {best.candidate.name} predicts, and in no pattern fewer: {elsewhere}"
         )
     return t, lines, matched and (apart or not close) and control_held
 

@@ -15,10 +15,10 @@ from typing import Any
 import boto3
 import pytest
 
-from localcloud.emulator.quota import make_model
+from localcloud.emulator.quota import Quotas, QuotaSettings
 from localcloud.personalize_emulator import PersonalizeEmulator
 from ops.cli import main
-from ops.quota_probe import MARGIN, Pattern, Probe, Sent, patterns, score, send
+from ops.quota_probe import MARGIN, Pattern, Probe, Sent, patterns, report, score, send
 
 ARN = "arn:aws:personalize:us-east-1:111122223333:dataset/probe/ITEMS"
 REST_S = "2.05"  # the shortest rest that lets a bucket of burst 20 refill from empty (2 s at 10/s)
@@ -36,18 +36,21 @@ MODELS = {
 DISTINCT = {"token-bucket, burst 10", "token-bucket, burst 20", "strict-spacing"}
 
 
-def replayed(model: str, burst: float | None, seed: int, jitter_s: float, quota: float = 10.0) -> Probe:
+def replayed(
+    model: str, burst: float | None, seed: int, jitter_s: float, *, quota: float = 10.0, foreign: float = 0.0
+) -> Probe:
     """The probe's patterns sent through one model (the "service"): departures exactly on their offsets, up to
-    ``jitter_s`` on the way to the service (so arrivals may reorder)."""
+    ``jitter_s`` on the way to the service (so arrivals may reorder); beside the emulator's foreign writer at
+    ``foreign`` x quota (evenly spaced, seeded phase)."""
     rng = random.Random(seed)
-    service = make_model(model, quota, burst)
+    service = Quotas(QuotaSettings(quota, model, burst, foreign), random.Random(seed))
     probe = Probe(quota, patterns(quota))
     t = 1000.0 + rng.random()
     for i, pattern in enumerate(probe.patterns):
         t += 2.5 if i else 0.0
         left = [t + o for o in pattern.offsets]
         arrivals = sorted((x + rng.uniform(0, jitter_s), j) for j, x in enumerate(left))
-        throttled = {j: not service.try_acquire(a) for a, j in arrivals}
+        throttled = {j: not service.try_acquire(ARN, a) for a, j in arrivals}
         probe.sent.append([Sent(x, throttled[j]) for j, x in enumerate(left)])
         t += max(pattern.offsets)
     return probe
@@ -103,27 +106,60 @@ E2E = [
 @pytest.mark.parametrize("emulator", E2E, indirect=True, ids=[m if b is None else f"{m}-{b:g}" for m, b, _ in E2E])
 def test_against_the_emulator_the_probe_names_its_model(emulator: PersonalizeEmulator, tmp_path: Path) -> None:
     model, burst = emulator.state.config.quota_model, emulator.state.config.quota_burst
-    code, report = probe_json(tmp_path)
-    best = report["models"][0]
-    assert best["model"] == MODELS[(model, burst)] and best["calls_off"] <= MARGIN, report["models"]
-    assert report["verdict"][0].startswith(f"consistent with {best['model']} (local cloud: --quota-model {model}")
-    calls = [c for p in report["patterns"] for c in p["calls"]]
+    code, out = probe_json(tmp_path)
+    best = out["models"][0]
+    assert best["model"] == MODELS[(model, burst)] and best["calls_off"] <= MARGIN, out["models"]
+    assert out["verdict"][0].startswith(f"consistent with {best['model']} (local cloud: --quota-model {model}")
+    calls = [c for p in out["patterns"] for c in p["calls"]]
     admitted = sum(not c["throttled"] for c in calls)
     assert len(emulator.items(ARN)) == admitted  # one item per admitted call, each with its own id
     assert len(calls) == sum(len(p.offsets) for p in patterns(10))
-    assert code == 0 and report["clear"]
+    assert code == 0 and out["clear"]
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("emulator", [("sliding-window", None, 0.3)], indirect=True, ids=["foreign-writer"])
 def test_another_writer_on_the_dataset_group_is_reported(emulator: PersonalizeEmulator, tmp_path: Path) -> None:
-    """A foreign writer at 30 % of the quota throttles the control pattern, which every model admits alone: the
-    probe says its comparison is unreliable and exits 1."""
-    code, report = probe_json(tmp_path)
-    control = next(p for p in report["patterns"] if p["control"])
-    assert sum(c["throttled"] for c in control["calls"]) > 0
-    assert code == 1
-    assert any("another writer" in line for line in report["verdict"])
+    """A foreign writer at 30 % of the quota: the probe says another writer (or a lower quota) is in its counts and
+    exits 1. Whether the control pattern itself is throttled is up to the phases (a clean-clone CI run saw it not
+    throttled at all), which is why the report also looks at the other patterns."""
+    code, out = probe_json(tmp_path)
+    assert code == 1 and not out["clear"]
+    assert any("another writer" in line for line in out["verdict"]), out["verdict"]
+
+
+@pytest.mark.parametrize("share", [0.1, 0.2, 0.3, 0.4])
+def test_a_foreign_writer_is_named(share: float) -> None:
+    """Replays under the sliding window beside a foreign writer at 10-40 % of the quota, 20 seeds, 3 ms of jitter:
+    every verdict is unclear and names another writer. At 5 % it is missed in 17 of 200 seeds
+    (docs/ops/quota-probe.md)."""
+    for seed in range(20):
+        probe = replayed("sliding-window", None, seed, 0.003, foreign=share)
+        _, lines, clear = report(probe, score(probe))
+        assert not clear and any("another writer" in line for line in lines), (seed, probe.observed(), lines)
+
+
+def test_a_foreign_writer_that_leaves_the_control_alone_is_named_from_the_other_patterns() -> None:
+    """An evenly spaced writer finds its own call of a second before just gone, so the control's extra call can be
+    the writer's to lose: at 10 % the control is not throttled in these replays (and a clean-clone CI run saw the
+    same at 30 % over HTTP), yet the probe throttled more than the model predicts in the other patterns."""
+    quiet = 0
+    for seed in range(20):
+        probe = replayed("sliding-window", None, seed, 0.003, foreign=0.1)
+        _, lines, _ = report(probe, score(probe))
+        if not any(line.startswith("the control pattern") for line in lines):
+            quiet += 1
+            assert any("more throttled than sliding-window predicts" in line for line in lines), (seed, lines)
+    assert quiet >= 10
+
+
+@pytest.mark.parametrize(("model", "burst"), list(MODELS))
+def test_alone_on_the_dataset_group_no_other_writer_is_named(model: str, burst: float | None) -> None:
+    """The other-writer line never comes from jitter alone: 20 seeds per model with 0-3 ms of jitter each way."""
+    for seed in range(20):
+        probe = replayed(model, burst, seed, 0.003)
+        _, lines, _ = report(probe, score(probe))
+        assert not any("another writer" in line for line in lines), (seed, lines)
 
 
 @pytest.mark.integration
