@@ -16,11 +16,11 @@ calls, except the other window (the sliding and the fixed window both count call
 **Run it only against a dataset group nothing else writes to.** It bypasses the shared budget on purpose (it must go
 over the quota to see how it is counted), so a connector writing to the same dataset group would be throttled by it
 and would make its counts meaningless. It refuses the dataset group of ``DATASET_ARN`` when that is set, and it
-names another writer when the control pattern (paced at 0.8 × quota, which every model admits, with 25 ms to spare
-under strict spacing) is throttled or the closest model falls short of the observed throttles (:func:`report`). Each
-accepted call writes one item, ids ``quota-probe-<run>-<n>`` (177 calls at 10 calls/s, 50-160 of them accepted
-depending on the model), with ``--properties`` as their properties (a dataset whose schema requires fields needs
-them).
+names another writer when the control pattern (a call every ``1/quota`` + 40 ms, which every model admits, strict
+spacing behind 40 ms of jitter included) is throttled or the closest model falls short of the observed throttles
+(:func:`report`). Each accepted call writes one item, ids ``quota-probe-<run>-<n>`` (175 calls at 10 calls/s, 50-160
+of them accepted depending on the model), with ``--properties`` as their properties (a dataset whose schema requires
+fields needs them).
 
 Counts, not per-call outcomes, are compared: concurrent calls of a burst reach the service in an order the client
 cannot see. A fixed window's edges are wherever the service's seconds start, so that model is replayed at every
@@ -71,6 +71,9 @@ MAX_QUOTA = 50.0  # calls/s: three times this many threads and connections at on
 DEFAULT_REST_S = 2.5
 MIN_REST_S = 2.0  # a window forgets in 1 s; a bucket of burst 2 × quota refills from empty in 2 s
 PHASE_STEP_S = 0.01
+# The control's calls are 1/quota + this apart: every model admits them all, strict spacing included, behind this
+# much jitter or late thread release (a fixed share of the quota left 25 ms at 10/s and 5 ms at 50/s).
+CONTROL_SPARE_S = 0.040
 MARGIN = 2  # calls: a model this close to the observed counts matches (a few ms of jitter move a call or two)
 WINDOWS = {"sliding-window", "fixed-window"}  # the one pair allowed to stay undecided: both count calls per second
 INTERRUPTED = "[yellow]interrupted[/]: the probe keeps nothing; a new run starts over (and writes new items)"
@@ -93,6 +96,9 @@ def patterns(quota: float) -> list[Pattern]:
     def paced(share: float, seconds: float) -> tuple[float, ...]:
         return tuple(i / (share * quota) for i in range(round(share * quota * seconds)))
 
+    gap = 1 / quota + CONTROL_SPARE_S
+    control_offsets = tuple(i * gap for i in range(round(2.0 / gap)))
+
     return [
         Pattern(f"warm-up: {3 * q} at once (opens the connections; not scored)", (0.0,) * (3 * q), scored=False),
         Pattern(f"burst: {q} at once", (0.0,) * q),
@@ -101,7 +107,7 @@ def patterns(quota: float) -> list[Pattern]:
         Pattern(f"two bursts of {q}, 0.5 s apart", (0.0,) * q + (0.5,) * q),
         Pattern("paced at 1.5 × quota for 1 s", paced(1.5, 1.0)),
         Pattern("paced at 1.2 × quota for 3 s", paced(1.2, 3.0)),
-        Pattern("control: paced at 0.8 × quota for 2 s", paced(0.8, 2.0), control=True),
+        Pattern(f"control: a call every {gap * 1000:.0f} ms for 2 s", control_offsets, control=True),
     ]
 
 
@@ -297,7 +303,7 @@ def report(probe: Probe, scores: list[Score]) -> tuple[Table, list[str], bool]:
     clear: a model within ``MARGIN`` calls, no other model that close but the other window, and the control pattern
     throttled no more than that model predicts.
 
-    Another writer (or a quota below ``--quota``) shows in one of two ways: the control pattern is throttled, or
+    Another writer (or a quota other than ``--quota``) shows in one of two ways: the control pattern is throttled, or
     the closest model falls short of the observed throttles by more than ``MARGIN`` calls and never predicts more
     than was seen: jitter moves counts both ways, a share of the quota taken by someone else only adds throttles.
     The control alone misses it where the other writer keeps its slots: evenly spaced under a sliding window, its
@@ -336,18 +342,22 @@ def report(probe: Probe, scores: list[Score]) -> tuple[Table, list[str], bool]:
             )
         )
     control = next(i for i, p in enumerate(probe.patterns) if p.control)
-    control_held = observed[control] <= best.predicted[control]
-    elsewhere = "another writer is using this dataset group's quota, or the quota is lower than --quota; run it again"
+    # one throttle more than predicted is jitter's: threads released tens of ms late on a loaded machine, then a
+    # few ms of transit, bring two control calls under 1/quota apart at the service though not on departure
+    control_held = observed[control] <= best.predicted[control] + 1
+    writer = "another writer is using this dataset group's quota"
     scored = [i for i, p in enumerate(probe.patterns) if p.scored]
     more = sum(max(0, observed[i] - best.predicted[i]) for i in scored)
     if not control_held:
         lines.append(
             f"the control pattern (under the quota) was throttled {observed[control]} times where "
-            f"{best.candidate.name} predicts {best.predicted[control]}: {elsewhere}"
+            f"{best.candidate.name} predicts {best.predicted[control]}: {writer}, or the quota is lower than --quota; "
+            "run it again"
         )
     elif more > MARGIN and all(observed[i] >= best.predicted[i] for i in scored):
         lines.append(
-            f"{_calls(more)} more throttled than {best.candidate.name} predicts, and in no pattern fewer: {elsewhere}"
+            f"{_calls(more)} more throttled than {best.candidate.name} predicts, and in no pattern fewer: {writer}, "
+            "its quota is not --quota, or it counts in a way none of these models does; run it again"
         )
     return t, lines, matched and (apart or not close) and control_held
 
