@@ -301,7 +301,7 @@ def _calls(n: int) -> str:
 def report(probe: Probe, scores: list[Score]) -> tuple[Table, list[str], bool]:
     """The table (observed and predicted throttles per pattern), the verdict lines, and whether the verdict is
     clear: a model within ``MARGIN`` calls, no other model that close but the other window, and the control pattern
-    throttled no more than that model predicts.
+    throttled at most once more than that model predicts.
 
     Another writer (or a quota other than ``--quota``) shows in one of two ways: the control pattern is throttled, or
     the closest model falls short of the observed throttles by more than ``MARGIN`` calls and never predicts more
