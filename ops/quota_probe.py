@@ -130,6 +130,10 @@ class Probe:
     def observed(self) -> list[int]:
         return [sum(s.throttled for s in calls) for calls in self.sent]
 
+    def scored(self) -> list[int]:
+        """The indices of the patterns that are compared (all but the warm-up)."""
+        return [i for i, p in enumerate(self.patterns) if p.scored]
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -199,7 +203,7 @@ class Score:
 
 def score(probe: Probe) -> list[Score]:
     """Every candidate, best first."""
-    scored = [i for i, p in enumerate(probe.patterns) if p.scored]
+    scored = probe.scored()
     observed = probe.observed()
 
     def off(predicted: list[int]) -> int:
@@ -323,7 +327,8 @@ def report(probe: Probe, scores: list[Score]) -> tuple[Table, list[str], bool]:
     close = [sc for sc in scores[1:] if sc.off <= best.off + MARGIN]
     setting = f"{best.candidate.name} (local cloud: {best.candidate.setting})"
     matched = best.off <= MARGIN
-    if not any(observed[i] for i, p in enumerate(probe.patterns) if p.scored):
+    scored = probe.scored()
+    if not any(observed[i] for i in scored):
         lines = [f"nothing was throttled: this account's quota is above --quota {probe.quota:g}/s; no model named"]
         matched = False
     elif not matched:
@@ -346,7 +351,6 @@ def report(probe: Probe, scores: list[Score]) -> tuple[Table, list[str], bool]:
     # few ms of transit, bring two control calls under 1/quota apart at the service though not on departure
     control_held = observed[control] <= best.predicted[control] + 1
     writer = "another writer is using this dataset group's quota"
-    scored = [i for i, p in enumerate(probe.patterns) if p.scored]
     more = sum(max(0, observed[i] - best.predicted[i]) for i in scored)
     if not control_held:
         lines.append(

@@ -1,4 +1,5 @@
-"""Event factories: Lambda stream events shaped like the real ones, for DynamoDB Streams and Kinesis."""
+"""Event factories: Lambda stream events shaped like the real ones, for DynamoDB Streams and Kinesis; and the
+Items dataset's Avro schema around a test's own fields."""
 
 from __future__ import annotations
 
@@ -144,3 +145,14 @@ class FakeContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return int(self.remaining_ms)
+
+
+def items_schema(*fields: dict[str, Any]) -> dict[str, Any]:
+    """An Items dataset's Avro schema: ``ITEM_ID`` first, then ``fields``."""
+    return {
+        "type": "record",
+        "name": "Items",
+        "namespace": "com.amazonaws.personalize.schema",
+        "fields": [{"name": "ITEM_ID", "type": "string"}, *fields],
+        "version": "1.0",
+    }

@@ -10,15 +10,10 @@ import pytest
 
 from localcloud import demo
 from localcloud.demo import LocalCloud, SetupError, dataset_schema
+from tests.factories import items_schema
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA: dict[str, Any] = {
-    "type": "record",
-    "name": "Items",
-    "namespace": "com.amazonaws.personalize.schema",
-    "fields": [{"name": "ITEM_ID", "type": "string"}, {"name": "PRICE", "type": "float"}],
-    "version": "1.0",
-}
+SCHEMA: dict[str, Any] = items_schema({"name": "PRICE", "type": "float"})
 
 
 def write_template(tmp_path: Path, *, with_schema: bool) -> Path:

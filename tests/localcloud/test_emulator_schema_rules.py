@@ -9,22 +9,16 @@ from typing import Any
 import pytest
 
 from localcloud.personalize_emulator import Schema
+from tests.factories import items_schema
 
-SCHEMA: dict[str, Any] = {
-    "type": "record",
-    "name": "Items",
-    "namespace": "com.amazonaws.personalize.schema",
-    "fields": [
-        {"name": "ITEM_ID", "type": "string"},
-        {"name": "CREATION_TIMESTAMP", "type": "long"},
-        {"name": "TITLE", "type": ["null", "string"]},
-        {"name": "GENRES", "type": ["null", "string"], "categorical": True},
-        {"name": "DESCRIPTION", "type": ["null", "string"], "textual": True},
-        {"name": "IN_STOCK", "type": ["null", "boolean"]},
-        {"name": "STATUS", "type": "string", "categorical": True, "default": "active"},
-    ],
-    "version": "1.0",
-}
+SCHEMA: dict[str, Any] = items_schema(
+    {"name": "CREATION_TIMESTAMP", "type": "long"},
+    {"name": "TITLE", "type": ["null", "string"]},
+    {"name": "GENRES", "type": ["null", "string"], "categorical": True},
+    {"name": "DESCRIPTION", "type": ["null", "string"], "textual": True},
+    {"name": "IN_STOCK", "type": ["null", "boolean"]},
+    {"name": "STATUS", "type": "string", "categorical": True, "default": "active"},
+)
 VALID = {"creationTimestamp": 1_700_000_000, "status": "active"}
 
 

@@ -34,6 +34,7 @@ from localcloud.personalize_emulator import (
     dataset_group_of,
     property_key,
 )
+from tests.factories import items_schema
 
 pytestmark = pytest.mark.integration
 
@@ -42,22 +43,15 @@ ACCOUNT = "123456789012"
 ARN = f"arn:aws:personalize:us-east-1:{ACCOUNT}:dataset/catalog/ITEMS"
 USERS_ARN = f"arn:aws:personalize:us-east-1:{ACCOUNT}:dataset/catalog/USERS"
 OTHER_GROUP_ARN = f"arn:aws:personalize:us-east-1:{ACCOUNT}:dataset/other/ITEMS"
-SCHEMA: dict[str, Any] = {
-    "type": "record",
-    "name": "Items",
-    "namespace": "com.amazonaws.personalize.schema",
-    "fields": [
-        {"name": "ITEM_ID", "type": "string"},
-        {"name": "GENRES", "type": ["null", "string"], "categorical": True},
-        {"name": "PRICE", "type": "float"},
-        {"name": "CREATION_TIMESTAMP", "type": "long"},
-        {"name": "NUMBER_OF_RATINGS", "type": ["null", "int"]},
-        {"name": "IN_STOCK", "type": ["null", "boolean"]},
-        {"name": "DESCRIPTION", "type": ["null", "string"], "textual": True},
-        {"name": "RATING", "type": ["double", "null"], "default": 0.0},
-    ],
-    "version": "1.0",
-}
+SCHEMA: dict[str, Any] = items_schema(
+    {"name": "GENRES", "type": ["null", "string"], "categorical": True},
+    {"name": "PRICE", "type": "float"},
+    {"name": "CREATION_TIMESTAMP", "type": "long"},
+    {"name": "NUMBER_OF_RATINGS", "type": ["null", "int"]},
+    {"name": "IN_STOCK", "type": ["null", "boolean"]},
+    {"name": "DESCRIPTION", "type": ["null", "string"], "textual": True},
+    {"name": "RATING", "type": ["double", "null"], "default": 0.0},
+)
 VALID = {"price": 9.99, "creationTimestamp": 1_700_000_000}
 # botocore's retries "max_attempts" counts *retries*; "total_max_attempts": 1 means one attempt, no retry.
 NO_RETRY: dict[str, Any] = {"total_max_attempts": 1, "mode": "standard"}

@@ -28,6 +28,7 @@ from ops import quota_probe
 from ops.cli import main
 from ops.common import OpsError
 from ops.quota_probe import Pattern, Sent, report, score, send
+from tests.factories import items_schema
 from tests.ops.test_quota_probe import replayed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -382,16 +383,7 @@ def test_the_docs_properties_example_is_accepted_for_a_schema_with_that_field(
     assert m, "no --properties example in the docs"
     example = m.group(1)
     field = next(iter(json.loads(example)))
-    schema = {
-        "type": "record",
-        "name": "Items",
-        "namespace": "com.amazonaws.personalize.schema",
-        "fields": [
-            {"name": "ITEM_ID", "type": "string"},
-            {"name": field.upper(), "type": "string", "categorical": True},
-        ],
-        "version": "1.0",
-    }
+    schema = items_schema({"name": field.upper(), "type": "string", "categorical": True})
     with emulator(monkeypatch, tps=0) as emu:  # no quota: only the properties are under test
         emu.register_dataset(ARN, schema)
         pe = boto3.client("personalize-events", endpoint_url=emu.endpoint_url)

@@ -331,7 +331,7 @@ def test_holds_a_bursty_writer_the_rule_misses_leaves_a_right_verdict(foreign: F
         name, clear, lines = verdict(probe)
         if clear and not names_writer(lines):
             alone = replay(SlidingWindow(10.0), seed, uniform(0.0, 0.003)).observed()
-            scored = [i for i, p in enumerate(probe.patterns) if p.scored]
+            scored = probe.scored()
             moved = sum(abs(probe.observed()[i] - alone[i]) for i in scored)
             assert name in WINDOWS and moved <= MARGIN, (seed, name, moved)
 

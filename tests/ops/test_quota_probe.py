@@ -19,6 +19,7 @@ from localcloud.emulator.quota import Quotas, QuotaSettings
 from localcloud.personalize_emulator import PersonalizeEmulator
 from ops.cli import main
 from ops.quota_probe import MARGIN, Pattern, Probe, Sent, patterns, report, score, send
+from tests.factories import items_schema
 
 ARN = "arn:aws:personalize:us-east-1:111122223333:dataset/probe/ITEMS"
 REST_S = "2.05"  # the shortest rest that lets a bucket of burst 20 refill from empty (2 s at 10/s)
@@ -167,13 +168,7 @@ def test_alone_on_the_dataset_group_no_other_writer_is_named(model: str, burst: 
 def test_a_schema_that_needs_properties_is_a_one_line_error(
     emulator: PersonalizeEmulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    schema = {
-        "type": "record",
-        "name": "Items",
-        "namespace": "com.amazonaws.personalize.schema",
-        "fields": [{"name": "ITEM_ID", "type": "string"}, {"name": "GENRE", "type": "string", "categorical": True}],
-        "version": "1.0",
-    }
+    schema = items_schema({"name": "GENRE", "type": "string", "categorical": True})
     emulator.register_dataset(ARN, schema)
     assert main(["quota-probe", "--dataset-arn", ARN, "--rest", REST_S]) == 2  # at the warm-up, before any rest
     assert "pass them with --properties" in " ".join(capsys.readouterr().err.split())  # rich wraps lines

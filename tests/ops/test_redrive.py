@@ -12,21 +12,11 @@ from connector.response import Outcome, Verdict, dlq_message
 from connector.source import parse_event
 from ops.backfill import Backfill
 from ops.redrive import Redrive
-from tests.factories import KINESIS_ARN, kinesis_record
+from tests.factories import KINESIS_ARN, items_schema, kinesis_record
 from tests.ops.conftest import TABLE, Cloud
 
 # A schema whose PRICE is required: items that keep their price in "listPrice" are poison until the mapping names it.
-SCHEMA = {
-    "type": "record",
-    "name": "Items",
-    "namespace": "com.amazonaws.personalize.schema",
-    "fields": [
-        {"name": "ITEM_ID", "type": "string"},
-        {"name": "TITLE", "type": ["null", "string"]},
-        {"name": "PRICE", "type": "float"},
-    ],
-    "version": "1.0",
-}
+SCHEMA = items_schema({"name": "TITLE", "type": ["null", "string"]}, {"name": "PRICE", "type": "float"})
 BROKEN = json.dumps({"schema": SCHEMA})
 FIXED = json.dumps({"schema": SCHEMA, "fields": {"PRICE": "listPrice"}})
 

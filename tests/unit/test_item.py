@@ -14,25 +14,18 @@ from connector import ddbjson, item
 from connector.change import Poison, from_record
 from connector.config import parse_mapping
 from connector.source import parse_event
-from tests.factories import dynamodb_record, event, kinesis_record
+from tests.factories import dynamodb_record, event, items_schema, kinesis_record
 from tests.unit.test_ddbjson import _attrs
 
-SCHEMA = {
-    "type": "record",
-    "name": "Items",
-    "namespace": "com.amazonaws.personalize.schema",
-    "fields": [
-        {"name": "ITEM_ID", "type": "string"},
-        {"name": "GENRES", "type": ["null", "string"], "categorical": True},
-        {"name": "PRICE", "type": "float"},
-        {"name": "NUMBER_OF_RATINGS", "type": ["null", "int"]},
-        {"name": "IN_STOCK", "type": ["null", "boolean"]},
-        {"name": "CREATION_TIMESTAMP", "type": ["null", "long"]},
-        {"name": "TITLE", "type": ["null", "string"], "textual": True},
-        {"name": "STATUS", "type": ["null", "string"], "categorical": True},
-    ],
-    "version": "1.0",
-}
+SCHEMA = items_schema(
+    {"name": "GENRES", "type": ["null", "string"], "categorical": True},
+    {"name": "PRICE", "type": "float"},
+    {"name": "NUMBER_OF_RATINGS", "type": ["null", "int"]},
+    {"name": "IN_STOCK", "type": ["null", "boolean"]},
+    {"name": "CREATION_TIMESTAMP", "type": ["null", "long"]},
+    {"name": "TITLE", "type": ["null", "string"], "textual": True},
+    {"name": "STATUS", "type": ["null", "string"], "categorical": True},
+)
 
 
 def build(rec: dict[str, Any], mapping: dict[str, Any] | None = None) -> dict[str, Any] | None:
